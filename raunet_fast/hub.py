@@ -1,0 +1,157 @@
+"""Saving and loading models: ``config.json`` plus ``model.safetensors`` (no pickle).
+
+Writes are atomic (temporary file in the same folder, then ``os.replace``), so a crash
+mid-save never leaves a half-written checkpoint behind under the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                    metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a state dict as safetensors."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, with an error that names the file when it is corrupt."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        return load(path.read_bytes())
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory; expected a folder written by "
+                                f"save_pretrained() holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {directory} was not written by save_pretrained()")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise ValueError(f"{path} has no 'architecture' entry; not a raunet-fast config")
+    return config
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for the model family."""
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created)."""
+        from . import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = dict(self.config, format_version=FORMAT_VERSION, raunet_fast_version=__version__)
+        save_state_dict(self.state_dict(), directory / WEIGHTS_NAME,
+                        metadata={"architecture": config["architecture"]})
+        atomic_write_json(directory / CONFIG_NAME, config)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        **overrides: Any):
+        """Rebuild a model saved with :meth:`save_pretrained`.
+
+        Called on a concrete class (``RAUNet.from_pretrained``) the folder must hold that
+        architecture; called on :func:`raunet_fast.from_pretrained` any architecture loads.
+        ``overrides`` replace config entries that do not change the weights' shapes
+        (``dropout``, ``deep_supervision``).
+        """
+        from .models import ARCHITECTURES, SegmentationUNet
+
+        directory = Path(directory)
+        config = read_config(directory)
+        arch = config["architecture"]
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"{directory / CONFIG_NAME} names architecture {arch!r}; "
+                             f"known: {sorted(ARCHITECTURES)}")
+        target = ARCHITECTURES[arch]
+        if cls is not SegmentationUNet and cls is not target:
+            raise ValueError(f"{directory} holds a {arch}, not a {cls.__name__}; load it with "
+                             f"raunet_fast.from_pretrained() or {arch}.from_pretrained()")
+        allowed = {"dropout", "deep_supervision"}
+        bad = set(overrides) - allowed
+        if bad:
+            raise ValueError(f"cannot override {sorted(bad)} when loading; only {sorted(allowed)}")
+        kwargs = {k: config[k] for k in ("in_channels", "out_channels", "base_channels", "depth",
+                                         "dropout", "norm", "deep_supervision") if k in config}
+        kwargs.update(overrides)
+        model = target(**kwargs)
+
+        state = load_state_dict(directory / WEIGHTS_NAME)
+        expected = model.state_dict()
+        if not model.deep_supervision:  # weights trained with aux heads load without them
+            state = {k: v for k, v in state.items() if not k.startswith("aux_heads.")}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        aux_missing = [k for k in missing if k.startswith("aux_heads.")]
+        missing = [k for k in missing if not k.startswith("aux_heads.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME} does not match a {arch} built from its config: "
+                f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+                f"{unexpected[:5]}")
+        wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"{directory / WEIGHTS_NAME} has tensors of the wrong shape for its "
+                             f"config: {wrong[:5]}")
+        if aux_missing:
+            warnings.warn(f"{directory} has no deep-supervision heads; they start from random "
+                          f"initialisation", stacklevel=2)
+        model.load_state_dict(state, strict=not aux_missing)
+        return model.to(map_location)
+
+
+def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    **overrides: Any):
+    """Load any model of the family saved with ``save_pretrained``."""
+    from .models import SegmentationUNet
+
+    return SegmentationUNet.from_pretrained(directory, map_location=map_location, **overrides)
