@@ -1,0 +1,27 @@
+"""Fused operations: the one layer that joins kernels (``raunet_fast.kernels``, ``csrc/``)
+to the network. Each op has a reference ``"torch"`` backend and fast backends, and is
+registered with ``torch.library`` so ``torch.compile(fullgraph=True)`` sees it whole.
+
+Public ops (loaded on first access):
+
+* :func:`attention_gate` - fused additive attention gate
+* :func:`conv3x3_fused`  - 3x3 conv + bias + (residual | 1x1 shortcut) + ReLU
+"""
+from __future__ import annotations
+
+import importlib
+
+from ._backend import BACKENDS, BackendUnavailable
+
+_OPS = {
+    "attention_gate": ".attention_gate",
+    "conv3x3_fused": ".conv3x3",
+}
+
+__all__ = ["BACKENDS", "BackendUnavailable", *_OPS]
+
+
+def __getattr__(name: str):
+    if name in _OPS:
+        return getattr(importlib.import_module(_OPS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,121 @@
+"""Backend selection and the JIT build of ``csrc/`` extensions, shared by every op.
+
+Backends of an op:
+
+* ``"torch"``  - reference math in PyTorch, any device.
+* ``"triton"`` - Triton kernel from :mod:`raunet_fast.kernels`: CUDA tensors, or CPU
+  tensors when ``TRITON_INTERPRET=1`` was set before triton was first imported (the
+  interpreter; that is how CPU tests run kernels).
+* ``"cuda"``   - C++/CUDA extension from ``csrc/`` (CUDA tensors), built with ninja at
+  first use.
+* ``"cpp"``    - the same ``csrc/`` math built as a CPU extension (g++ + OpenMP).
+* ``"auto"``   - best available for the tensor's device.
+
+Nothing here builds or imports anything at import time. A failed build is remembered
+(never retried in the same process) and reported with the compiler's error.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
+
+
+class BackendUnavailable(RuntimeError):
+    """A requested backend cannot run here; the message says why."""
+
+
+def check_backend_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """``None`` when Triton can run on ``device``, else why not."""
+    if not triton_installed():
+        return "triton is not installed (pip install 'raunet-fast[triton]')"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if triton_interpreting():
+            return None
+        return ("triton runs CPU tensors only in its interpreter: set TRITON_INTERPRET=1 "
+                "before importing triton (slow; for testing)")
+    return f"triton does not support {device.type} tensors"
+
+
+# ------------------------------------------------------------------ csrc extensions
+def csrc_dir() -> Path:
+    """Folder holding the C++/CUDA sources (package data, or the repo's csrc/ when editable)."""
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here / "csrc", here.parent / "csrc"):
+        if cand.is_dir() and any(cand.glob("*.h")):
+            return cand
+    raise BackendUnavailable(f"csrc sources not found next to {here}; broken installation")
+
+
+_ext_lock = threading.Lock()
+_ext_cache: dict[str, ModuleType | BackendUnavailable] = {}
+
+
+def load_extension(name: str, sources: list[str], cuda: bool) -> ModuleType:
+    """Build (once, cached on disk by torch) and import a ``csrc/`` extension.
+
+    ``sources`` are file names inside :func:`csrc_dir`. ``cuda=False`` builds a CPU
+    extension with OpenMP. Honours ``MAX_JOBS`` and ``TORCH_EXTENSIONS_DIR`` (torch's own
+    variables). Raises :class:`BackendUnavailable` with the compiler error on failure,
+    and remembers the failure for this process.
+    """
+    with _ext_lock:
+        hit = _ext_cache.get(name)
+        if isinstance(hit, BackendUnavailable):
+            raise hit
+        if hit is not None:
+            return hit
+        try:
+            from torch.utils import cpp_extension
+
+            if cuda and cpp_extension.CUDA_HOME is None:
+                raise BackendUnavailable(f"cannot build {name}: no CUDA toolkit (nvcc) found")
+            root = csrc_dir()
+            paths = [str(root / s) for s in sources]
+            openmp = ["-fopenmp"]
+            mod = cpp_extension.load(
+                name=name, sources=paths, extra_include_paths=[str(root)],
+                extra_cflags=["-O3", "-std=c++17", *openmp],
+                extra_ldflags=openmp,
+                extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] if cuda else None,
+                with_cuda=cuda, verbose=False)
+        except BackendUnavailable as e:
+            _ext_cache[name] = e
+            raise
+        except Exception as e:  # compiler errors come as RuntimeError / CalledProcessError
+            msg = str(e)
+            err = BackendUnavailable(f"building the {name} extension failed: "
+                                     f"{msg[-2000:] if len(msg) > 2000 else msg}")
+            _ext_cache[name] = err
+            raise err from e
+        _ext_cache[name] = mod
+        return mod
+
+
+def warn_fallback(op: str, wanted: str, used: str, why: str) -> None:
+    warnings.warn(f"{op}: backend {wanted!r} unavailable ({why}); using {used!r}",
+                  RuntimeWarning, stacklevel=3)
