@@ -10,6 +10,12 @@ import os
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run in the interpreter on CPU tensors. The variable must be
+# set before triton is first imported, so it is set here, before any test module loads.
+# On a CUDA machine it is left alone: there the kernels run compiled.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # rtol, atol per dtype for outputs compared with an fp64 reference; kernels whose
 # reduction length K is large scale atol by sqrt(K) through `tolerance(dtype, k)`.
 TOL = {

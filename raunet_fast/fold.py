@@ -1,0 +1,40 @@
+"""Exact folding of eval-mode BatchNorm into the convolution before it.
+
+``BN(conv(x)) = conv(x; W * s) + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``.
+The algebra runs in float64 and is cast once at the end, so the folded conv matches the
+eval-mode module to the rounding of the final dtype. Only BatchNorm folds: instance and
+group norms use statistics of the input itself.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import ConvNormAct
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float64 ``(weight, bias)`` of ``conv`` followed by eval-mode ``bn``."""
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise ValueError(f"only BatchNorm2d folds into a conv (got {type(bn).__name__}); "
+                         f"instance/group norms depend on the input and cannot be folded")
+    if bn.training:
+        raise ValueError("fold BatchNorm only in eval mode (call model.eval() first): in "
+                         "training mode it uses batch statistics")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+    w = conv.weight.detach().to(torch.float64)
+    mean = bn.running_mean.detach().to(torch.float64)
+    var = bn.running_var.detach().to(torch.float64)
+    gamma = bn.weight.detach().to(torch.float64) if bn.affine else torch.ones_like(mean)
+    beta = bn.bias.detach().to(torch.float64) if bn.affine else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    bias = beta - mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach().to(torch.float64) * scale
+    return w * scale.reshape(-1, *([1] * (w.dim() - 1))), bias
+
+
+def fold_conv_norm_act(m: ConvNormAct) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 ``(weight, bias)`` of a :class:`ConvNormAct` (its activation not included)."""
+    return fold_conv_bn(m.conv, m.norm)
