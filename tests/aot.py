@@ -1,0 +1,102 @@
+"""Ahead-of-time compilation of Triton kernels for GPUs that are not here.
+
+``aot_reports(jobs)`` compiles each job with ``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", arch, 32))`` and runs ptxas ``-v`` on the PTX to read registers,
+spill stores/loads, stack and shared memory. Jobs run in one subprocess with
+``TRITON_INTERPRET`` unset, because under the interpreter ``@triton.jit`` gives
+interpreted functions that cannot be compiled.
+
+A job is a dict::
+
+    {"module": "raunet_fast.kernels.attention_gate", "kernel": "_gate_kernel",
+     "signature": {"x_ptr": "*fp16", "n": "i32", "BLOCK": "constexpr", ...},
+     "constexprs": {"BLOCK": 64, ...}, "arch": 90, "num_warps": 4, "num_stages": 3}
+
+and its report adds ``registers``, ``spill_stores``, ``spill_loads``, ``stack``,
+``shared`` (bytes of shared memory from the compiled metadata) and ``ptxas_log``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+_RUNNER = r'''
+import json, os, re, subprocess, sys, tempfile, importlib, shutil
+from pathlib import Path
+import triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+
+def ptxas_candidates():
+    # the newest ptxas first: triton's PTX .version may be newer than its bundled ptxas
+    b = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    cands = [shutil.which("ptxas"), str(b / "ptxas-blackwell"), str(b / "ptxas")]
+    return [c for c in cands if c and os.path.exists(c)]
+
+out = []
+for job in json.load(sys.stdin):
+    kern = getattr(importlib.import_module(job["module"]), job["kernel"])
+    kern = getattr(kern, "fn", kern) if not isinstance(kern, triton.runtime.jit.JITFunction) else kern
+    # autotuned / heuristics wrappers hold the JITFunction in .fn
+    while not isinstance(kern, triton.runtime.jit.JITFunction):
+        kern = kern.fn
+    consts = job.get("constexprs", {})
+    sig = dict(job["signature"])
+    src = ASTSource(fn=kern, signature=sig, constexprs=consts)
+    arch = job["arch"]
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": job.get("num_warps", 4),
+                                       "num_stages": job.get("num_stages", 3)})
+    ptx = compiled.asm["ptx"]
+    m = re.search(r"\.target\s+(sm_\w+)", ptx)
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "k.ptx")
+        open(p, "w").write(ptx)
+        for exe in ptxas_candidates():
+            r = subprocess.run([exe, "-v", f"--gpu-name={m.group(1)}", p, "-o",
+                                os.path.join(d, "k.cubin")], capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+    log = r.stdout + r.stderr
+    def num(pat):
+        mm = re.search(pat, log)
+        return int(mm.group(1)) if mm else None
+    out.append(dict(job, registers=num(r"Used (\d+) registers"),
+                    spill_stores=num(r"(\d+) bytes spill stores"),
+                    spill_loads=num(r"(\d+) bytes spill loads"),
+                    stack=num(r"(\d+) bytes stack frame"),
+                    shared=int(compiled.metadata.shared), ptxas_ok=r.returncode == 0,
+                    ptxas_log=log[-3000:]))
+json.dump(out, sys.stdout)
+'''
+
+
+def aot_reports(jobs: list[dict], timeout: float = 600) -> list[dict]:
+    """Compile every job for its target; return one report per job (see module doc)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(jobs), env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"AOT compile failed:\n{r.stderr[-5000:]}")
+    return json.loads(r.stdout)
+
+
+def nvcc_compile(source: str, arch: int, include_dirs: list[str], extra: list[str] | None = None,
+                 timeout: float = 600) -> subprocess.CompletedProcess:
+    """Compile a .cu file to an object for sm_<arch> (no GPU needed). Returns the process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        cmd = ["nvcc", "-c", source, "-o", os.path.join(d, "k.o"), "-std=c++17", "-O3",
+               f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas=-v",
+               *[f"-I{i}" for i in include_dirs], *(extra or [])]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def ptxas_spills(log: str) -> list[int]:
+    """Spill-store byte counts of every function in a ptxas -v log."""
+    return [int(x) for x in re.findall(r"(\d+) bytes spill stores", log)]
