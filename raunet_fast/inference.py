@@ -1,0 +1,150 @@
+"""The inference builder: a trained model of the family -> a fused, folded inference model.
+
+This is the small layer that joins models and kernels. :func:`build_inference_model`
+takes an eval-mode model (BatchNorm; instance/group norms cannot be folded), folds every
+BatchNorm into its conv once (float64 algebra, then cast), packs the weights once, and
+returns an ``nn.Module`` whose forward runs
+
+* each plain/residual block as two :func:`raunet_fast.ops.conv3x3_fused` calls
+  (bias, ReLU, identity residual or 1x1 projection shortcut fused into the second),
+* each attention gate as one :func:`raunet_fast.ops.attention_gate` call,
+* max-pool, up-conv and head as cuDNN/ATen ops,
+
+on channels_last activations in fp32, fp16 or bf16. Output: logits like the reference
+model (``N x out_channels x H x W``, in the inference dtype). The result can itself be
+wrapped in ``torch.compile`` (the fused ops are opaque custom ops: no graph breaks).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import AttentionGate, ConvNormAct, PlainBlock, ResidualBlock
+from .fold import fold_conv_norm_act
+from .models import SegmentationUNet
+
+
+def _param(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(t.to(dtype).contiguous(), requires_grad=False)
+
+
+class FusedBlock(nn.Module):
+    """A folded PlainBlock or ResidualBlock as two fused conv launches."""
+
+    def __init__(self, block: PlainBlock | ResidualBlock, dtype: torch.dtype, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.residual = isinstance(block, ResidualBlock)
+        w1, b1 = fold_conv_norm_act(block.conv1)
+        w2, b2 = fold_conv_norm_act(block.conv2)
+        self.w1, self.b1 = _param(w1, dtype), _param(b1, dtype)
+        self.shortcut_weight = None
+        self.identity = False
+        if self.residual:
+            if isinstance(block.shortcut, ConvNormAct):
+                ws, bs = fold_conv_norm_act(block.shortcut)
+                self.shortcut_weight = _param(ws.flatten(1), dtype)
+                b2 = b2 + bs  # both biases land in the same accumulator
+            else:
+                self.identity = True
+        self.w2, self.b2 = _param(w2, dtype), _param(b2, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import ops
+
+        h = ops.conv3x3_fused(x, self.w1, self.b1, relu=True, backend=self.backend)
+        if not self.residual:
+            return ops.conv3x3_fused(h, self.w2, self.b2, relu=True, backend=self.backend)
+        if self.identity:
+            return ops.conv3x3_fused(h, self.w2, self.b2, residual=x, relu=True,
+                                     backend=self.backend)
+        return ops.conv3x3_fused(h, self.w2, self.b2, shortcut_input=x,
+                                 shortcut_weight=self.shortcut_weight, relu=True,
+                                 backend=self.backend)
+
+
+class FusedGate(nn.Module):
+    """A folded AttentionGate as one fused launch."""
+
+    def __init__(self, gate: AttentionGate, dtype: torch.dtype, backend: str):
+        super().__init__()
+        self.backend = backend
+        wx, bx = fold_conv_norm_act(gate.w_x)
+        wg, bg = fold_conv_norm_act(gate.w_g)
+        wp, bp = fold_conv_norm_act(gate.psi)
+        self.w_x, self.w_g = _param(wx.flatten(1), dtype), _param(wg.flatten(1), dtype)
+        self.bias = _param(bx + bg, dtype)
+        self.w_psi, self.b_psi = _param(wp.flatten(), dtype), _param(bp.reshape(1), dtype)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor, return_alpha: bool = False):
+        from . import ops
+
+        return ops.attention_gate(x, g, self.w_x, self.w_g, self.bias, self.w_psi, self.b_psi,
+                                  return_alpha=return_alpha, backend=self.backend)
+
+
+class InferenceUNet(nn.Module):
+    """Folded, fused, channels_last inference form of a :class:`SegmentationUNet`."""
+
+    def __init__(self, model: SegmentationUNet, dtype: torch.dtype = torch.float16,
+                 backend: str = "auto"):
+        super().__init__()
+        if model.training:
+            raise ValueError("build the inference model from an eval-mode model (call model.eval())")
+        if model.norm != "batch":
+            raise ValueError(f"only norm='batch' folds into the convolutions; this model uses "
+                             f"norm={model.norm!r}: run it as is (optionally under torch.compile)")
+        self.config = model.config
+        self.in_channels, self.depth = model.in_channels, model.depth
+        self.size_multiple = model.size_multiple
+        self.dtype = dtype
+        self.encoder = nn.ModuleList(FusedBlock(b, dtype, backend) for b in model.encoder)
+        self.ups = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for level in model.decoder:
+            up = nn.ConvTranspose2d(level.up.in_channels, level.up.out_channels, 2, stride=2)
+            up.load_state_dict(level.up.state_dict())
+            self.ups.append(up.to(dtype).requires_grad_(False))
+            self.gates.append(FusedGate(level.gate, dtype, backend) if level.gate is not None
+                              else nn.Identity())
+            self.blocks.append(FusedBlock(level.block, dtype, backend))
+        head = nn.Conv2d(model.head.in_channels, model.head.out_channels, 1)
+        head.load_state_dict(model.head.state_dict())
+        self.head = head.to(dtype).requires_grad_(False)
+        self.attention = model.attention
+        self.to(next(model.parameters()).device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected N x {self.in_channels} x H x W, got {tuple(x.shape)}")
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.size_multiple
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        if (-h) % m or (-w) % m:
+            x = F.pad(x, (0, (-w) % m, 0, (-h) % m)).contiguous(memory_format=torch.channels_last)
+        skips = []
+        for i, enc in enumerate(self.encoder):
+            x = enc(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips[-1]
+        for i in range(self.depth - 2, -1, -1):
+            up = self.ups[i](x)
+            skip = skips[i]
+            if self.attention:
+                skip = self.gates[i](skip, up)
+            x = self.blocks[i](torch.cat([skip, up], dim=1))
+        return self.head(x)[..., :h, :w]
+
+
+def build_inference_model(model: SegmentationUNet, dtype: torch.dtype = torch.float16,
+                          backend: str = "auto", compile: bool = False) -> nn.Module:
+    """Fold, pack and fuse ``model`` (eval mode, BatchNorm) for fast inference.
+
+    ``backend``: ``"auto"`` (Triton on CUDA, the csrc CPU build on CPU), ``"triton"``,
+    ``"cuda"``, ``"cpp"`` or ``"torch"`` (reference math, for checking).
+    ``compile=True`` wraps the result in ``torch.compile``.
+    """
+    fast = InferenceUNet(model, dtype=dtype, backend=backend).eval()
+    return torch.compile(fast) if compile else fast
