@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine: install, GPU parity tests, kernel benchmarks and the
+# end-to-end real-time benchmark. Everything lands in $OUT (or bench/results/gpu-<date>).
+#   bash bench/gpu_run.sh [quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/gpu-$(date -u +%Y%m%d)}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+} 2>&1 | tee "$OUT/env.txt"
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
+
+tests=(tests/test_models.py)
+for f in tests/test_attention_gate*.py tests/test_conv*.py tests/test_inference*.py; do [ -e "$f" ] && tests+=("$f"); done
+python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+
+[ "${1:-}" = quick ] && exit 0
+[ -e bench/bench_attention_gate.py ] && python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
+[ -e bench/bench_conv.py ] && python3 bench/bench_conv.py --out "$OUT/conv.csv" 2>&1 | tee "$OUT/conv.txt" | tail -40
+python3 bench/realtime_inference.py --size 512 1024 --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
