@@ -1,0 +1,91 @@
+"""The inference builder: folded + fused whole network == the eval-mode reference model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import requires_cuda
+from raunet_fast import AttentionUNet, RAUNet, ResUNet, UNet
+from raunet_fast.inference import build_inference_model
+
+ALL = [UNet, AttentionUNet, ResUNet, RAUNet]
+
+
+def trained_like(cls, device="cpu", **kw):
+    """A small model whose BatchNorms hold non-trivial running statistics."""
+    model = cls(**{**dict(in_channels=3, out_channels=2, base_channels=6, depth=3), **kw})
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, model.in_channels, 16, 16) * 2 + 0.5)
+        for m in model.modules():  # also move the affine parameters off (1, 0)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval().to(device)
+
+
+def rel_l2(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_torch_backend_matches_reference(cls):
+    model = trained_like(cls)
+    fast = build_inference_model(model, dtype=torch.float32, backend="torch")
+    x = torch.randn(2, 3, 29, 37)
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert out.shape == ref.shape == (2, 2, 29, 37)
+    assert rel_l2(out, ref) < 1e-5
+
+
+def test_cpp_backend_matches_reference():
+    model = trained_like(RAUNet)
+    fast = build_inference_model(model, dtype=torch.float32, backend="cpp")
+    x = torch.randn(1, 3, 21, 18)
+    with torch.no_grad():
+        assert rel_l2(fast(x), model(x)) < 1e-5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; on a GPU the compiled kernels are tested")
+def test_triton_backend_in_interpreter_matches_reference():
+    model = trained_like(RAUNet, base_channels=4)
+    fast = build_inference_model(model, dtype=torch.float32, backend="triton")
+    x = torch.randn(1, 3, 9, 12)
+    with torch.no_grad():
+        assert rel_l2(fast(x), model(x)) < 1e-4
+
+
+def test_builder_rejects_what_cannot_fold():
+    with pytest.raises(ValueError, match="norm='batch'"):
+        build_inference_model(RAUNet(base_channels=4, depth=3, norm="group").eval())
+    with pytest.raises(ValueError, match="eval"):
+        build_inference_model(RAUNet(base_channels=4, depth=3).train())
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
+@pytest.mark.parametrize("cls", [UNet, RAUNet])
+def test_gpu_fused_model_matches_reference(cls, backend, dtype, tol):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = trained_like(cls, device="cuda", base_channels=16, depth=4)
+    fast = build_inference_model(model, dtype=dtype, backend=backend)
+    x = torch.randn(2, 3, 67, 90, device="cuda")
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert out.dtype == dtype
+    assert rel_l2(out, ref) < tol
+
+
+@requires_cuda
+def test_gpu_fused_model_compiles_fullgraph():
+    model = trained_like(RAUNet, device="cuda", base_channels=16, depth=4)
+    fast = build_inference_model(model, dtype=torch.bfloat16, backend="triton")
+    compiled = torch.compile(fast, fullgraph=True)
+    x = torch.randn(1, 3, 64, 80, device="cuda")
+    with torch.no_grad():
+        assert rel_l2(compiled(x), fast(x)) < 1e-2
