@@ -1,0 +1,326 @@
+"""BraTS 2021 in its official layout, served as 2-D axial slices.
+
+::
+
+    ROOT/BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}.nii.gz   (240 x 240 x 155)
+
+(the case folders may also sit one or two levels deeper, e.g. inside
+``RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021/``). The release is one pool of
+labelled cases; ``split`` divides it by patient, reproducibly (:func:`split_names`).
+
+Preprocessing, the usual 2-D practice: the four modalities become channels
+(flair, t1, t1ce, t2), each z-scored over brain voxels (any modality non-zero) and 0
+outside the brain; labels 0 / 1 (NCR) / 2 (ED) / 4 (ET) become the three nested region
+channels WT = {1, 2, 4}, TC = {1, 4}, ET = {4}; slices are centre-cropped (or padded) to
+``crop`` and, if ``image_size`` differs, resized to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .common import split_names
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+REGIONS = ("WT", "TC", "ET")
+REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+LABELS = (0, 1, 2, 4)
+CASE_RE = re.compile(r"^BraTS2021_\d{5}$")
+
+
+def labels_to_regions(seg: np.ndarray | torch.Tensor):
+    """Label map (..., values 0/1/2/4) -> stacked bool regions WT, TC, ET on a new axis 0."""
+    if isinstance(seg, torch.Tensor):
+        return torch.stack([(seg == 1) | (seg == 2) | (seg == 4), (seg == 1) | (seg == 4),
+                            seg == 4])
+    return np.stack([np.isin(seg, REGION_LABELS[r]) for r in REGIONS])
+
+
+def regions_to_labels(regions: np.ndarray) -> np.ndarray:
+    """Stacked WT, TC, ET masks -> label map 0/1/2/4 (ET wins over TC wins over WT)."""
+    wt, tc, et = (np.asarray(r, dtype=bool) for r in regions)
+    seg = np.zeros(wt.shape, dtype=np.uint8)
+    seg[wt] = 2
+    seg[tc] = 1
+    seg[et] = 4
+    return seg
+
+
+def find_cases(root: Path, max_depth: int = 2) -> dict[str, Path]:
+    """Case folders ``BraTS2021_<5 digits>`` at or below ``root``."""
+    level, found = [Path(root)], {}
+    for _ in range(max_depth + 1):
+        nxt = []
+        for d in level:
+            for c in sorted(d.iterdir()):
+                if not c.is_dir() or c.name.startswith("."):
+                    continue
+                if CASE_RE.match(c.name):
+                    found.setdefault(c.name, c)
+                else:
+                    nxt.append(c)
+        if found:
+            break
+        level = nxt
+    return found
+
+
+def case_files(folder: Path) -> dict[str, Path]:
+    name = folder.name
+    return {k: folder / f"{name}_{k}.nii.gz" for k in (*MODALITIES, "seg")}
+
+
+def _load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    import nibabel as nib
+
+    if not path.is_file():
+        raise FileNotFoundError(f"BraTS file {path} does not exist")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except Exception as e:  # nibabel / gzip / zlib raise many types
+        raise ValueError(f"cannot read NIfTI file {path}: {e}") from e
+    if data.ndim != 3:
+        raise ValueError(f"{path} holds a {data.ndim}-D array of shape {data.shape}; expected 3-D")
+    return data, zooms
+
+
+def load_case(folder: Path, with_seg: bool = True) -> dict:
+    """Read and preprocess one case.
+
+    Returns ``image`` (Z x 4 x X x Y float16, z-scored), ``seg`` (Z x X x Y uint8 labels
+    or None), ``spacing`` (mm, X, Y, Z) and ``shape`` (X, Y, Z).
+    """
+    files = case_files(folder)
+    vols, shape, spacing = [], None, None
+    for m in MODALITIES:
+        data, zooms = _load_nifti(files[m])
+        if shape is None:
+            shape, spacing = data.shape, zooms
+        elif data.shape != shape:
+            raise ValueError(f"{files[m]} has shape {data.shape} but {files[MODALITIES[0]]} has "
+                             f"{shape}; all modalities of a case must match")
+        vols.append(np.asarray(data, dtype=np.float32))
+    brain = np.zeros(shape, dtype=bool)
+    for v in vols:
+        brain |= v != 0
+    image = np.zeros((shape[2], 4, shape[0], shape[1]), dtype=np.float16)
+    for c, v in enumerate(vols):
+        vals = v[brain]
+        mean, std = (float(vals.mean()), float(vals.std())) if vals.size else (0.0, 1.0)
+        z = np.where(brain, (v - mean) / max(std, 1e-8), 0.0)
+        image[:, c] = np.moveaxis(z, 2, 0)
+    seg = None
+    if with_seg:
+        s, _ = _load_nifti(files["seg"])
+        if s.shape != shape:
+            raise ValueError(f"segmentation {files['seg']} has shape {s.shape} but the images "
+                             f"of the case have {shape}; it is not resized")
+        s = np.rint(np.asarray(s, dtype=np.float32)).astype(np.int16)
+        bad = sorted(set(np.unique(s).tolist()) - set(LABELS))
+        if bad:
+            raise ValueError(f"{files['seg']} holds labels {bad}; BraTS 2021 labels are "
+                             f"{list(LABELS)} (0 background, 1 NCR, 2 ED, 4 ET)")
+        seg = np.ascontiguousarray(np.moveaxis(s.astype(np.uint8), 2, 0))
+    return {"image": image, "seg": seg, "spacing": spacing, "shape": tuple(shape)}
+
+
+def _window(x: torch.Tensor, size: tuple[int, int], offset: tuple[int, int],
+            fill: float = 0.0) -> torch.Tensor:
+    """``out[..., i, j] = x[..., i + offset[0], j + offset[1]]``, ``fill`` outside ``x``."""
+    h, w = x.shape[-2:]
+    out = x.new_full((*x.shape[:-2], *size), fill)
+    oy, ox = offset
+    y0, y1 = max(0, -oy), min(size[0], h - oy)
+    x0, x1 = max(0, -ox), min(size[1], w - ox)
+    if y1 > y0 and x1 > x0:
+        out[..., y0:y1, x0:x1] = x[..., y0 + oy:y1 + oy, x0 + ox:x1 + ox]
+    return out
+
+
+def crop_or_pad(x: torch.Tensor, size: tuple[int, int], fill: float = 0.0) -> torch.Tensor:
+    """Centre crop / pad (with ``fill``) the last two dimensions to ``size``."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    return _window(x, tuple(size), ((h - size[0]) // 2, (w - size[1]) // 2), fill)
+
+
+def uncrop(x: torch.Tensor, full_size: tuple[int, int], fill: float = 0.0) -> torch.Tensor:
+    """Inverse of :func:`crop_or_pad`: put a centre window back at its place in ``full_size``."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(full_size):
+        return x
+    return _window(x, tuple(full_size), (-((full_size[0] - h) // 2), -((full_size[1] - w) // 2)),
+                   fill)
+
+
+class BraTS2021(Dataset):
+    """Axial slices of the BraTS 2021 cases of one split.
+
+    Items: ``image`` ``4 x h x w`` float32, ``mask`` ``3 x h x w`` float32 (WT, TC, ET),
+    ``case`` (index into :attr:`names`), ``slice`` (z). Training splits skip slices
+    without brain (``skip_empty``); :meth:`sample_weights` over-samples tumour slices.
+
+    Volumes are preprocessed once per case. Without ``cache_dir`` they stay in memory
+    (at most ``memory_cases`` at a time); for the real data set pass ``cache_dir``, where
+    they are written once as ``.npy`` files and memory-mapped afterwards.
+    """
+
+    channels = 4
+    region_names = REGIONS
+
+    def __init__(self, root: str | Path, split: str = "train", crop: int | tuple[int, int] | None = 192,
+                 image_size: tuple[int, int] | None = None, fractions: tuple[float, float] = (0.15, 0.15),
+                 seed: int = 0, skip_empty: bool | None = None, cache_dir: str | Path | None = None,
+                 memory_cases: int = 64, require_masks: bool = True, progress: bool = False):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"BraTS 2021 data root {root} is not a directory")
+        cases = find_cases(root)
+        if not cases:
+            raise ValueError(f"no BraTS2021_<5 digits> case folders under {root}")
+        self.names = split_names(list(cases), split, fractions, seed)
+        self.folders = [cases[n] for n in self.names]
+        for folder in self.folders:
+            for kind, f in case_files(folder).items():
+                if kind == "seg" and not require_masks:
+                    continue
+                if not f.is_file():
+                    raise FileNotFoundError(f"BraTS file {f} does not exist")
+        self.root, self.split = root, split
+        self.has_masks = require_masks
+        self.crop = None if crop is None else ((crop, crop) if isinstance(crop, int) else tuple(crop))
+        self.image_size = None if image_size is None else tuple(image_size)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.memory_cases = max(1, memory_cases)
+        self._mem: OrderedDict[int, dict] = OrderedDict()
+        skip_empty = (split == "train") if skip_empty is None else skip_empty
+
+        self.index: list[tuple[int, int]] = []
+        self.tumour: list[bool] = []
+        self.shapes, self.spacings = [], []
+        it = range(len(self.names))
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc=f"BraTS {split}: indexing", unit="case", leave=False)
+        for i in it:
+            info = self._slice_info(i)
+            self.shapes.append(tuple(info["shape"]))
+            self.spacings.append(tuple(info["spacing"]))
+            for z, (brain, tumour) in enumerate(zip(info["brain"], info["tumour"])):
+                if brain or not skip_empty:
+                    self.index.append((i, z))
+                    self.tumour.append(bool(tumour))
+        if not self.index:
+            raise ValueError(f"BraTS split {split!r} under {root} has no slices with brain")
+
+    # --------------------------------------------------------------- caching
+    def _slice_info(self, i: int) -> dict:
+        path = None if self.cache_dir is None else self.cache_dir / f"{self.names[i]}_index.json"
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+        case = self.case(i)
+        img, seg = case["image"], case["seg"]
+        info = {"shape": case["shape"], "spacing": case["spacing"],
+                "brain": np.any(img != 0, axis=(1, 2, 3)).tolist(),
+                "tumour": (np.any(seg != 0, axis=(1, 2)).tolist() if seg is not None
+                           else [False] * img.shape[0])}
+        if path is not None:
+            from ..hub import atomic_write_json
+            atomic_write_json(path, info)
+        return info
+
+    def case(self, i: int) -> dict:
+        """Preprocessed arrays of case ``i`` (see :func:`load_case`)."""
+        if i in self._mem:
+            self._mem.move_to_end(i)
+            return self._mem[i]
+        case = None
+        if self.cache_dir is not None:
+            stem = self.cache_dir / self.names[i]
+            files = [Path(f"{stem}_image.npy"), Path(f"{stem}_meta.json")]
+            if self.has_masks:
+                files.append(Path(f"{stem}_seg.npy"))
+            if all(f.is_file() for f in files):
+                meta = json.loads(files[1].read_text())
+                case = {"image": np.load(files[0], mmap_mode="r"),
+                        "seg": np.load(files[2], mmap_mode="r") if self.has_masks else None,
+                        "spacing": tuple(meta["spacing"]), "shape": tuple(meta["shape"])}
+        if case is None:
+            case = load_case(self.folders[i], with_seg=self.has_masks)
+            if self.cache_dir is not None:
+                self._write_cache(i, case)
+        self._mem[i] = case
+        while len(self._mem) > self.memory_cases:
+            self._mem.popitem(last=False)
+        return case
+
+    def _write_cache(self, i: int, case: dict) -> None:
+        from ..hub import atomic_write_json
+
+        stem = self.cache_dir / self.names[i]
+        for key in ("image", "seg"):
+            if case[key] is None:
+                continue
+            tmp = Path(f"{stem}_{key}.tmp{os.getpid()}.npy")
+            np.save(tmp, case[key])
+            os.replace(tmp, f"{stem}_{key}.npy")
+        atomic_write_json(f"{stem}_meta.json", {"spacing": list(case["spacing"]),
+                                                "shape": list(case["shape"])})
+
+    # --------------------------------------------------------------- slices
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """``... x X x Y`` full slices -> cropped and resized network input ``... x h x w``."""
+        if self.crop is not None:
+            image = crop_or_pad(image, self.crop)
+        if self.image_size is not None and tuple(image.shape[-2:]) != self.image_size:
+            lead = image.shape[:-2]
+            image = F.interpolate(image.reshape(-1, 1, *image.shape[-2:]).float(),
+                                  size=self.image_size, mode="bilinear", align_corners=False)
+            image = image.reshape(*lead, *self.image_size)
+        return image
+
+    def restore(self, logits: torch.Tensor, full_size: tuple[int, int]) -> torch.Tensor:
+        """Network output ``N x C x h x w`` -> ``N x C x X x Y`` in the original slice grid
+        (resized back to the crop and pasted into a canvas of the full slice size; outside
+        the crop the logits are a large negative number, i.e. background)."""
+        crop = self.crop or tuple(full_size)
+        if tuple(logits.shape[-2:]) != tuple(crop):
+            logits = F.interpolate(logits.float(), size=crop, mode="bilinear", align_corners=False)
+        return uncrop(logits, tuple(full_size), fill=-1e4)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> dict:
+        i, z = self.index[k]
+        case = self.case(i)
+        image = self.prepare(torch.from_numpy(np.asarray(case["image"][z], dtype=np.float32)))
+        item = {"image": image.contiguous(), "case": i, "slice": z}
+        if case["seg"] is not None:
+            seg = torch.from_numpy(np.asarray(case["seg"][z]))
+            mask = labels_to_regions(seg).float()
+            if self.crop is not None:
+                mask = crop_or_pad(mask, self.crop)
+            if self.image_size is not None and tuple(mask.shape[-2:]) != self.image_size:
+                mask = (F.interpolate(mask[None], size=self.image_size, mode="bilinear",
+                                      align_corners=False)[0] > 0.5).float()
+            item["mask"] = mask.contiguous()
+        return item
+
+    def sample_weights(self, tumour_weight: float = 3.0) -> torch.Tensor:
+        """Per-item sampling weights: slices with tumour count ``tumour_weight`` times."""
+        t = torch.tensor(self.tumour, dtype=torch.float64)
+        return 1.0 + (tumour_weight - 1.0) * t

@@ -1,0 +1,120 @@
+"""Shared pieces of the datasets: image / mask reading with errors that name the file,
+resizing for the network, and a reproducible split of case names."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def read_image(path: str | Path, mode: str = "RGB",
+               draft_size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read an image as ``H x W x C`` (or ``H x W`` for mode ``"L"``) uint8.
+
+    Returns ``(array, (H, W) of the file)``. ``draft_size`` (H, W) lets JPEG decoding
+    skip resolution that a later resize to that size would throw away (PIL ``draft``);
+    the returned array is then smaller than the file, never smaller than ``draft_size``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            full = (im.height, im.width)
+            if draft_size is not None and im.format == "JPEG":
+                im.draft(mode, (draft_size[1], draft_size[0]))
+            im = im.convert(mode)
+            arr = np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    return arr, full
+
+
+def read_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
+    """Read an 8-bit mask as ``H x W`` bool (``value > threshold``)."""
+    arr, _ = read_image(path, mode="L")
+    return arr > threshold
+
+
+def check_same_size(image_hw: tuple[int, int], mask_hw: tuple[int, int], image_path: Path,
+                    mask_path: Path) -> None:
+    """Masks are never resized silently to match their image: a mismatch is an error."""
+    if tuple(image_hw) != tuple(mask_hw):
+        raise ValueError(f"mask {mask_path} is {mask_hw[0]}x{mask_hw[1]} (HxW) but its image "
+                         f"{image_path} is {image_hw[0]}x{image_hw[1]}; masks must have the size "
+                         f"of their image")
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray | None,
+                size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``H x W x C`` uint8 image and ``H x W`` bool mask -> ``C x h x w`` float32 in [0, 1]
+    and ``1 x h x w`` float32 {0, 1}, resized to ``size`` (antialiased bilinear; the mask is
+    resized as a fraction and thresholded at 0.5 so it stays binary)."""
+    img = torch.from_numpy(image)
+    img = img[None] if img.dim() == 2 else img.permute(2, 0, 1)
+    img = img.float().div_(255.0)
+    m = None if mask is None else torch.from_numpy(mask.astype(np.float32))[None]
+    if size is not None and tuple(img.shape[-2:]) != tuple(size):
+        img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False,
+                            antialias=True)[0].clamp_(0, 1)
+        if m is not None:
+            m = (F.interpolate(m[None], size=size, mode="bilinear", align_corners=False,
+                               antialias=True)[0] > 0.5).float()
+    return img.contiguous(), m
+
+
+def split_names(names: Sequence[str], split: str, fractions: tuple[float, float] = (0.15, 0.15),
+                seed: int = 0) -> list[str]:
+    """Divide case names reproducibly into ``train`` / ``val`` / ``test`` (or ``all``).
+
+    The order is a hash of ``seed`` and each name, so it does not depend on the order the
+    files were listed in; ``fractions`` are (val, test), each split gets at least one case
+    when there are three or more.
+    """
+    names = sorted(set(names))
+    if split == "all":
+        return names
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val, test or all, got {split!r}")
+    n = len(names)
+    if n < 3:
+        raise ValueError(f"need at least 3 cases to split into train/val/test, found {n}")
+    order = sorted(names, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
+    n_val = max(1, round(fractions[0] * n))
+    n_test = max(1, round(fractions[1] * n))
+    if n_val + n_test >= n:
+        n_val, n_test = 1, 1
+    parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test],
+             "train": order[n_val + n_test:]}
+    return sorted(parts[split])
+
+
+def find_dir(root: Path, name: str, max_depth: int = 3) -> Path | None:
+    """Find folder ``name`` at or below ``root`` (shallowest first), stepping into the
+    nested copies some mirrors produce (``X/X/files``)."""
+    root = Path(root)
+    found = None
+    if root.name == name and root.is_dir():
+        found = root
+    else:
+        level = [root]
+        for _ in range(max_depth + 1):
+            hits = [d / name for d in level if (d / name).is_dir()]
+            if hits:
+                found = sorted(hits)[0]
+                break
+            level = [c for d in level for c in sorted(d.iterdir()) if c.is_dir()
+                     and not c.name.startswith(".")] if level else []
+            if not level:
+                break
+    while found is not None and (found / name).is_dir():
+        found = found / name
+    return found
