@@ -38,3 +38,32 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Te
 def fold_conv_norm_act(m: ConvNormAct) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 ``(weight, bias)`` of a :class:`ConvNormAct` (its activation not included)."""
     return fold_conv_bn(m.conv, m.norm)
+
+
+def fold_plain_block(block) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Float64 ``((w1, b1), (w2, b2))`` of an eval-mode :class:`~raunet_fast.blocks.PlainBlock`:
+    ``relu(conv(relu(conv(x, w1) + b1), w2) + b2)`` equals the block (dropout is the identity
+    in eval mode)."""
+    return fold_conv_norm_act(block.conv1), fold_conv_norm_act(block.conv2)
+
+
+def fold_residual_block(block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                        torch.Tensor | None]:
+    """Float64 ``(w1, b1, w2, b2, ws)`` of an eval-mode :class:`~raunet_fast.blocks.ResidualBlock`.
+
+    ``h = relu(conv3x3(x, w1) + b1)``;
+    ``y = relu(conv3x3(h, w2) + b2 + (x if ws is None else conv1x1(x, ws)))``.
+    ``ws`` is ``Cout x Cin`` (the folded 1x1 projection) or ``None`` for the identity
+    shortcut; ``b2`` already includes the projection's folded bias (both land in one
+    accumulator).
+    """
+    w1, b1 = fold_conv_norm_act(block.conv1)
+    w2, b2 = fold_conv_norm_act(block.conv2)
+    ws = None
+    if isinstance(block.shortcut, ConvNormAct):
+        wsc, bsc = fold_conv_norm_act(block.shortcut)
+        ws = wsc.flatten(1)
+        b2 = b2 + bsc
+    elif not isinstance(block.shortcut, nn.Identity):
+        raise ValueError(f"cannot fold a residual shortcut of type {type(block.shortcut).__name__}")
+    return w1, b1, w2, b2, ws

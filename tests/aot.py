@@ -12,7 +12,10 @@ A job is a dict::
      "signature": {"x_ptr": "*fp16", "n": "i32", "BLOCK": "constexpr", ...},
      "constexprs": {"BLOCK": 64, ...}, "arch": 90, "num_warps": 4, "num_stages": 3}
 
-and its report adds ``registers``, ``spill_stores``, ``spill_loads``, ``stack``,
+Optional ``"divisible_by_16": ["x_ptr", "n", ...]``: arguments Triton's runtime would
+specialise as 16-divisible (aligned pointers, ints % 16 == 0), as a real launch does.
+
+Its report adds ``registers``, ``spill_stores``, ``spill_loads``, ``stack``,
 ``shared`` (bytes of shared memory from the compiled metadata) and ``ptxas_log``.
 """
 from __future__ import annotations
@@ -45,7 +48,11 @@ for job in json.load(sys.stdin):
         kern = kern.fn
     consts = job.get("constexprs", {})
     sig = dict(job["signature"])
-    src = ASTSource(fn=kern, signature=sig, constexprs=consts)
+    # runtime specialisation: Triton marks pointers 16-byte aligned and ints divisible by 16
+    # ("tt.divisibility"); without it AOT builds miss vectorised / async (cp.async) loads
+    attrs = {(kern.arg_names.index(n),): [["tt.divisibility", 16]]
+             for n in job.get("divisible_by_16", [])}
+    src = ASTSource(fn=kern, signature=sig, constexprs=consts, attrs=attrs)
     arch = job["arch"]
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": job.get("num_warps", 4),

@@ -1,0 +1,265 @@
+"""``conv3x3_fused``: 3x3 conv (stride 1, padding 1) + bias + (identity residual | 1x1 shortcut)
++ ReLU, as one op with several backends.
+
+    y = relu?(conv3x3(x, weight) + bias + residual)                          # identity shortcut
+    y = relu?(conv3x3(x, weight) + bias + conv1x1(shortcut_input, shortcut_weight))  # projection
+
+Backends (``backend=``):
+
+* ``"torch"``  - reference math (``F.conv2d`` + add + ReLU), any device.
+* ``"triton"`` - implicit-GEMM kernel (:mod:`raunet_fast.kernels.conv3x3`) with the shortcut
+  GEMM in the same K loop and the epilogue in registers; CUDA, or CPU under
+  ``TRITON_INTERPRET=1`` (tests).
+* ``"cuda"``   - cuDNN convolution of the weights + one fused vectorised epilogue kernel
+  (``csrc/conv_epilogue*``), built with ninja at first use.
+* ``"cpp"``    - the same epilogue math built for the CPU (after a oneDNN convolution).
+* ``"auto"``   - ``"triton"`` on CUDA (``"cuda"``, then ``"torch"`` if Triton is missing),
+  ``"cpp"`` on CPU (``"torch"`` if it cannot be built; a warning says why).
+
+Registered as the opaque ``torch.ops.raunet_fast.conv3x3_fused`` custom op with a fake
+(meta) implementation, so ``torch.compile(fullgraph=True)`` traces it without a break.
+Output: ``x``'s dtype, channels_last iff ``x`` is channels_last (and not also contiguous).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ._backend import (BackendUnavailable, check_backend_name, load_extension,
+                       triton_unavailable_reason, warn_fallback)
+
+__all__ = ["conv3x3_fused", "resolve_backend", "pack_weights"]
+
+_CPU_EXT = ("raunet_conv_epilogue_cpu", ["conv_epilogue_cpu.cpp"], False)
+_CUDA_EXT = ("raunet_conv_epilogue_cuda", ["conv_epilogue.cu", "conv_epilogue_binding.cpp"], True)
+
+
+# ------------------------------------------------------------------ helpers
+def out_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last iff ``x`` is channels_last and not plainly contiguous (ambiguous
+    shapes, e.g. C == 1, count as contiguous): the real and the fake op agree on it."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty_out(x: torch.Tensor, cout: int) -> torch.Tensor:
+    n, _, h, w = x.shape
+    return torch.empty((n, cout, h, w), dtype=x.dtype, device=x.device,
+                       memory_format=out_memory_format(x))
+
+
+def _as_out(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` with exactly the strides the fake implementation promises."""
+    ref = _empty_out(x, y.shape[1])
+    if y.dtype == ref.dtype and y.stride() == ref.stride():
+        return y
+    return ref.copy_(y)
+
+
+def pack_weights(weight: torch.Tensor, shortcut_weight: Optional[torch.Tensor],
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Triton layout ``[9*Cin + Cs, Cout]`` (K-major); pure torch, importable without triton."""
+    cout, cin = weight.shape[:2]
+    w = weight.detach().to(dtype).permute(2, 3, 1, 0).reshape(9 * cin, cout)
+    if shortcut_weight is not None:
+        w = torch.cat([w, shortcut_weight.detach().reshape(cout, -1).to(dtype).t()], dim=0)
+    return w.contiguous()
+
+
+_PACK_CACHE: dict[tuple, tuple] = {}
+
+
+def packed_for(weight: torch.Tensor, shortcut_weight: Optional[torch.Tensor],
+               dtype: torch.dtype) -> torch.Tensor:
+    """:func:`pack_weights` of these exact tensors, cached while they live unmodified (weak
+    references + version counters): callers passing plain weights every call (the public
+    op) pack once. Inference modules hold their packed weights instead."""
+    key = (id(weight), id(shortcut_weight), dtype)
+    ver = (weight._version, None if shortcut_weight is None else shortcut_weight._version)
+    hit = _PACK_CACHE.get(key)
+    if hit is not None:
+        wref, sref, hver, packed = hit
+        if wref() is weight and hver == ver and \
+                (sref() if sref is not None else None) is shortcut_weight:
+            return packed
+    packed = pack_weights(weight, shortcut_weight, dtype)
+    if len(_PACK_CACHE) >= 256:
+        _PACK_CACHE.clear()
+    _PACK_CACHE[key] = (weakref.ref(weight),
+                        None if shortcut_weight is None else weakref.ref(shortcut_weight),
+                        ver, packed)
+    return packed
+
+
+_ext_failed: set[str] = set()
+
+
+def _ext(spec):
+    return load_extension(*spec)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend ``backend`` means for tensors on ``device`` (may build the csrc
+    extension for ``"auto"`` on CPU, once; failures fall back with a warning)."""
+    check_backend_name(backend)
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        if triton_unavailable_reason(device) is None:
+            return "triton"
+        for name, spec in (("cuda", _CUDA_EXT),):
+            if name not in _ext_failed:
+                try:
+                    _ext(spec)
+                    return name
+                except BackendUnavailable as e:
+                    _ext_failed.add(name)
+                    warn_fallback("conv3x3_fused", "auto", "torch", str(e)[:300])
+        return "torch"
+    if device.type == "cpu" and "cpp" not in _ext_failed:
+        try:
+            _ext(_CPU_EXT)
+            return "cpp"
+        except BackendUnavailable as e:
+            _ext_failed.add("cpp")
+            warn_fallback("conv3x3_fused", "auto", "torch", str(e)[:300])
+    return "torch"
+
+
+# ------------------------------------------------------------------ backends
+def _torch_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
+    # CPU has no fp16 convolution everywhere: compute half inputs in fp32 there
+    cdt = torch.float32 if (x.device.type == "cpu" and x.dtype == torch.float16) else x.dtype
+    y = F.conv2d(x.to(cdt), weight.to(cdt), bias.to(cdt), padding=1)
+    if residual is not None:
+        y = y + residual.to(cdt)
+    elif shortcut_input is not None:
+        cout, cs = weight.shape[0], shortcut_input.shape[1]
+        y = y + F.conv2d(shortcut_input.to(cdt), shortcut_weight.to(cdt).reshape(cout, cs, 1, 1))
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype)
+
+
+def _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, packed, relu):
+    why = triton_unavailable_reason(x.device)
+    if why is not None:
+        raise BackendUnavailable(f"conv3x3_fused: backend 'triton' unavailable: {why}")
+    from raunet_fast.kernels import conv3x3 as k
+
+    if packed is None:
+        packed = packed_for(weight, shortcut_weight, x.dtype)
+    elif packed.dtype != x.dtype:
+        packed = packed.to(x.dtype)
+    if shortcut_input is not None and shortcut_input.dtype != x.dtype:
+        shortcut_input = shortcut_input.to(x.dtype)
+    out = _empty_out(x, weight.shape[0])
+    return k.conv3x3_fused_forward(x, packed, bias, residual, shortcut_input, relu, out)
+
+
+def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
+    ext = _ext(spec)
+    w = weight.to(x.dtype)
+    if out_memory_format(x) == torch.channels_last and x.is_cuda:
+        w = w.contiguous(memory_format=torch.channels_last)
+    sw = shortcut_weight.to(x.dtype) if shortcut_weight is not None else None
+    s = shortcut_input.to(x.dtype) if shortcut_input is not None else None
+    y = ext.conv3x3_fused(x, w, bias, residual, s, sw, relu)
+    return _as_out(y, x)
+
+
+@torch.library.custom_op("raunet_fast::conv3x3_fused", mutates_args=())
+def _conv3x3_fused_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      residual: Optional[torch.Tensor], shortcut_input: Optional[torch.Tensor],
+                      shortcut_weight: Optional[torch.Tensor], packed: Optional[torch.Tensor],
+                      relu: bool, backend: str) -> torch.Tensor:
+    """Opaque op; ``packed`` is the optional pre-packed Triton weight (inference modules)."""
+    be = resolve_backend(backend, x.device)
+    if be == "torch":
+        return _as_out(_torch_impl(x, weight, bias, residual, shortcut_input, shortcut_weight,
+                                   relu), x)
+    if be == "triton":
+        return _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
+                            relu)
+    if be == "cuda":
+        if not x.is_cuda:
+            raise BackendUnavailable("conv3x3_fused: backend 'cuda' needs CUDA tensors")
+        return _csrc_impl(_CUDA_EXT, x, weight, bias, residual, shortcut_input, shortcut_weight,
+                          relu)
+    if x.device.type != "cpu":
+        raise BackendUnavailable("conv3x3_fused: backend 'cpp' needs CPU tensors")
+    return _csrc_impl(_CPU_EXT, x, weight, bias, residual, shortcut_input, shortcut_weight, relu)
+
+
+@_conv3x3_fused_op.register_fake
+def _(x, weight, bias, residual, shortcut_input, shortcut_weight, packed, relu, backend):
+    return _empty_out(x, weight.shape[0])
+
+
+# ------------------------------------------------------------------ public op
+def _check(x, weight, bias, residual, shortcut_input, shortcut_weight):
+    if x.dim() != 4:
+        raise ValueError(f"conv3x3_fused: x must be N x Cin x H x W, got shape {tuple(x.shape)}")
+    n, cin, h, w = x.shape
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (cin, 3, 3):
+        raise ValueError(f"conv3x3_fused: weight must be Cout x {cin} x 3 x 3 for x of shape "
+                         f"{tuple(x.shape)}, got {tuple(weight.shape)}")
+    cout = weight.shape[0]
+    if bias.numel() != cout:
+        raise ValueError(f"conv3x3_fused: bias must have Cout={cout} elements, got {bias.numel()}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"conv3x3_fused: x must be float32/float16/bfloat16, got {x.dtype}")
+    if residual is not None and shortcut_input is not None:
+        raise ValueError("conv3x3_fused: give residual (identity shortcut) or shortcut_input + "
+                         "shortcut_weight (projection), not both")
+    if residual is not None and tuple(residual.shape) != (n, cout, h, w):
+        raise ValueError(f"conv3x3_fused: residual must have shape {(n, cout, h, w)}, "
+                         f"got {tuple(residual.shape)}")
+    if (shortcut_input is None) != (shortcut_weight is None):
+        raise ValueError("conv3x3_fused: shortcut_input and shortcut_weight go together")
+    if shortcut_input is not None:
+        if shortcut_input.dim() != 4 or shortcut_input.shape[0] != n or \
+                tuple(shortcut_input.shape[2:]) != (h, w):
+            raise ValueError(f"conv3x3_fused: shortcut_input must be {n} x Cs x {h} x {w}, "
+                             f"got {tuple(shortcut_input.shape)}")
+        cs = shortcut_input.shape[1]
+        if shortcut_weight.numel() != cout * cs or shortcut_weight.shape[0] != cout:
+            raise ValueError(f"conv3x3_fused: shortcut_weight must be {cout} x {cs} (or "
+                             f"{cout} x {cs} x 1 x 1), got {tuple(shortcut_weight.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual),
+                    ("shortcut_input", shortcut_input), ("shortcut_weight", shortcut_weight)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"conv3x3_fused: {name} is on {t.device}, x on {x.device}")
+
+
+def conv3x3_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+                  residual: Optional[torch.Tensor] = None,
+                  shortcut_input: Optional[torch.Tensor] = None,
+                  shortcut_weight: Optional[torch.Tensor] = None,
+                  relu: bool = True, backend: str = "auto") -> torch.Tensor:
+    """``relu?(conv3x3(x, weight, padding=1) + bias + shortcut)`` in one fused op.
+
+    Args:
+        x: ``N x Cin x H x W`` (contiguous or channels_last, the fast layout), fp32/fp16/bf16.
+        weight: ``Cout x Cin x 3 x 3`` (BatchNorm already folded in); cast to ``x.dtype``.
+        bias: ``Cout`` (added in fp32).
+        residual: ``N x Cout x H x W`` identity shortcut added before the ReLU; or
+        shortcut_input: ``N x Cs x H x W`` with shortcut_weight ``Cout x Cs`` (a 1x1 conv,
+            ``Cout x Cs x 1 x 1`` accepted), computed inside the same kernel. Not both.
+        relu: apply ReLU last.
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpp"`` (module doc).
+            An explicitly named backend that cannot run raises
+            :class:`~raunet_fast.ops.BackendUnavailable`.
+
+    Returns ``N x Cout x H x W`` in ``x.dtype``, accumulated in fp32; channels_last iff ``x`` is.
+    """
+    check_backend_name(backend)
+    _check(x, weight, bias, residual, shortcut_input, shortcut_weight)
+    if shortcut_weight is not None:
+        shortcut_weight = shortcut_weight.reshape(weight.shape[0], shortcut_input.shape[1])
+    return _conv3x3_fused_op(x, weight, bias, residual, shortcut_input, shortcut_weight, None,
+                             relu, backend)

@@ -1,0 +1,119 @@
+"""Inference modules: a folded PlainBlock / ResidualBlock as two :func:`conv3x3_fused` calls.
+
+BatchNorm is folded into the convolutions once (float64, :mod:`raunet_fast.fold`), and the
+weights are cast and packed once, at construction, into buffers (moved by ``.to(device)``):
+
+* ``weight`` ``Cout x Cin x 3 x 3`` and ``shortcut_weight`` ``Cout x Cs`` in the compute
+  dtype (cuDNN / oneDNN backends), ``bias`` in fp32,
+* ``packed`` ``[9*Cin + Cs, Cout]`` (K-major) in the compute dtype (Triton backend).
+
+Nothing is re-folded or re-packed per call, and forward is plain tensor code (no caches
+mutated), so the modules trace cleanly under ``torch.compile(fullgraph=True)``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..blocks import PlainBlock, ResidualBlock
+from ..fold import fold_plain_block, fold_residual_block
+from .conv3x3 import _check, _conv3x3_fused_op, pack_weights
+from ._backend import check_backend_name
+
+__all__ = ["FusedConv3x3", "FusedPlainBlock", "FusedResidualBlock", "fuse_block"]
+
+
+class FusedConv3x3(nn.Module):
+    """``relu?(conv3x3(x) + bias + (residual | conv1x1(shortcut_input)))`` with packed weights.
+
+    Args:
+        weight: ``Cout x Cin x 3 x 3`` (folded), bias: ``Cout``,
+        shortcut_weight: ``Cout x Cs`` 1x1 projection run inside the same kernel, or None.
+        relu: apply ReLU last. dtype: compute dtype of the weights (activations must match).
+        backend: as for :func:`~raunet_fast.ops.conv3x3_fused`.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor,
+                 shortcut_weight: Optional[torch.Tensor] = None, relu: bool = True,
+                 dtype: torch.dtype = torch.float16, backend: str = "auto"):
+        super().__init__()
+        check_backend_name(backend)
+        self.relu, self.backend = relu, backend
+        self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
+        self.register_buffer("weight", weight.detach().to(dtype).contiguous())
+        self.register_buffer("bias", bias.detach().to(torch.float32).contiguous())
+        sw = None if shortcut_weight is None else \
+            shortcut_weight.detach().reshape(weight.shape[0], -1).to(dtype).contiguous()
+        self.register_buffer("shortcut_weight", sw)
+        self.register_buffer("packed", pack_weights(weight, shortcut_weight, dtype))
+
+    def extra_repr(self) -> str:
+        cs = "" if self.shortcut_weight is None else f", shortcut={self.shortcut_weight.shape[1]}"
+        return (f"{self.in_channels}, {self.out_channels}{cs}, relu={self.relu}, "
+                f"dtype={self.weight.dtype}, backend={self.backend!r}")
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                shortcut_input: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (shortcut_input is None) != (self.shortcut_weight is None):
+            raise ValueError("FusedConv3x3: pass shortcut_input iff the layer has a shortcut_weight")
+        _check(x, self.weight, self.bias, residual, shortcut_input, self.shortcut_weight)
+        return _conv3x3_fused_op(x, self.weight, self.bias, residual, shortcut_input,
+                                 self.shortcut_weight, self.packed, self.relu, self.backend)
+
+
+class FusedPlainBlock(nn.Module):
+    """Folded :class:`~raunet_fast.blocks.PlainBlock`: two launches, each conv + bias + ReLU."""
+
+    def __init__(self, conv1: FusedConv3x3, conv2: FusedConv3x3):
+        super().__init__()
+        self.conv1, self.conv2 = conv1, conv2
+
+    @classmethod
+    def from_block(cls, block: PlainBlock, dtype: torch.dtype = torch.float16,
+                   backend: str = "auto") -> "FusedPlainBlock":
+        (w1, b1), (w2, b2) = fold_plain_block(block)
+        dev = block.conv1.conv.weight.device
+        return cls(FusedConv3x3(w1, b1, None, True, dtype, backend),
+                   FusedConv3x3(w2, b2, None, True, dtype, backend)).to(dev)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
+
+
+class FusedResidualBlock(nn.Module):
+    """Folded :class:`~raunet_fast.blocks.ResidualBlock`: two launches.
+
+    conv1: conv3x3 + bias + ReLU. conv2: conv3x3 whose K loop also runs the 1x1 projection
+    shortcut on the block input (or adds the identity residual), + summed bias, + ReLU.
+    """
+
+    def __init__(self, conv1: FusedConv3x3, conv2: FusedConv3x3):
+        super().__init__()
+        self.conv1, self.conv2 = conv1, conv2
+        self.identity = conv2.shortcut_weight is None
+
+    @classmethod
+    def from_block(cls, block: ResidualBlock, dtype: torch.dtype = torch.float16,
+                   backend: str = "auto") -> "FusedResidualBlock":
+        w1, b1, w2, b2, ws = fold_residual_block(block)
+        dev = block.conv1.conv.weight.device
+        return cls(FusedConv3x3(w1, b1, None, True, dtype, backend),
+                   FusedConv3x3(w2, b2, ws, True, dtype, backend)).to(dev)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        if self.identity:
+            return self.conv2(h, residual=x)
+        return self.conv2(h, shortcut_input=x)
+
+
+def fuse_block(block: nn.Module, dtype: torch.dtype = torch.float16,
+               backend: str = "auto") -> nn.Module:
+    """:class:`FusedResidualBlock` or :class:`FusedPlainBlock` for an eval-mode block."""
+    if isinstance(block, ResidualBlock):
+        return FusedResidualBlock.from_block(block, dtype, backend)
+    if isinstance(block, PlainBlock):
+        return FusedPlainBlock.from_block(block, dtype, backend)
+    raise TypeError(f"fuse_block: expected PlainBlock or ResidualBlock, got {type(block).__name__}")
