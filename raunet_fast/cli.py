@@ -13,6 +13,10 @@ import sys
 #: module that defines ``add_cli(subparsers)`` for each group of subcommands
 SUBCOMMANDS = [
     "raunet_fast.cli",            # summary
+    "raunet_fast.data.generate",  # make-data
+    "raunet_fast.train",          # train
+    "raunet_fast.evaluate",       # evaluate
+    "raunet_fast.demo",           # demo
 ]
 
 

@@ -69,10 +69,19 @@ def synth_lesion(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     softness = rng.uniform(0.05, 0.14) * r0
     inside = _sigmoid((radius - rho) / softness)
     pigment = np.array([0.45, 0.28, 0.2]) + rng.uniform(-0.08, 0.08, 3)
-    contrast = rng.uniform(0.35, 0.7)
+    contrast = rng.uniform(0.3, 0.65)
     blotch = 0.75 + 0.25 * _smooth_field(rng, (height, width), 10)
     amount = (contrast * inside * blotch)[..., None]
     img = img * (1 - amount) + pigment[None, None, :] * amount
+    # freckles: small dark spots outside the lesion (distractors, not in the mask)
+    for _ in range(rng.integers(0, 4)):
+        fy, fx = rng.uniform(0, height), rng.uniform(0, width)
+        fr = rng.uniform(0.015, 0.04) * s
+        d = np.hypot(yy - fy, xx - fx)
+        if np.any(mask & (d < 3 * fr)):
+            continue
+        spot = _sigmoid((fr - d) / (0.3 * fr)) * rng.uniform(0.2, 0.45)
+        img = img * (1 - spot[..., None]) + pigment[None, None, :] * spot[..., None]
     # hairs: thin dark curves crossing the image
     for _ in range(rng.integers(0, 4)):
         t = np.linspace(0, 1, 4 * s)

@@ -1,0 +1,250 @@
+"""Evaluation of a trained checkpoint: per-case CSV and a summary JSON.
+
+2-D data (ISIC 2018, image folders): each image is fed at the training size, the logits
+are resized back to the image's own size and thresholded, and Dice, Jaccard, the ISIC
+thresholded Jaccard, Hausdorff distance and HD95 (pixels) are computed at the original
+resolution. When exactly one of prediction and truth is empty the distances are the
+image diagonal (the largest possible distance).
+
+BraTS 2021: all axial slices of a case are predicted, pasted back into the full slice
+grid, re-stacked into the 3-D volume and scored per region (WT, TC, ET) with Dice,
+Jaccard, HD and HD95 in mm (voxel spacing from the NIfTI header), using the BraTS rules
+for empty masks: both empty gives Dice 1 and HD95 0, exactly one empty gives Dice 0 and
+HD95 373.13.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .hub import atomic_write_bytes, atomic_write_json
+from .metrics import BRATS_EMPTY_DISTANCE, ISIC_JACCARD_THRESHOLD, all_metrics, diagonal
+from .train import PREPROCESSING_NAME, autocast_dtype, resolve_device
+
+METRICS = ("dice", "jaccard", "hd", "hd95")
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "n": 0}
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
+            "median": float(statistics.median(vals)), "n": len(vals)}
+
+
+def read_preprocessing(checkpoint: Path) -> dict[str, Any]:
+    path = Path(checkpoint) / PREPROCESSING_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    fields = list(rows[0]) if rows else ["case"]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+@torch.no_grad()
+def _predict(model, x: torch.Tensor, device, amp_dtype, batch_size: int) -> torch.Tensor:
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs)
+
+
+def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split: str = "val",
+             out: str | Path | None = None, device: str = "auto", batch_size: int = 8,
+             image_size: tuple[int, int] | None = None, crop: int | None = None,
+             threshold: float | None = None, amp: str = "none", save_predictions: bool = False,
+             progress: bool = True, model=None) -> dict[str, Any]:
+    """Score ``checkpoint`` (a folder written by training / ``save_pretrained``) on a split.
+
+    ``image_size`` / ``crop`` / ``threshold`` default to the values training stored in the
+    checkpoint's ``preprocessing.json``. Writes ``out/cases.csv`` and ``out/summary.json``
+    (when ``out`` is given) and returns the summary.
+    """
+    from tqdm import tqdm
+
+    from .hub import from_pretrained
+
+    checkpoint = Path(checkpoint)
+    prep = read_preprocessing(checkpoint)
+    if prep.get("dataset") and prep["dataset"] != dataset:
+        raise ValueError(f"{checkpoint} was trained on {prep['dataset']!r}, not {dataset!r}")
+    if image_size is None and prep.get("image_size"):
+        image_size = tuple(prep["image_size"])
+    if crop is None:
+        crop = prep.get("crop", 192 if dataset == "brats2021" else None)
+    threshold = float(prep.get("threshold", 0.5) if threshold is None else threshold)
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if image_size is None and dataset != "brats2021":
+        raise ValueError(f"{checkpoint} has no {PREPROCESSING_NAME}; pass --image-size")
+    dev = resolve_device(device)
+    amp_dtype = autocast_dtype(amp, dev)
+    if model is None:
+        model = from_pretrained(checkpoint, map_location=dev)
+    model = model.to(dev).eval()
+
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    pred_dir = None
+    if save_predictions:
+        if out is None:
+            raise ValueError("save_predictions needs an output folder")
+        pred_dir = out / "predictions"
+        pred_dir.mkdir(exist_ok=True)
+
+    rows: list[dict[str, Any]] = []
+    if dataset == "brats2021":
+        from .data.brats import REGIONS, BraTS2021, case_files, labels_to_regions, regions_to_labels
+
+        ds = BraTS2021(data_root, split, crop=crop, image_size=image_size, skip_empty=False,
+                       memory_cases=1)
+        _check_channels(model, ds.channels, len(REGIONS), checkpoint)
+        for i in tqdm(range(len(ds.names)), desc=f"evaluate {split}", unit="case",
+                      disable=not progress):
+            case = ds.case(i)
+            vol = torch.from_numpy(np.asarray(case["image"], dtype=np.float32))  # Z x 4 x X x Y
+            logits = _predict(model, ds.prepare(vol), dev, amp_dtype, batch_size)
+            logits = ds.restore(logits, vol.shape[-2:])
+            cut = math.log(threshold / (1 - threshold))
+            pred = (logits > cut).permute(1, 0, 2, 3).numpy()  # 3 x Z x X x Y
+            truth = labels_to_regions(np.asarray(case["seg"]))  # 3 x Z x X x Y
+            sx, sy, sz = case["spacing"]
+            row: dict[str, Any] = {"case": ds.names[i]}
+            for r, name in enumerate(REGIONS):
+                m = all_metrics(pred[r], truth[r], spacing=(sz, sx, sy),
+                                empty_distance=BRATS_EMPTY_DISTANCE)
+                for k in METRICS:
+                    row[f"{k}_{name}"] = m[k]
+            rows.append(row)
+            if pred_dir is not None:
+                import nibabel as nib
+
+                ref = nib.load(str(case_files(ds.folders[i])["flair"]))
+                seg = np.moveaxis(regions_to_labels(pred), 0, 2)
+                nib.save(nib.Nifti1Image(seg, ref.affine, ref.header),
+                         str(pred_dir / f"{ds.names[i]}.nii.gz"))
+        summary_metrics = {name: {k: _stats([r[f"{k}_{name}"] for r in rows]) for k in METRICS}
+                           for name in REGIONS}
+        summary_metrics["mean"] = {k: _stats([float(np.mean([r[f"{k}_{n}"] for n in REGIONS]))
+                                              for r in rows]) for k in METRICS}
+        extra = {"regions": list(REGIONS), "distance_unit": "mm",
+                 "empty_rule": f"both empty: Dice 1, HD 0; one empty: Dice 0, HD {BRATS_EMPTY_DISTANCE}"}
+    else:
+        from .data import build_dataset
+        from .data.common import resize_pair
+        from .metrics import thresholded_jaccard
+
+        ds = build_dataset(dataset, data_root, split, image_size=None, require_masks=True)
+        _check_channels(model, ds.channels, 1, checkpoint)
+        for i in tqdm(range(len(ds)), desc=f"evaluate {split}", unit="image", disable=not progress):
+            image, mask = ds.load_case(i)
+            x, _ = resize_pair(image, None, image_size)
+            logits = _predict(model, x[None], dev, amp_dtype, 1)
+            logits = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
+            pred = (torch.sigmoid(logits[0, 0]) > threshold).numpy()
+            m = all_metrics(pred, mask, empty_distance=diagonal(mask.shape))
+            row = {"case": ds.names[i], **m,
+                   "thresholded_jaccard": thresholded_jaccard(pred, mask),
+                   "height": mask.shape[0], "width": mask.shape[1]}
+            rows.append(row)
+            if pred_dir is not None:
+                from PIL import Image
+
+                Image.fromarray(pred.astype(np.uint8) * 255).save(
+                    pred_dir / f"{ds.names[i]}_segmentation.png")
+        summary_metrics = {k: _stats([r[k] for r in rows]) for k in (*METRICS, "thresholded_jaccard")}
+        extra = {"distance_unit": "pixels",
+                 "thresholded_jaccard_threshold": ISIC_JACCARD_THRESHOLD,
+                 "empty_rule": "both empty: Dice 1, HD 0; one empty: Dice 0, HD = image diagonal"}
+
+    summary = {"checkpoint": str(checkpoint), "dataset": dataset, "data_root": str(data_root),
+               "split": split, "cases": len(rows), "threshold": threshold,
+               "image_size": None if image_size is None else list(image_size),
+               "metrics": summary_metrics, **extra}
+    if out is not None:
+        _write_csv(out / "cases.csv", rows)
+        atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _check_channels(model, in_ch: int, out_ch: int, checkpoint: Path) -> None:
+    if model.in_channels != in_ch or model.out_channels != out_ch:
+        raise ValueError(f"the model in {checkpoint} has {model.in_channels} input / "
+                         f"{model.out_channels} output channels; this data set needs {in_ch} / {out_ch}")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable table of a summary."""
+    lines = [f"{summary['dataset']} {summary['split']}: {summary['cases']} cases "
+             f"(distances in {summary['distance_unit']})"]
+    m = summary["metrics"]
+    if "regions" in summary:
+        lines.append(f"{'region':8s} {'Dice':>14s} {'Jaccard':>14s} {'HD':>16s} {'HD95':>16s}")
+        for name in (*summary["regions"], "mean"):
+            lines.append(f"{name:8s} " + " ".join(
+                f"{m[name][k]['mean']:>8.4f}±{m[name][k]['std']:<6.3f}" if k in ("dice", "jaccard")
+                else f"{m[name][k]['mean']:>9.2f}±{m[name][k]['std']:<7.2f}" for k in METRICS))
+    else:
+        for k in (*METRICS, "thresholded_jaccard"):
+            lines.append(f"  {k:20s} {m[k]['mean']:10.4f} ± {m[k]['std']:.4f}")
+    return "\n".join(lines)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    summary = evaluate(args.checkpoint, args.dataset, args.data_root, args.split, args.out,
+                       device=args.device, batch_size=args.batch_size, image_size=args.image_size,
+                       crop=args.crop, threshold=args.threshold, amp=args.amp,
+                       save_predictions=args.save_predictions, progress=args.progress)
+    print(format_summary(summary))
+    print(f"per-case scores in {Path(args.out) / 'cases.csv'}, summary in "
+          f"{Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def add_cli(sub) -> None:
+    from .cli import parse_size
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a data split (cases.csv, summary.json)",
+                       description="Score a trained checkpoint on a split: Dice, Jaccard, Hausdorff "
+                                   "and HD95 per case (BraTS: per region WT/TC/ET on 3-D volumes), "
+                                   "written to EVAL_DIR/cases.csv and EVAL_DIR/summary.json.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="e.g. RUN_DIR/best")
+    p.add_argument("--dataset", required=True, choices=["isic2018", "brats2021", "folder"])
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--out", required=True, type=Path, help="output folder EVAL_DIR (created)")
+    p.add_argument("--image-size", type=parse_size, default=None, metavar="S|HxW",
+                   help="network input size (default: the one stored with the checkpoint)")
+    p.add_argument("--crop", type=int, default=None, help="BraTS crop (default: from the checkpoint)")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--save-predictions", action="store_true",
+                   help="also write the predicted masks (PNG / NIfTI) to EVAL_DIR/predictions/")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_cmd_evaluate)
