@@ -6,7 +6,8 @@ elastic deformation, dropout, early stopping on validation Dice.
 A run directory holds::
 
     RUN_DIR/run.json          the training configuration
-    RUN_DIR/log.csv           one row per finished epoch
+    RUN_DIR/log.csv           one row per finished epoch (also kept in the training state,
+                              so a resumed run rewrites it consistently)
     RUN_DIR/last/             weights after the latest epoch (from_pretrained loads it)
         training_state.pt     optimizer, scheduler, scaler, epoch, early-stopping and RNG state
         checkpoint.json       epoch, validation Dice, SHA-256 of the weights (written last)
@@ -369,7 +370,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         start_epoch = int(state["epoch"])
         best_dice, best_epoch = float(state["best_dice"]), int(state["best_epoch"])
         bad_epochs, stopped = int(state["bad_epochs"]), bool(state["stopped_early"])
-        rows = [r for r in read_log(run / "log.csv") if int(r["epoch"]) <= start_epoch]
+        rows = [dict(r) for r in state.get("log_rows", [])]
         _say(f"resuming {run} after epoch {start_epoch} (best val Dice {best_dice:.4f} "
              f"at epoch {best_epoch})", progress)
     log_fields = LOG_FIELDS + [f"val_dice_{r}" for r in train_ds.region_names]
@@ -456,6 +457,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "best_dice": best_dice, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                  "stopped_early": stopped, "torch_rng": torch.get_rng_state(),
+                 "log_rows": [{k: str(v) for k, v in r.items()} for r in rows + [row]],
                  "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
         write_checkpoint(run, "last", model, info, prep, state)
         rows.append(row)

@@ -1,0 +1,113 @@
+"""Dice + Focal loss: against hand-written float64 references, deep supervision, autocast."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raunet_fast.losses import DiceFocalLoss
+
+
+def ref_sigmoid(logits, target, alpha, gamma, smooth, ld, lf):
+    x, t = logits.double(), target.double()
+    p = 1 / (1 + torch.exp(-x))
+    dims = (0, 2, 3)
+    dice = 1 - ((2 * (p * t).sum(dims) + smooth) / (p.sum(dims) + t.sum(dims) + smooth)).mean()
+    p_t = p * t + (1 - p) * (1 - t)
+    a_t = alpha * t + (1 - alpha) * (1 - t)
+    focal = (-a_t * (1 - p_t) ** gamma * torch.log(p_t)).mean()
+    return ld * dice + lf * focal
+
+
+def ref_softmax(logits, target, gamma, smooth, ld, lf):
+    x = logits.double()
+    p = torch.softmax(x, 1)
+    onehot = F.one_hot(target, x.shape[1]).permute(0, 3, 1, 2).double()
+    dims = (0, 2, 3)
+    pd, od = p[:, 1:], onehot[:, 1:]
+    dice = 1 - ((2 * (pd * od).sum(dims) + smooth) / (pd.sum(dims) + od.sum(dims) + smooth)).mean()
+    p_t = (p * onehot).sum(1)
+    focal = (-(1 - p_t) ** gamma * torch.log(p_t)).mean()
+    return ld * dice + lf * focal
+
+
+@pytest.mark.parametrize("alpha,gamma,ld,lf", [(0.25, 2.0, 1.0, 1.0), (0.6, 0.0, 0.3, 2.0),
+                                                (0.5, 1.5, 0.0, 1.0), (0.25, 2.0, 1.0, 0.0)])
+def test_sigmoid_matches_reference(alpha, gamma, ld, lf):
+    logits = torch.randn(3, 2, 9, 11) * 3
+    target = (torch.rand(3, 2, 9, 11) > 0.7).float()
+    loss = DiceFocalLoss("sigmoid", ld, lf, alpha=alpha, gamma=gamma, smooth=1.0)(logits, target)
+    ref = ref_sigmoid(logits, target, alpha, gamma, 1.0, ld, lf)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+
+
+def test_softmax_matches_reference_and_cross_entropy():
+    logits = torch.randn(2, 4, 7, 6) * 2
+    target = torch.randint(0, 4, (2, 7, 6))
+    loss = DiceFocalLoss("softmax", 1.0, 1.0, alpha=None, gamma=2.0)(logits, target)
+    assert loss.item() == pytest.approx(ref_softmax(logits, target, 2.0, 1.0, 1, 1).item(), rel=1e-5)
+    # gamma 0, no alpha, no Dice: plain cross-entropy; N x 1 x H x W targets accepted
+    ce = DiceFocalLoss("softmax", 0.0, 1.0, alpha=None, gamma=0.0)(logits, target[:, None])
+    assert ce.item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-6)
+    # per-class alpha weights each pixel by its class weight
+    w = [0.1, 1.0, 2.0, 0.5]
+    got = DiceFocalLoss("softmax", 0.0, 1.0, alpha=w, gamma=0.0)(logits, target)
+    ref = (F.cross_entropy(logits, target, reduction="none") * torch.tensor(w)[target]).mean()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_perfect_prediction_is_near_zero_and_gradients_flow():
+    target = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    good = (target * 2 - 1) * 20
+    assert DiceFocalLoss()(good, target).item() < 1e-4
+    logits = torch.zeros(2, 1, 16, 16, requires_grad=True)
+    DiceFocalLoss()(logits, target).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    # pushing logits toward the target lowers the loss
+    step = logits.detach() - 10 * logits.grad
+    assert DiceFocalLoss()(step, target) < DiceFocalLoss()(logits.detach(), target)
+
+
+def test_fp32_under_autocast():
+    logits = (torch.randn(2, 3, 8, 8) * 4).bfloat16()
+    target = (torch.rand(2, 3, 8, 8) > 0.5).float()
+    fn = DiceFocalLoss()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fn(logits, target)
+    assert loss.dtype == torch.float32
+    ref = ref_sigmoid(logits.float(), target, 0.25, 2.0, 1.0, 1, 1)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_deep_supervision_downsamples_targets():
+    target = (torch.rand(2, 3, 13, 10) > 0.5).float()
+    outs = (torch.randn(2, 3, 13, 10), torch.randn(2, 3, 7, 5), torch.randn(2, 3, 4, 3))
+    fn = DiceFocalLoss()
+    got = fn(outs, target)
+    w = [1.0, 0.5, 0.25]
+    parts = [fn(o, F.interpolate(target, size=o.shape[2:], mode="nearest")) for o in outs]
+    assert got.item() == pytest.approx((sum(a * b for a, b in zip(w, parts)) / sum(w)).item(), rel=1e-6)
+    # integer class targets are downsampled as labels
+    cls = torch.randint(0, 3, (2, 13, 10))
+    sm = DiceFocalLoss("softmax")
+    assert torch.isfinite(sm(outs, cls))
+    # works on the model's real deep-supervision output
+    from raunet_fast import RAUNet
+
+    model = RAUNet(3, 3, base_channels=4, depth=4, deep_supervision=True).train()
+    out = model(torch.randn(2, 3, 21, 18))
+    assert isinstance(out, tuple) and len(out) == 3
+    loss = fn(out, (torch.rand(2, 3, 21, 18) > 0.5).float())
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_bad_targets():
+    fn = DiceFocalLoss()
+    with pytest.raises(ValueError, match="shape"):
+        fn(torch.randn(2, 1, 8, 8), torch.zeros(2, 1, 8, 9))
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        DiceFocalLoss("softmax")(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 3))
+    with pytest.raises(ValueError, match="mode"):
+        DiceFocalLoss("tanh")
