@@ -36,7 +36,7 @@ def test_known_pattern_stays_aligned(hw):
     # the image says where each output pixel came from; the mask must carry that pixel's label
     expected = label_of(out_img)
     agree = (expected == out_mask).float().mean().item()
-    assert agree > 0.93, f"image and mask disagree on {100 * (1 - agree):.1f}% of pixels"
+    assert agree > 0.98, f"image and mask disagree on {100 * (1 - agree):.1f}% of pixels"
     # the transform really moved things
     assert (out_mask != mask).float().mean() > 0.3
     # and the check has power: a mask transformed with other random numbers does not agree

@@ -310,7 +310,7 @@ class BraTS2021(Dataset):
         image = self.prepare(torch.from_numpy(np.asarray(case["image"][z], dtype=np.float32)))
         item = {"image": image.contiguous(), "case": i, "slice": z}
         if case["seg"] is not None:
-            seg = torch.from_numpy(np.asarray(case["seg"][z]))
+            seg = torch.from_numpy(np.array(case["seg"][z]))
             mask = labels_to_regions(seg).float()
             if self.crop is not None:
                 mask = crop_or_pad(mask, self.crop)

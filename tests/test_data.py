@@ -1,0 +1,272 @@
+"""Datasets on generated data in the real ISIC 2018 / BraTS 2021 layouts, and their errors."""
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raunet_fast import cli
+from raunet_fast.data import (BraTS2021, ISIC2018, ImageMaskFolder, labels_to_regions,
+                              make_brats2021, make_isic2018, regions_to_labels)
+from raunet_fast.data.brats import crop_or_pad, uncrop
+from raunet_fast.data.common import split_names
+
+BRATS_SHAPE = (30, 28, 12)
+
+
+@pytest.fixture(scope="module")
+def isic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("isic")
+    assert cli.main(["make-data", "--kind", "isic2018", "--out", str(root), "--cases", "10",
+                     "--shape", "40x48", "--seed", "1"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def brats_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("brats")
+    make_brats2021(root, 5, BRATS_SHAPE, seed=2, spacing=(1.0, 1.0, 2.0))
+    return root
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------ ISIC 2018
+def test_isic_layout_on_disk(isic_root):
+    names = sorted(p.name for p in isic_root.iterdir())
+    assert names == ["ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1-2_Training_Input",
+                     "ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Test_GroundTruth",
+                     "ISIC2018_Task1_Training_GroundTruth", "ISIC2018_Task1_Validation_GroundTruth"]
+    images = sorted((isic_root / "ISIC2018_Task1-2_Training_Input").glob("*.jpg"))
+    assert all(re.fullmatch(r"ISIC_\d{7}\.jpg", p.name) for p in images)
+    assert list((isic_root / "ISIC2018_Task1-2_Training_Input").glob("*.txt"))
+    for p in images:
+        mask = isic_root / "ISIC2018_Task1_Training_GroundTruth" / f"{p.stem}_segmentation.png"
+        m = Image.open(mask)
+        assert m.mode == "L" and m.size == Image.open(p).size
+        values = set(np.unique(np.asarray(m)).tolist())
+        assert values <= {0, 255} and 255 in values
+    sizes = {Image.open(p).size for p in images}
+    assert len(sizes) > 1, "image sizes should vary like the real data"
+
+
+def test_isic_dataset_items(isic_root):
+    counts = {s: len(ISIC2018(isic_root, s)) for s in ("train", "val", "test")}
+    assert counts == {"train": 6, "val": 2, "test": 2}
+    ds = ISIC2018(isic_root, "train", image_size=(32, 24))
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 24) and item["image"].dtype == torch.float32
+    assert 0 <= item["image"].min() and item["image"].max() <= 1
+    assert item["mask"].shape == (1, 32, 24)
+    assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert item["case"] == 0
+    image, mask = ds.load_case(0)
+    assert image.shape[:2] == mask.shape and mask.dtype == bool
+    # the lesion is darker than the skin: data is not noise
+    assert image[mask].mean() < image[~mask].mean() - 10
+
+
+def test_isic_nested_mirror_layout(isic_root, tmp_path):
+    root = tmp_path / "mirror" / "ISIC2018"
+    for d in isic_root.iterdir():  # X/X/files, as some mirrors unpack
+        shutil.copytree(d, root / d.name / d.name)
+    ds = ISIC2018(tmp_path / "mirror", "val")
+    assert len(ds) == 2 and ds[1]["mask"].shape[0] == 1
+
+
+def test_isic_missing_ground_truth_is_a_clear_error(isic_root, tmp_path):
+    root = _copy(isic_root, tmp_path)
+    shutil.rmtree(root / "ISIC2018_Task1_Test_GroundTruth")
+    with pytest.raises(FileNotFoundError, match="ISIC2018_Task1_Test_GroundTruth.*no ground truth"):
+        ISIC2018(root, "test")
+    ds = ISIC2018(root, "test", require_masks=False)
+    assert not ds.has_masks and "mask" not in ds[0]
+
+
+def test_isic_bad_files_are_named(isic_root, tmp_path):
+    root = _copy(isic_root, tmp_path)
+    gt = root / "ISIC2018_Task1_Training_GroundTruth"
+    masks = sorted(gt.glob("*.png"))
+    # mask of another size: reported, not resized
+    Image.open(masks[0]).resize((11, 13)).save(masks[0])
+    ds = ISIC2018(root, "train", image_size=(16, 16))
+    with pytest.raises(ValueError, match=re.escape(masks[0].name) + ".*13x11"):
+        ds[0]
+    # corrupt image
+    images = sorted((root / "ISIC2018_Task1-2_Training_Input").glob("*.jpg"))
+    images[1].write_bytes(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=re.escape(images[1].name)):
+        ds[1]
+    # missing mask
+    masks[2].unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(masks[2].name)):
+        ISIC2018(root, "train")
+    # empty input folder
+    for p in (root / "ISIC2018_Task1-2_Validation_Input").glob("*.jpg"):
+        p.unlink()
+    with pytest.raises(ValueError, match="no ISIC_"):
+        ISIC2018(root, "val")
+    (tmp_path / "nothing-here").mkdir()
+    with pytest.raises(FileNotFoundError, match="ISIC2018_Task1-2_Training_Input"):
+        ISIC2018(tmp_path / "nothing-here")
+
+
+# ------------------------------------------------------------------ folder
+def test_image_mask_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"img{i}.png")
+        suffix = "_mask" if i % 2 else ""
+        Image.fromarray(((rng.random((20, 24)) > 0.5) * 255).astype(np.uint8)).save(
+            tmp_path / "masks" / f"img{i}{suffix}.png")
+    splits = {s: ImageMaskFolder(tmp_path, s, image_size=(16, 16)).names for s in ("train", "val", "test")}
+    assert sorted(sum(splits.values(), [])) == [f"img{i}" for i in range(7)]
+    assert splits == {s: ImageMaskFolder(tmp_path, s).names for s in splits}  # reproducible
+    item = ImageMaskFolder(tmp_path, "all", image_size=(16, 16))[3]
+    assert item["image"].shape == (3, 16, 16) and item["mask"].shape == (1, 16, 16)
+    assert ImageMaskFolder(tmp_path, "all", grayscale=True)[0]["image"].shape[0] == 1
+    (tmp_path / "masks" / "img4.png").unlink()
+    with pytest.raises(FileNotFoundError, match="img4.png"):
+        ImageMaskFolder(tmp_path, "all")
+
+
+def test_split_names_is_by_name_and_disjoint():
+    names = [f"case{i:03d}" for i in range(40)]
+    parts = {s: split_names(names, s) for s in ("train", "val", "test")}
+    assert sorted(sum(parts.values(), [])) == names
+    assert len(parts["val"]) == 6 and len(parts["test"]) == 6
+    assert parts == {s: split_names(list(reversed(names)), s) for s in parts}
+    assert parts["val"] != split_names(names, "val", seed=1)
+    with pytest.raises(ValueError, match="at least 3"):
+        split_names(names[:2], "train")
+
+
+# ------------------------------------------------------------------ BraTS 2021
+def test_brats_layout_on_disk(brats_root):
+    cases = sorted(p.name for p in brats_root.iterdir())
+    assert len(cases) == 5 and all(re.fullmatch(r"BraTS2021_\d{5}", c) for c in cases)
+    folder = brats_root / cases[0]
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == sorted(f"{cases[0]}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2", "seg"))
+    with gzip.open(folder / files[0]) as f:  # really gzip-compressed NIfTI-1
+        assert f.read(348)[344:348] == b"n+1\x00"
+    seg = nib.load(str(folder / f"{cases[0]}_seg.nii.gz"))
+    assert seg.shape == BRATS_SHAPE
+    assert seg.header.get_zooms() == (1.0, 1.0, 2.0)
+    labels = set()
+    for c in cases:
+        s = np.asanyarray(nib.load(str(brats_root / c / f"{c}_seg.nii.gz")).dataobj)
+        labels |= set(np.unique(s).tolist())
+        flair = np.asanyarray(nib.load(str(brats_root / c / f"{c}_flair.nii.gz")).dataobj)
+        assert flair.dtype == np.int16 and (flair[s > 0] > 0).all()  # tumour lies in the brain
+        assert flair[s == 2].mean() > flair[(s == 0) & (flair > 0)].mean()  # oedema bright in FLAIR
+    assert labels <= {0, 1, 2, 4} and {1, 2, 4} <= labels
+
+
+def test_brats_regions_and_slices(brats_root):
+    ds = BraTS2021(brats_root, "all", crop=24)
+    item = ds[len(ds) // 2]
+    assert item["image"].shape == (4, 24, 24) and item["mask"].shape == (3, 24, 24)
+    m = item["mask"]
+    assert bool((m[2] <= m[1]).all() and (m[1] <= m[0]).all()), "ET in TC in WT"
+    case = ds.case(0)
+    img, seg = np.asarray(case["image"], dtype=np.float32), np.asarray(case["seg"])
+    assert img.shape == (BRATS_SHAPE[2], 4, *BRATS_SHAPE[:2])
+    brain = (img != 0).any(1)
+    for c in range(4):  # z-scored over brain voxels
+        v = img[:, c][brain]
+        assert abs(v.mean()) < 0.01 and abs(v.std() - 1) < 0.01
+    assert case["spacing"] == (1.0, 1.0, 2.0)
+    regions = labels_to_regions(seg)
+    np.testing.assert_array_equal(regions[0], seg > 0)
+    np.testing.assert_array_equal(regions[1], (seg == 1) | (seg == 4))
+    np.testing.assert_array_equal(regions[2], seg == 4)
+    np.testing.assert_array_equal(regions_to_labels(regions), seg)
+    # image_size resizes the crop
+    assert BraTS2021(brats_root, "all", crop=24, image_size=(16, 16))[0]["image"].shape == (4, 16, 16)
+
+
+def test_brats_patient_split_and_oversampling(brats_root, tmp_path):
+    parts = {s: BraTS2021(brats_root, s, crop=None) for s in ("train", "val", "test")}
+    names = {s: set(d.names) for s, d in parts.items()}
+    assert names["train"].isdisjoint(names["val"]) and names["val"].isdisjoint(names["test"])
+    assert len(set().union(*names.values())) == 5
+    assert names["val"] == set(BraTS2021(brats_root, "val", crop=None).names)
+    train = parts["train"]
+    assert all(train.case(i)["image"][z].any() for i, z in train.index)  # empty slices skipped
+    w = train.sample_weights(4.0)
+    assert set(w.unique().tolist()) <= {1.0, 4.0} and (w == 4.0).any()
+    assert len(parts["val"]) == BRATS_SHAPE[2] * len(parts["val"].names)  # all slices
+    # cached copy gives identical items
+    cached = BraTS2021(brats_root, "train", crop=None, cache_dir=tmp_path / "cache")
+    again = BraTS2021(brats_root, "train", crop=None, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").glob("*_image.npy"))
+    for k in (0, len(train) - 1):
+        torch.testing.assert_close(again[k]["image"], train[k]["image"])
+        assert torch.equal(cached[k]["mask"], train[k]["mask"])
+
+
+def test_crop_roundtrip():
+    x = torch.arange(2 * 9 * 11, dtype=torch.float32).reshape(2, 9, 11)
+    for size in [(4, 6), (9, 11), (12, 14), (5, 13)]:
+        back = uncrop(crop_or_pad(x, size), (9, 11), fill=-1)
+        keep = back != -1
+        assert torch.equal(back[keep], x[keep])
+        assert keep[0].sum() == min(9, size[0]) * min(11, size[1])
+
+
+def test_brats_bad_files_are_named(brats_root, tmp_path):
+    root = _copy(brats_root, tmp_path)
+    cases = sorted(p for p in root.iterdir())
+    # corrupt volume
+    bad = cases[0] / f"{cases[0].name}_t1.nii.gz"
+    bad.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(ValueError, match=re.escape(bad.name)):
+        BraTS2021(root, "all")
+    shutil.copy(brats_root / cases[0].name / bad.name, bad)
+    # segmentation of another shape: reported, not resized
+    seg_path = cases[1] / f"{cases[1].name}_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((30, 28, 11), np.uint8), np.eye(4)), str(seg_path))
+    with pytest.raises(ValueError, match=re.escape(seg_path.name) + ".*not resized"):
+        BraTS2021(root, "all")
+    # labels outside 0/1/2/4
+    nib.save(nib.Nifti1Image(np.full(BRATS_SHAPE, 3, np.uint8), np.eye(4)), str(seg_path))
+    with pytest.raises(ValueError, match=r"labels \[3\]"):
+        BraTS2021(root, "all")
+    # missing modality
+    (cases[2] / f"{cases[2].name}_t2.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{cases[2].name}_t2.nii.gz"):
+        BraTS2021(root, "all")
+    with pytest.raises(ValueError, match="no BraTS2021_"):
+        BraTS2021(tmp_path / "copy" / cases[0].name, "all")
+
+
+def test_make_data_cli_errors(tmp_path, capsys):
+    assert cli.main(["make-data", "--kind", "isic2018", "--out", str(tmp_path), "--cases", "2"]) == 2
+    assert "at least 3" in capsys.readouterr().err
+    assert cli.main(["make-data", "--kind", "brats2021", "--out", str(tmp_path), "--cases", "1",
+                     "--shape", "20x20"]) == 2
+    assert "XxYxZ" in capsys.readouterr().err
+
+
+def test_generation_is_seeded(tmp_path):
+    make_isic2018(tmp_path / "a", 3, (24, 24), seed=5)
+    make_isic2018(tmp_path / "b", 3, (24, 24), seed=5)
+    fa = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    assert fa == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.*"))
+    for p in fa:
+        assert (tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes()
