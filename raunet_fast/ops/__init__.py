@@ -20,8 +20,18 @@ _OPS = {
 
 __all__ = ["BACKENDS", "BackendUnavailable", *_OPS]
 
+# ``attention_gate`` names both a submodule and the op it defines. Importing the submodule
+# (e.g. ``from raunet_fast.ops.attention_gate import fold_attention_gate``) binds the module
+# on this package, where the op should be; so it is imported now, which is cheap (torch
+# only: no triton, nothing built) and leaves the op bound for good.
+from .attention_gate import attention_gate  # noqa: E402
+
 
 def __getattr__(name: str):
     if name in _OPS:
-        return getattr(importlib.import_module(_OPS[name], __name__), name)
+        op = getattr(importlib.import_module(_OPS[name], __name__), name)
+        # importing a submodule binds its name on this package (``attention_gate`` the
+        # module shadows ``attention_gate`` the op): bind the op itself, once.
+        globals()[name] = op
+        return op
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,258 @@
+// "cuda" backend of raunet_fast.ops.attention_gate: the fused gate as one CUDA kernel.
+//
+// Plain CUDA (no torch headers), so nvcc compiles this file on its own (the AOT test
+// does, for sm_80 and sm_90); csrc/attention_gate_cuda.cpp is the torch binding and calls
+// attention_gate_cuda_launch() below with raw pointers and the current stream.
+//
+// Kernel: one block of 256 threads per tile of TP pixels (P = N*H*W pixels, NHWC).
+//   for each chunk of TF intermediate channels:
+//     acc[TP x TF] = sum over K = Cx + Cg channels in chunks of TK:
+//         x / g tile (TP x TK, converted to fp32) and weight tile (TK x TF, fp32) are
+//         staged in shared memory; each thread owns a 4 pixel x 4 channel micro tile.
+//     logit[p] += sum_f psi[f] * relu(acc[p][f] + bias[f])   (attention_gate.h epilogue,
+//         reduced over the TX threads sharing a pixel row with warp shuffles)
+//   alpha[p] = sigmoid(logit[p] + b_psi); out[p][c] = x[p][c] * alpha[p]
+// Global loads/stores of x, g and out are 16-byte vectors when every base pointer is
+// 16-byte aligned and Cx, Cg are multiples of the vector width, else scalar.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attention_gate.h"
+
+namespace raunet_ag {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTK = 32;  // channels per K chunk
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// VEC elements (16 bytes) from a 16-byte aligned address, as floats.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* __restrict__ src, float* dst) {
+  static_assert(sizeof(T) * VEC == 16, "vector loads are 16 bytes");
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src));
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) dst[j] = to_float<T>(e[j]);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_vec(T* __restrict__ dst, const float* v) {
+  static_assert(sizeof(T) * VEC == 16, "vector stores are 16 bytes");
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) e[j] = from_float<T>(v[j]);
+  *reinterpret_cast<uint4*>(dst) = raw;
+}
+
+// T: float / __half / __nv_bfloat16. TF: F chunk (32 or 64). VEC: 16 / sizeof(T) for the
+// vector path, 1 for the scalar path.
+//   x: P x cx, g: P x cg, out: P x cx (NHWC rows, T);  wt: (cx+cg) x F fp32 row-major;
+//   bias, psi: F fp32; bpsi: 1 fp32; alpha: P values of T or nullptr.
+template <typename T, int TF, int VEC>
+__global__ void __launch_bounds__(kThreads, 2)
+    attention_gate_kernel(const T* __restrict__ x, const T* __restrict__ g,
+                          const float* __restrict__ wt, const float* __restrict__ bias,
+                          const float* __restrict__ psi, const float* __restrict__ bpsi,
+                          T* __restrict__ out, T* __restrict__ alpha, int64_t P, int cx, int cg,
+                          int F) {
+  constexpr int TX = TF / 4;           // threads across the F chunk (4 channels each)
+  constexpr int TY = kThreads / TX;    // threads across pixels (4 pixels each)
+  constexpr int TP = TY * 4;           // pixels per block
+  constexpr int SEGS = kTK / VEC;      // vectors per pixel row of one K chunk
+  static_assert(TX == 8 || TX == 16, "TF must be 32 or 64");
+  static_assert(kTK % VEC == 0, "K chunk must hold whole vectors");
+
+  __shared__ __align__(16) float As[kTK][TP];  // input chunk, transposed: [k][pixel]
+  __shared__ __align__(16) float Ws[kTK][TF];  // weight chunk: [k][f]
+  __shared__ float alpha_s[TP];
+
+  const int tid = threadIdx.x;
+  const int tx = tid % TX;
+  const int ty = tid / TX;
+  const int64_t p_base = static_cast<int64_t>(blockIdx.x) * TP;
+  const int K = cx + cg;
+
+  float logit[4] = {0.f, 0.f, 0.f, 0.f};
+
+  for (int f0 = 0; f0 < F; f0 += TF) {
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+    for (int k0 = 0; k0 < K; k0 += kTK) {
+      // ---- stage the TP x kTK input chunk (x channels first, then g), as fp32
+      for (int v = tid; v < TP * SEGS; v += kThreads) {
+        const int p = v / SEGS;
+        const int kk = (v % SEGS) * VEC;
+        const int64_t pg = p_base + p;
+        const int k = k0 + kk;
+        float vals[VEC];
+        if constexpr (VEC > 1) {
+          // cx % VEC == 0 and cg % VEC == 0: a vector never straddles x / g or K.
+          if (pg < P && k < K) {
+            const T* src = k < cx ? x + pg * cx + k : g + pg * cg + (k - cx);
+            load_vec<T, VEC>(src, vals);
+          } else {
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) vals[j] = 0.f;
+          }
+        } else {
+          float val = 0.f;
+          if (pg < P && k < K) val = to_float<T>(k < cx ? x[pg * cx + k] : g[pg * cg + (k - cx)]);
+          vals[0] = val;
+        }
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) As[kk + j][p] = vals[j];
+      }
+      // ---- stage the kTK x TF weight chunk (zeros past K and F)
+      for (int e = tid; e < kTK * TF; e += kThreads) {
+        const int kk = e / TF;
+        const int ff = e % TF;
+        const int k = k0 + kk;
+        const int f = f0 + ff;
+        Ws[kk][ff] = (k < K && f < F) ? __ldg(wt + static_cast<int64_t>(k) * F + f) : 0.f;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int kk = 0; kk < kTK; ++kk) {
+        const float4 a = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
+        const float4 b = *reinterpret_cast<const float4*>(&Ws[kk][tx * 4]);
+        const float av[4] = {a.x, a.y, a.z, a.w};
+        const float bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+      }
+      __syncthreads();
+    }
+    // ---- epilogue of this F chunk: bias, ReLU, psi dot; reduce over the TX lanes of a row
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float part = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int f = f0 + tx * 4 + j;
+        if (f < F) part += psi_term(acc[i][j], __ldg(bias + f), __ldg(psi + f));
+      }
+      // the TX lanes sharing pixel row ty are consecutive and aligned inside one warp
+#pragma unroll
+      for (int off = TX / 2; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+      logit[i] += part;
+    }
+  }
+
+  // ---- alpha per pixel
+  if (tx == 0) {
+    const float b = __ldg(bpsi);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int p = ty * 4 + i;
+      const float a = gate_alpha(logit[i], b);
+      alpha_s[p] = a;
+      if (alpha != nullptr && p_base + p < P) alpha[p_base + p] = from_float<T>(a);
+    }
+  }
+  __syncthreads();
+
+  // ---- out = x * alpha over the block's pixels (x re-read: an L2 hit)
+  const int csegs = cx / VEC;  // exact: the vector path needs cx % VEC == 0
+  const int64_t total = static_cast<int64_t>(TP) * csegs;
+  for (int64_t v = tid; v < total; v += kThreads) {
+    const int p = static_cast<int>(v / csegs);
+    const int c = static_cast<int>(v % csegs) * VEC;
+    const int64_t pg = p_base + p;
+    if (pg >= P) continue;
+    const float a = alpha_s[p];
+    if constexpr (VEC > 1) {
+      float vals[VEC];
+      load_vec<T, VEC>(x + pg * cx + c, vals);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) vals[j] *= a;
+      store_vec<T, VEC>(out + pg * cx + c, vals);
+    } else {
+      out[pg * cx + c] = from_float<T>(to_float<T>(x[pg * cx + c]) * a);
+    }
+  }
+}
+
+template <typename T, int TF>
+cudaError_t launch_tf(const void* x, const void* g, const float* wt, const float* bias,
+                      const float* psi, const float* bpsi, void* out, void* alpha, int64_t P,
+                      int cx, int cg, int F, cudaStream_t stream) {
+  constexpr int VEC = 16 / sizeof(T);
+  constexpr int TP = (kThreads / (TF / 4)) * 4;
+  const int64_t blocks = (P + TP - 1) / TP;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = aligned(x) && aligned(g) && aligned(out) && cx % VEC == 0 && cg % VEC == 0;
+  const T* xt = static_cast<const T*>(x);
+  const T* gt = static_cast<const T*>(g);
+  T* ot = static_cast<T*>(out);
+  T* at = static_cast<T*>(alpha);
+  if (vec) {
+    attention_gate_kernel<T, TF, VEC><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        xt, gt, wt, bias, psi, bpsi, ot, at, P, cx, cg, F);
+  } else {
+    attention_gate_kernel<T, TF, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        xt, gt, wt, bias, psi, bpsi, ot, at, P, cx, cg, F);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_t(const void* x, const void* g, const float* wt, const float* bias,
+                     const float* psi, const float* bpsi, void* out, void* alpha, int64_t P,
+                     int cx, int cg, int F, cudaStream_t stream) {
+  if (F <= 32) return launch_tf<T, 32>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+  return launch_tf<T, 64>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+}
+
+}  // namespace
+}  // namespace raunet_ag
+
+// dtype: 0 = float32, 1 = float16, 2 = bfloat16. Pointers as documented at the kernel;
+// alpha may be nullptr. Returns the launch error (cudaSuccess when launched).
+cudaError_t attention_gate_cuda_launch(int dtype, const void* x, const void* g, const float* wt,
+                                       const float* bias, const float* psi, const float* bpsi,
+                                       void* out, void* alpha, int64_t P, int cx, int cg, int F,
+                                       cudaStream_t stream) {
+  using namespace raunet_ag;
+  if (P <= 0) return cudaSuccess;
+  if (cx <= 0 || cg <= 0 || F <= 0) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case 0: return launch_t<float>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+    case 1: return launch_t<__half>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+    case 2:
+      return launch_t<__nv_bfloat16>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}

@@ -1,0 +1,260 @@
+"""Fused additive attention gate in Triton (installed as ``raunet_fast.kernels.attention_gate``).
+
+Bottom to top: :func:`_attention_gate_kernel` (one program per tile of pixels of one
+image), then :func:`attention_gate_forward`, the plain launcher that picks the config
+and launches into caller-allocated outputs. The torch-facing op is
+:func:`raunet_fast.ops.attention_gate`.
+
+Autotune configs are data (:data:`CONFIGS`); on CUDA the launcher autotunes over them,
+under ``TRITON_INTERPRET=1`` it uses :data:`INTERPRETER_CONFIG` without autotuning.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------- configs
+#: Shipped tuning space. ``BLOCK_P``: pixels per program (the GEMM's M tile);
+#: ``MAX_BLOCK_K``: largest channel chunk of x / g per tl.dot (halved for fp32 inputs);
+#: ``MAX_BLOCK_F``: largest chunk of the F intermediate channels held in the fp32
+#: accumulator. Channel chunks are powers of two >= 16 (tl.dot's minimum), masked.
+CONFIGS: list[dict] = [
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_P": 128, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
+]
+#: The one config used in the interpreter: small tiles, and F chunks of 16 so that tests
+#: with F > 16 run the multi-chunk path.
+INTERPRETER_CONFIG: dict = {"BLOCK_P": 16, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 16,
+                            "num_warps": 1, "num_stages": 1}
+
+_TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _pow2_block(c: int, cap: int) -> int:
+    """Channel chunk for ``c`` channels: a power of two, >= 16, <= ``cap``."""
+    return max(16, min(cap, triton.next_power_of_2(c)))
+
+
+def channel_blocks(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> dict:
+    """The constexpr channel chunks of config ``cfg`` for one gate shape and dtype."""
+    kcap = cfg["MAX_BLOCK_K"] // 2 if dtype == torch.float32 else cfg["MAX_BLOCK_K"]
+    kcap = max(16, kcap)
+    return {"BLOCK_KX": _pow2_block(cx, kcap), "BLOCK_KG": _pow2_block(cg, kcap),
+            "BLOCK_F": _pow2_block(f, cfg["MAX_BLOCK_F"])}
+
+
+# ------------------------------------------------------------------------------ kernel
+@triton.jit
+def _attention_gate_kernel(
+    x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
+    HW,
+    CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
+    X_CL: tl.constexpr, G_CL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
+    BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program: ``BLOCK_P`` pixels of image ``program_id(1)``.
+
+    Pointers (all dense; T = float32, float16 or bfloat16):
+
+    * ``x_ptr``   - x, ``N x CX x H x W`` of T; ``X_CL``: channels_last (element
+      ``(n, c, p)`` at ``n*HW*CX + p*CX + c``), else NCHW (``n*CX*HW + c*HW + p``);
+      ``p = h*W + w`` and ``HW = H*W``.
+    * ``g_ptr``   - g, ``N x CG x H x W`` of T, layout by ``G_CL`` as for x.
+    * ``wx_ptr``  - W_x, ``F x CX`` row-major, T.  ``wg_ptr``: W_g, ``F x CG`` row-major, T.
+    * ``b_ptr``   - summed folded bias, ``(F,)``, any float dtype (read as fp32).
+    * ``psi_ptr`` - psi weights ``(F,)``; ``bpsi_ptr``: psi bias, one element (fp32 math).
+    * ``out_ptr`` - output, x's shape, dtype and layout (``X_CL``).
+    * ``alpha_ptr`` - attention map ``N x 1 x H x W`` contiguous, T; written only when
+      ``WRITE_ALPHA``.
+
+    Per pixel: ``acc = x @ W_x^T + g @ W_g^T + b`` (both GEMMs into one fp32 accumulator
+    with ``tl.dot``; channels in chunks ``BLOCK_KX``/``BLOCK_KG``, F in chunks ``BLOCK_F``,
+    all masked), ``s = relu(acc) . psi + b_psi``, ``alpha = sigmoid(s)``,
+    ``out = x * alpha``. When x fits one chunk (``CX <= BLOCK_KX``) its tile is loaded
+    once and reused for the output; otherwise the output pass re-reads x (an L2 hit).
+    """
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < HW
+    x_img = x_ptr + n * HW * CX
+    g_img = g_ptr + n * HW * CG
+    o_img = out_ptr + n * HW * CX
+    ak_x = tl.arange(0, BLOCK_KX)
+    ak_g = tl.arange(0, BLOCK_KG)
+    X_ONE: tl.constexpr = CX <= BLOCK_KX
+    G_ONE: tl.constexpr = CG <= BLOCK_KG
+
+    if X_ONE:  # the whole x tile, loaded once: GEMM operand and output source
+        mk = ak_x < CX
+        if X_CL:
+            xo1 = offs_p[:, None] * CX + ak_x[None, :]
+        else:
+            xo1 = ak_x[None, :] * HW + offs_p[:, None]
+        x_tile = tl.load(x_img + xo1, mask=mask_p[:, None] & mk[None, :], other=0.0)
+    if G_ONE:
+        mk = ak_g < CG
+        if G_CL:
+            go1 = offs_p[:, None] * CG + ak_g[None, :]
+        else:
+            go1 = ak_g[None, :] * HW + offs_p[:, None]
+        g_tile = tl.load(g_img + go1, mask=mask_p[:, None] & mk[None, :], other=0.0)
+
+    s = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for f0 in range(0, F, BLOCK_F):
+        offs_f = f0 + tl.arange(0, BLOCK_F)
+        mask_f = offs_f < F
+        acc = tl.zeros([BLOCK_P, BLOCK_F], dtype=tl.float32)
+        # ---- x @ W_x^T
+        if X_ONE:
+            mk = ak_x < CX
+            w = tl.load(wx_ptr + offs_f[None, :] * CX + ak_x[:, None],
+                        mask=mk[:, None] & mask_f[None, :], other=0.0)
+            acc = tl.dot(x_tile, w, acc, input_precision=DOT_PRECISION)
+        else:
+            for k0 in range(0, CX, BLOCK_KX):
+                offs_k = k0 + ak_x
+                mk = offs_k < CX
+                if X_CL:
+                    xo = offs_p[:, None] * CX + offs_k[None, :]
+                else:
+                    xo = offs_k[None, :] * HW + offs_p[:, None]
+                xt = tl.load(x_img + xo, mask=mask_p[:, None] & mk[None, :], other=0.0)
+                w = tl.load(wx_ptr + offs_f[None, :] * CX + offs_k[:, None],
+                            mask=mk[:, None] & mask_f[None, :], other=0.0)
+                acc = tl.dot(xt, w, acc, input_precision=DOT_PRECISION)
+        # ---- g @ W_g^T, same accumulator
+        if G_ONE:
+            mk = ak_g < CG
+            w = tl.load(wg_ptr + offs_f[None, :] * CG + ak_g[:, None],
+                        mask=mk[:, None] & mask_f[None, :], other=0.0)
+            acc = tl.dot(g_tile, w, acc, input_precision=DOT_PRECISION)
+        else:
+            for k0 in range(0, CG, BLOCK_KG):
+                offs_k = k0 + ak_g
+                mk = offs_k < CG
+                if G_CL:
+                    go = offs_p[:, None] * CG + offs_k[None, :]
+                else:
+                    go = offs_k[None, :] * HW + offs_p[:, None]
+                gt = tl.load(g_img + go, mask=mask_p[:, None] & mk[None, :], other=0.0)
+                w = tl.load(wg_ptr + offs_f[None, :] * CG + offs_k[:, None],
+                            mask=mk[:, None] & mask_f[None, :], other=0.0)
+                acc = tl.dot(gt, w, acc, input_precision=DOT_PRECISION)
+        # ---- bias, ReLU, psi dot (masked F columns have bias 0 and psi 0: no effect)
+        b = tl.load(b_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+        psi = tl.load(psi_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+        a = tl.maximum(acc + b[None, :], 0.0)
+        s += tl.sum(a * psi[None, :], axis=1)
+
+    s += tl.load(bpsi_ptr).to(tl.float32)
+    alpha = 1.0 / (1.0 + tl.exp(-s))
+    if WRITE_ALPHA:
+        tl.store(alpha_ptr + n * HW + offs_p, alpha.to(alpha_ptr.dtype.element_ty), mask=mask_p)
+
+    # ---- out = x * alpha, in x's layout
+    if X_ONE:
+        y = x_tile.to(tl.float32) * alpha[:, None]
+        mk = ak_x < CX
+        tl.store(o_img + xo1, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
+    else:
+        for k0 in range(0, CX, BLOCK_KX):
+            offs_k = k0 + ak_x
+            mk = offs_k < CX
+            if X_CL:
+                xo = offs_p[:, None] * CX + offs_k[None, :]
+            else:
+                xo = offs_k[None, :] * HW + offs_p[:, None]
+            m2 = mask_p[:, None] & mk[None, :]
+            xt = tl.load(x_img + xo, mask=m2, other=0.0)
+            y = xt.to(tl.float32) * alpha[:, None]
+            tl.store(o_img + xo, y.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+# ---------------------------------------------------------------------------- launcher
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _layout(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(dense tensor, is_channels_last) with t's data: NHWC or NCHW, copied only if neither."""
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return t, True
+    if t.is_contiguous():
+        return t, False
+    return t.contiguous(memory_format=torch.channels_last), True
+
+
+_autotuned: dict[tuple, object] = {}
+
+
+def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype):
+    """An autotuner over :data:`CONFIGS` for one channel shape (its chunks are fixed)."""
+    key = (cx, cg, f, dtype)
+    if key not in _autotuned:
+        seen, configs = set(), []
+        for cfg in CONFIGS:
+            kw = {"BLOCK_P": cfg["BLOCK_P"], **channel_blocks(cfg, cx, cg, f, dtype)}
+            sig = (tuple(sorted(kw.items())), cfg["num_warps"], cfg["num_stages"])
+            if sig not in seen:
+                seen.add(sig)
+                configs.append(triton.Config(kw, num_warps=cfg["num_warps"],
+                                             num_stages=cfg["num_stages"]))
+        _autotuned[key] = triton.autotune(configs=configs, key=["HW"])(_attention_gate_kernel)
+    return _autotuned[key]
+
+
+def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, *,
+                           allow_tf32: bool = False, config: dict | None = None) -> None:
+    """Launch the gate: writes ``out`` (``empty_like(x)``) and ``alpha`` when given.
+
+    ``x``/``g``: ``N x C x H x W``, channels_last or NCHW (other strides are copied to
+    channels_last; ``out`` must then be allocated by the caller as ``empty_like(x)`` and is
+    written through a temporary). Weights: see the kernel docstring; ``w_x``/``w_g`` are
+    cast to x's dtype here if needed. ``allow_tf32``: fp32 GEMMs on tensor cores in tf32
+    (faster, ~1e-3 relative error); default exact ``ieee`` fp32. ``config``: one entry like
+    those of :data:`CONFIGS` to skip autotuning (the interpreter always uses
+    :data:`INTERPRETER_CONFIG`).
+    """
+    n, cx, h, w = x.shape
+    cg, f = g.shape[1], w_x.shape[0]
+    hw = h * w
+    if max(cx, cg) * hw >= 2 ** 31:
+        raise ValueError(f"one image of {max(cx, cg)} x {h} x {w} exceeds 2**31 elements")
+    xd, x_cl = _layout(x)
+    gd, g_cl = _layout(g)
+    direct = out.stride() == xd.stride()
+    o = out if direct else torch.empty_like(xd)
+    w_x = w_x.to(x.dtype).contiguous()
+    w_g = w_g.to(x.dtype).contiguous()
+    bias, w_psi, b_psi = bias.contiguous(), w_psi.contiguous(), b_psi.contiguous()
+    write_alpha = alpha is not None
+    a = alpha if write_alpha else o
+    prec = "tf32" if (allow_tf32 and x.dtype == torch.float32) else "ieee"
+    args = (xd, gd, w_x, w_g, bias, w_psi, b_psi, o, a, hw)
+    common = dict(CX=cx, CG=cg, F=f, X_CL=x_cl, G_CL=g_cl, WRITE_ALPHA=write_alpha,
+                  DOT_PRECISION=prec)
+    if config is None and _interpreting():
+        config = INTERPRETER_CONFIG
+    import contextlib
+
+    ctx = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    if config is not None:
+        kw = {"BLOCK_P": config["BLOCK_P"], **channel_blocks(config, cx, cg, f, x.dtype)}
+        grid = (triton.cdiv(hw, config["BLOCK_P"]), n)
+        with ctx:
+            _attention_gate_kernel[grid](*args, **common, **kw, num_warps=config["num_warps"],
+                                         num_stages=config["num_stages"])
+    else:
+        kern = _autotuned_kernel(cx, cg, f, x.dtype)
+        grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), n)  # noqa: E731
+        with ctx:
+            kern[grid](*args, **common)
+    if not direct:
+        out.copy_(o)

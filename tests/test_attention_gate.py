@@ -1,0 +1,323 @@
+"""The fused attention gate (issue 3): every backend against an independent fp64 reference.
+
+Fresh random inputs each run (seed in the report; RAUNET_TEST_SEED replays it). The fp64
+reference is written out here with einsum, not taken from the package. Awkward shapes
+(Cx=48, Cg=80, F=24, H=7, W=13) exercise masked channel chunks and tails.
+
+* torch backend: fp32 / fp16 / bf16, both layouts; cpp backend (the csrc header built
+  for the CPU): the same; triton: in the interpreter (fp32 / fp16) when there is no GPU.
+* folding equals the eval-mode module; opcheck; torch.compile(fullgraph=True).
+* GPU tests (triton, cuda; fp32 / fp16 / bf16) run only with a CUDA device.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import assert_close_report, requires_cuda, tolerance
+
+import raunet_fast.ops as ops
+from raunet_fast.blocks import AttentionGate
+from raunet_fast.ops import BackendUnavailable
+from raunet_fast.ops.attention_gate import (_attention_gate_op, cast_gate_params,
+                                            fold_attention_gate)
+
+CL = torch.channels_last
+AWKWARD = (48, 80, 24)  # Cx, Cg, F
+N, H, W = 2, 7, 13
+
+no_cuda_interpreter = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="interpreter tests run only without a GPU (with one, the GPU tests run the kernel)")
+
+
+# ------------------------------------------------------------------------------ helpers
+def make_inputs(cx, cg, f, dtype, device="cpu", n=N, h=H, w=W, x_cl=True, g_cl=True):
+    x = torch.randn(n, cx, h, w, device=device).to(dtype)
+    g = torch.randn(n, cg, h, w, device=device).to(dtype)
+    if x_cl:
+        x = x.contiguous(memory_format=CL)
+    if g_cl:
+        g = g.contiguous(memory_format=CL)
+    p = {"w_x": torch.randn(f, cx, device=device) / cx ** 0.5,
+         "w_g": torch.randn(f, cg, device=device) / cg ** 0.5,
+         "bias": 0.5 * torch.randn(f, device=device),
+         "w_psi": torch.randn(f, device=device) / f ** 0.5,
+         "b_psi": 0.5 * torch.randn(1, device=device)}
+    return x, g, {k: v.to(dtype) for k, v in p.items()}
+
+
+def reference64(x, g, p):
+    """Independent fp64 gate on the (already rounded) inputs: (out, alpha)."""
+    d = torch.float64
+    xd, gd = x.to(d), g.to(d)
+    acc = (torch.einsum("nchw,fc->nfhw", xd, p["w_x"].to(d))
+           + torch.einsum("nchw,fc->nfhw", gd, p["w_g"].to(d))
+           + p["bias"].to(d)[None, :, None, None])
+    s = torch.einsum("nfhw,f->nhw", acc.clamp_min(0), p["w_psi"].to(d)) + p["b_psi"].to(d)
+    alpha = torch.sigmoid(s)[:, None]
+    return xd * alpha, alpha
+
+
+def check(backend, cx, cg, f, dtype, device="cpu", x_cl=True, g_cl=True, **shape):
+    x, g, p = make_inputs(cx, cg, f, dtype, device, x_cl=x_cl, g_cl=g_cl, **shape)
+    out, alpha = ops.attention_gate(x, g, **p, return_alpha=True, backend=backend)
+    ref_out, ref_alpha = reference64(x, g, p)
+    assert out.dtype == dtype and alpha.dtype == dtype
+    assert out.shape == x.shape and alpha.shape == (x.shape[0], 1, *x.shape[2:])
+    assert (out.is_contiguous(memory_format=CL), out.is_contiguous()) == \
+        (x.is_contiguous(memory_format=CL), x.is_contiguous()), "output keeps x's memory format"
+    rtol, atol = tolerance(dtype, cx + cg)
+    what = f"{backend} {dtype} Cx={cx} Cg={cg} F={f} x_cl={x_cl} g_cl={g_cl}"
+    assert_close_report(out, ref_out, rtol, atol, what + " out")
+    assert_close_report(alpha, ref_alpha, rtol, atol, what + " alpha")
+    plain = ops.attention_gate(x, g, **p, backend=backend)  # return_alpha=False path
+    assert_close_report(plain, ref_out, rtol, atol, what + " out (no alpha)")
+
+
+# --------------------------------------------------------------------------- interface
+def test_gate_import_does_not_import_triton():
+    code = ("import sys, raunet_fast, raunet_fast.ops as o; f = o.attention_gate; "
+            "import raunet_fast.ops.attention_gate; "
+            "assert callable(f) and callable(o.attention_gate), 'op shadowed by module'; "
+            "assert 'triton' not in sys.modules, 'importing the op imported triton'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_gate_errors_say_why():
+    x, g, p = make_inputs(8, 8, 4, torch.float32)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.attention_gate(x, g, **p, backend="nope")
+    with pytest.raises(ValueError, match="w_g must be F x Cg"):
+        ops.attention_gate(x, g, **{**p, "w_g": p["w_g"][:, :5]})
+    with pytest.raises(ValueError, match="batch and spatial size"):
+        ops.attention_gate(x, g[:, :, :3], **p)
+    with pytest.raises(ValueError, match="one dtype"):
+        ops.attention_gate(x, g.half(), **p)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="needs CUDA tensors"):
+            ops.attention_gate(x, g, **p, backend="cuda")
+
+
+# ------------------------------------------------------------------------------- torch
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("x_cl,g_cl", [(True, True), (False, False)])
+def test_gate_torch_backend(dtype, x_cl, g_cl):
+    check("torch", *AWKWARD, dtype, x_cl=x_cl, g_cl=g_cl)
+
+
+# --------------------------------------------------------------------------------- cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cx,cg,f,x_cl,g_cl", [
+    (*AWKWARD, True, True),
+    (*AWKWARD, False, True),
+    (3, 5, 1, True, False),      # tiny channels, F below one micro-kernel chunk
+    (64, 64, 32, True, True),    # a model level (C = 64)
+])
+def test_gate_cpp_backend(dtype, cx, cg, f, x_cl, g_cl):
+    check("cpp", cx, cg, f, dtype, x_cl=x_cl, g_cl=g_cl)
+
+
+def test_gate_cpp_odd_sizes():
+    check("cpp", 5, 7, 3, torch.float32, n=1, h=1, w=1)        # one pixel: a partial tile
+    check("cpp", 16, 16, 40, torch.float32, n=3, h=11, w=5)     # several F chunks
+
+
+# ------------------------------------------------------------------ triton, interpreter
+@no_cuda_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("cx,cg,f,x_cl,g_cl", [
+    (*AWKWARD, True, True),      # K chunks with masked tails, two F chunks
+    (*AWKWARD, False, False),    # NCHW loads / stores
+    (16, 24, 16, True, False),   # x in one chunk (kept in registers), mixed layouts
+])
+def test_gate_triton_interpreter(dtype, cx, cg, f, x_cl, g_cl):
+    pytest.importorskip("triton")
+    check("triton", cx, cg, f, dtype, x_cl=x_cl, g_cl=g_cl)
+
+
+def test_gate_triton_unavailable_says_why(monkeypatch):
+    pytest.importorskip("triton")
+    from raunet_fast.ops import _backend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, CPU tensors are simply not triton's: checked by the message")
+    x, g, p = make_inputs(8, 8, 4, torch.float32)
+    assert "TRITON_INTERPRET=1" in _backend.triton_unavailable_reason(x.device)
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        ops.attention_gate(x, g, **p, backend="triton")
+
+
+# ------------------------------------------------------------------------------ folding
+def random_eval_gate(cx, cg, f, dtype=torch.float64):
+    gate = AttentionGate(cx, cg, f)
+    with torch.no_grad():
+        for cna in (gate.w_x, gate.w_g, gate.psi):
+            bn = cna.norm
+            bn.running_mean.normal_(0, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_(1, 0.2)
+            bn.bias.normal_(0, 0.2)
+    return gate.eval().to(dtype)
+
+
+def test_gate_folding_equals_eval_module():
+    gate = random_eval_gate(*AWKWARD)
+    x = torch.randn(N, AWKWARD[0], H, W, dtype=torch.float64)
+    g = torch.randn(N, AWKWARD[1], H, W, dtype=torch.float64)
+    with torch.no_grad():
+        want_out, want_alpha = gate(x, g)
+    folded = fold_attention_gate(gate)
+    assert {k: tuple(v.shape) for k, v in folded.items()} == {
+        "w_x": (24, 48), "w_g": (24, 80), "bias": (24,), "w_psi": (24,), "b_psi": (1,)}
+    assert all(v.dtype == torch.float64 for v in folded.values())
+    got_out, got_alpha = reference64(x, g, folded)
+    assert_close_report(got_out, want_out, 1e-12, 1e-12, "folded fp64 vs module fp64")
+    assert_close_report(got_alpha, want_alpha, 1e-12, 1e-12, "folded alpha")
+    # cast once to fp32, run the op: matches the fp64 module to fp32 rounding
+    p32 = cast_gate_params(folded, torch.float32)
+    out, alpha = ops.attention_gate(x.float().contiguous(memory_format=CL),
+                                    g.float().contiguous(memory_format=CL), **p32,
+                                    return_alpha=True, backend="torch")
+    rtol, atol = tolerance(torch.float32, 128)
+    assert_close_report(out, want_out, rtol, atol, "op(folded fp32) vs module")
+    assert_close_report(alpha, want_alpha, rtol, atol, "op(folded fp32) alpha vs module")
+
+
+def test_gate_folding_rejects_training_and_other_norms():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_attention_gate(AttentionGate(8, 8, 4).train())
+    with pytest.raises(ValueError, match="only BatchNorm2d"):
+        fold_attention_gate(AttentionGate(8, 8, 4, norm="group").eval())
+
+
+# -------------------------------------------------------------------- library / compile
+def _opcheck_backends():
+    out = ["torch", "cpp"]
+    if torch.cuda.is_available():
+        out += ["triton", "cuda"]
+    return out
+
+
+@pytest.mark.parametrize("backend", _opcheck_backends())
+@pytest.mark.parametrize("return_alpha", [False, True])
+def test_gate_opcheck(backend, return_alpha):
+    device = "cuda" if backend in ("triton", "cuda") else "cpu"
+    x, g, p = make_inputs(12, 20, 8, torch.float32, device, n=1, h=3, w=5)
+    args = (x, g, p["w_x"], p["w_g"], p["bias"], p["w_psi"], p["b_psi"], return_alpha, backend)
+    torch.library.opcheck(_attention_gate_op, args)
+
+
+class _GateModule(torch.nn.Module):
+    def __init__(self, params, backend):
+        super().__init__()
+        self.backend = backend
+        for k, v in params.items():
+            self.register_buffer(k, v)
+
+    def forward(self, x, g):
+        out, alpha = ops.attention_gate(x, g, self.w_x, self.w_g, self.bias, self.w_psi,
+                                        self.b_psi, return_alpha=True, backend=self.backend)
+        return out + 1.0, alpha * 2.0  # ops around it, fused into the same graph
+
+
+def _compile_check(device):
+    torch._dynamo.reset()
+    x, g, p = make_inputs(*AWKWARD, torch.float32, device)
+    mod = _GateModule(p, "auto").to(device)
+    compiled = torch.compile(mod, fullgraph=True)  # raises on any graph break
+    with torch.no_grad():
+        got = compiled(x, g)
+        want = mod(x, g)
+    for a, b, what in zip(got, want, ("out", "alpha")):
+        assert_close_report(a, b, 1e-5, 1e-5, f"compiled {what} ({device})")
+
+
+def test_gate_compile_fullgraph_cpu():
+    _compile_check("cpu")
+
+
+# ------------------------------------------------------------------------------ GPU
+GPU_SHAPES = [AWKWARD, (64, 64, 32), (128, 128, 64), (512, 512, 256), (3, 5, 1)]
+
+
+@pytest.fixture
+def exact_fp32():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gate_gpu(backend, dtype, shape, exact_fp32):
+    check(backend, *shape, dtype, "cuda", n=2, h=17, w=33)
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gate_gpu_layouts_and_odd_sizes(backend, exact_fp32):
+    check(backend, *AWKWARD, torch.float16, "cuda", x_cl=False, g_cl=False)
+    check(backend, *AWKWARD, torch.bfloat16, "cuda", x_cl=True, g_cl=False)
+    check(backend, 64, 64, 32, torch.bfloat16, "cuda", n=1, h=1, w=1)
+    check(backend, 64, 64, 32, torch.float16, "cuda", n=3, h=129, w=67)
+
+
+def _misaligned_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A dense channels_last copy of t whose data pointer is NOT 16-byte aligned."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    n, c, h, w = t.shape
+    v = buf[1:].as_strided((n, c, h, w), (h * w * c, 1, w * c, c))
+    v.copy_(t)
+    assert v.data_ptr() % 16 != 0 and v.is_contiguous(memory_format=CL)
+    return v
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gate_gpu_misaligned_pointers(backend):
+    x, g, p = make_inputs(64, 64, 32, torch.float16, "cuda", n=2, h=9, w=11)
+    xm, gm = _misaligned_channels_last(x), _misaligned_channels_last(g)
+    out, alpha = ops.attention_gate(xm, gm, **p, return_alpha=True, backend=backend)
+    ref_out, ref_alpha = reference64(x, g, p)
+    rtol, atol = tolerance(torch.float16, 128)
+    assert_close_report(out, ref_out, rtol, atol, f"{backend} misaligned out")
+    assert_close_report(alpha, ref_alpha, rtol, atol, f"{backend} misaligned alpha")
+
+
+@requires_cuda
+def test_gate_gpu_auto_matches_torch(exact_fp32):
+    x, g, p = make_inputs(64, 64, 32, torch.bfloat16, "cuda", n=2, h=32, w=32)
+    a = ops.attention_gate(x, g, **p, backend="auto")
+    b = ops.attention_gate(x, g, **p, backend="torch")
+    rtol, atol = tolerance(torch.bfloat16, 128)
+    assert_close_report(a, b.float(), rtol, atol, "auto vs torch (cuda)")
+    assert a.is_contiguous(memory_format=CL)
+
+
+@requires_cuda
+def test_gate_gpu_folded_module_bf16():
+    gate = random_eval_gate(64, 64, 32, torch.float32).cuda()
+    x = torch.randn(2, 64, 40, 40, device="cuda").contiguous(memory_format=CL)
+    g = torch.randn(2, 64, 40, 40, device="cuda").contiguous(memory_format=CL)
+    with torch.no_grad():
+        want, _ = gate.double()(x.double(), g.double())
+    p = cast_gate_params(fold_attention_gate(gate), torch.bfloat16)
+    for backend in ("triton", "cuda"):
+        out = ops.attention_gate(x.bfloat16(), g.bfloat16(), **p, backend=backend)
+        # inputs and weights rounded to bf16: a looser bound than the rounded-input tests
+        assert_close_report(out, want, 5e-2, 5e-2, f"{backend} bf16 vs fp64 module")
+
+
+@requires_cuda
+def test_gate_compile_fullgraph_cuda():
+    _compile_check("cuda")
