@@ -7,7 +7,9 @@ resolution. When exactly one of prediction and truth is empty the distances are 
 image diagonal (the largest possible distance).
 
 BraTS 2021: all axial slices of a case are predicted, pasted back into the full slice
-grid, re-stacked into the 3-D volume and scored per region (WT, TC, ET) with Dice,
+grid, re-stacked into the 3-D volume, turned into the 0/1/2/4 label map a submission
+would hold (ET over TC over WT, so the scored regions are nested) and scored per region
+(WT, TC, ET) with Dice,
 Jaccard, HD and HD95 in mm (voxel spacing from the NIfTI header), using the BraTS rules
 for empty masks: both empty gives Dice 1 and HD95 0, exactly one empty gives Dice 0 and
 HD95 373.13.
@@ -58,7 +60,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
@@ -130,7 +132,10 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
             logits = _predict(model, ds.prepare(vol), dev, amp_dtype, batch_size)
             logits = ds.restore(logits, vol.shape[-2:])
             cut = math.log(threshold / (1 - threshold))
-            pred = (logits > cut).permute(1, 0, 2, 3).numpy()  # 3 x Z x X x Y
+            regions = (logits > cut).permute(1, 0, 2, 3).numpy()  # 3 x Z x X x Y
+            # the label map a BraTS submission would hold (ET over TC over WT), and its regions
+            labels = regions_to_labels(regions)
+            pred = labels_to_regions(labels)
             truth = labels_to_regions(np.asarray(case["seg"]))  # 3 x Z x X x Y
             sx, sy, sz = case["spacing"]
             row: dict[str, Any] = {"case": ds.names[i]}
@@ -144,7 +149,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
                 import nibabel as nib
 
                 ref = nib.load(str(case_files(ds.folders[i])["flair"]))
-                seg = np.moveaxis(regions_to_labels(pred), 0, 2)
+                seg = np.moveaxis(labels, 0, 2)
                 nib.save(nib.Nifti1Image(seg, ref.affine, ref.header),
                          str(pred_dir / f"{ds.names[i]}.nii.gz"))
         summary_metrics = {name: {k: _stats([r[f"{k}_{name}"] for r in rows]) for k in METRICS}

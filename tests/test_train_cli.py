@@ -1,0 +1,253 @@
+"""End to end from the command line on generated data: train, checkpoint, resume, evaluate;
+a training process killed with SIGKILL resumes from its last checkpoint."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import raunet_fast
+from raunet_fast import cli
+from raunet_fast.data import make_brats2021, make_isic2018
+from raunet_fast.train import (CHECKPOINT_NAME, STATE_NAME, checkpoint_ok, load_training_state,
+                               recover_checkpoint, write_checkpoint)
+
+medpy_binary = pytest.importorskip("medpy.metric.binary")
+
+TINY = ["--base-channels", "4", "--depth", "3", "--num-workers", "0", "--no-progress",
+        "--device", "cpu", "--lr", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def isic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("isic")
+    make_isic2018(root, 12, (40, 48), seed=3)  # 8 train, 2 val, 2 test
+    return root
+
+
+@pytest.fixture(scope="module")
+def brats_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("brats")
+    make_brats2021(root, 5, (28, 30, 10), seed=4, spacing=(1.0, 1.0, 2.0))
+    return root
+
+
+def isic_train_args(root: Path, run: Path, epochs: int, *extra: str) -> list[str]:
+    return ["train", "--model", "raunet", "--dataset", "isic2018", "--data-root", str(root),
+            "--out", str(run), "--epochs", str(epochs), "--batch-size", "4", "--image-size", "32",
+            *TINY, *extra]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(isic_train_args(isic_root, run, 2)) == 0
+    for name in ("best", "last"):
+        model = raunet_fast.from_pretrained(run / name)
+        assert type(model).__name__ == "RAUNet" and model.base_channels == 4
+        assert checkpoint_ok(run / name)
+    rows = read_csv(run / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_loss", "val_dice", "lr", "val_dice_lesion"} <= set(rows[0])
+    assert load_training_state(run / "last")["epoch"] == 2
+    assert not (run / "best" / STATE_NAME).exists()
+
+    # an existing run is never overwritten silently
+    capsys.readouterr()
+    assert cli.main(isic_train_args(isic_root, run, 3)) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resuming with another architecture is refused, naming the difference
+    assert cli.main(isic_train_args(isic_root, run, 3, "--resume", "--image-size", "40")) == 2
+    assert "image_size" in capsys.readouterr().err
+
+    assert cli.main(isic_train_args(isic_root, run, 3, "--resume")) == 0
+    assert [r["epoch"] for r in read_csv(run / "log.csv")] == ["1", "2", "3"]
+    state = load_training_state(run / "last")
+    assert state["epoch"] == 3 and len(state["optimizer"]["state"]) > 0
+
+    # resumed training ends exactly where an uninterrupted run ends
+    straight = tmp_path / "straight"
+    assert cli.main(isic_train_args(isic_root, straight, 3)) == 0
+    a = raunet_fast.from_pretrained(run / "last").state_dict()
+    b = raunet_fast.from_pretrained(straight / "last").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert read_csv(run / "log.csv") [-1]["val_dice"] == read_csv(straight / "log.csv")[-1]["val_dice"]
+
+    # evaluate the best checkpoint on the test split
+    ev = tmp_path / "eval"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "isic2018",
+                     "--data-root", str(isic_root), "--split", "test", "--out", str(ev),
+                     "--no-progress", "--device", "cpu"]) == 0
+    cases = read_csv(ev / "cases.csv")
+    assert len(cases) == 2 and {"case", "dice", "jaccard", "hd", "hd95",
+                                "thresholded_jaccard"} <= set(cases[0])
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["cases"] == 2 and summary["split"] == "test"
+    for k in ("dice", "jaccard", "hd", "hd95"):
+        vals = [float(c[k]) for c in cases]
+        assert summary["metrics"][k]["mean"] == pytest.approx(np.mean(vals), rel=1e-4)
+        assert summary["metrics"][k]["std"] == pytest.approx(np.std(vals), rel=1e-4, abs=1e-6)
+    assert all(0 <= float(c["dice"]) <= 1 for c in cases)
+
+    # no ground truth for the split: a clear error, not a crash
+    import shutil
+
+    shutil.rmtree(isic_root.parent / "isic_nogt", ignore_errors=True)
+    shutil.copytree(isic_root, tmp_path / "nogt")
+    shutil.rmtree(tmp_path / "nogt" / "ISIC2018_Task1_Test_GroundTruth")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "isic2018",
+                     "--data-root", str(tmp_path / "nogt"), "--split", "test",
+                     "--out", str(tmp_path / "ev2"), "--no-progress"]) == 2
+    assert "ground truth" in capsys.readouterr().err
+
+
+def test_brats_train_resume_evaluate(brats_root, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--model", "attention-unet", "--dataset", "brats2021", "--data-root",
+            str(brats_root), "--out", str(run), "--batch-size", "8", "--crop", "24",
+            "--image-size", "16", *TINY]
+    assert cli.main(args + ["--epochs", "2"]) == 0
+    assert cli.main(args + ["--epochs", "3", "--resume"]) == 0
+    rows = read_csv(run / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert {"val_dice_WT", "val_dice_TC", "val_dice_ET"} <= set(rows[0])
+    model = raunet_fast.from_pretrained(run / "best")
+    assert (type(model).__name__, model.in_channels, model.out_channels) == ("AttentionUNet", 4, 3)
+
+    ev = tmp_path / "eval"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "brats2021",
+                     "--data-root", str(brats_root), "--split", "val", "--out", str(ev),
+                     "--save-predictions", "--no-progress", "--device", "cpu"]) == 0
+    cases = read_csv(ev / "cases.csv")
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["regions"] == ["WT", "TC", "ET"] and summary["cases"] == len(cases) == 1
+    for region in ("WT", "TC", "ET", "mean"):
+        assert set(summary["metrics"][region]) == {"dice", "jaccard", "hd", "hd95"}
+    # re-check the scores from the saved 3-D prediction with medpy, spacing from the header
+    case = cases[0]["case"]
+    pred_img = nib.load(str(ev / "predictions" / f"{case}.nii.gz"))
+    pred = np.asanyarray(pred_img.dataobj)
+    truth = np.asanyarray(nib.load(str(brats_root / case / f"{case}_seg.nii.gz")).dataobj)
+    assert pred.shape == truth.shape == (28, 30, 10)
+    assert set(np.unique(pred).tolist()) <= {0, 1, 2, 4}
+    for region, labels in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
+        p, t = np.isin(pred, labels), np.isin(truth, labels)
+        got = {k: float(cases[0][f"{k}_{region}"]) for k in ("dice", "hd95")}
+        if p.any() and t.any():
+            assert got["dice"] == pytest.approx(medpy_binary.dc(p, t), rel=1e-4)
+            assert got["hd95"] == pytest.approx(medpy_binary.hd95(p, t, (1.0, 1.0, 2.0)), rel=1e-4)
+        elif p.any() != t.any():
+            assert (got["dice"], got["hd95"]) == (0.0, 373.13)
+        else:
+            assert (got["dice"], got["hd95"]) == (1.0, 0.0)
+
+
+def test_checkpoint_swap_survives_a_crash_at_any_step(tmp_path):
+    from raunet_fast import RAUNet
+
+    model = RAUNet(3, 1, base_channels=4, depth=3)
+    info, prep = {"epoch": 1}, {"dataset": "isic2018"}
+    write_checkpoint(tmp_path, "last", model, info, prep, {"epoch": 1})
+    with torch.no_grad():
+        model.head.bias.fill_(7.0)
+    # crash while the new checkpoint was half written: the old one stays
+    (tmp_path / ".last.tmp").mkdir()
+    (tmp_path / ".last.tmp" / "model.safetensors").write_bytes(b"partial")
+    assert recover_checkpoint(tmp_path, "last", need_state=True) == tmp_path / "last"
+    assert load_training_state(tmp_path / "last")["epoch"] == 1
+    assert not (tmp_path / ".last.tmp").exists()
+    # crash between the two renames: the complete new checkpoint is taken
+    write_checkpoint(tmp_path, ".staging", model, {"epoch": 2}, prep, {"epoch": 2})
+    os.replace(tmp_path / "last", tmp_path / ".last.old")
+    os.replace(tmp_path / ".staging", tmp_path / ".last.tmp")
+    assert recover_checkpoint(tmp_path, "last", need_state=True) is not None
+    assert load_training_state(tmp_path / "last")["epoch"] == 2
+    assert raunet_fast.from_pretrained(tmp_path / "last").head.bias.item() == 7.0
+    assert not (tmp_path / ".last.old").exists()
+    # weights that do not match the marker are not trusted
+    (tmp_path / "last" / "model.safetensors").write_bytes(b"x" * 10)
+    assert not checkpoint_ok(tmp_path / "last")
+
+
+def test_sigkill_mid_training_then_resume(isic_root, tmp_path):
+    run = tmp_path / "run"
+    argv = isic_train_args(isic_root, run, 40, "--batch-size", "2")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "raunet_fast.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 90
+        while not (run / "last" / CHECKPOINT_NAME).is_file():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no checkpoint within 90 s"
+            time.sleep(0.02)
+        time.sleep(0.15)  # into the next epoch (or the next checkpoint write)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    last = recover_checkpoint(run, "last", need_state=True)
+    assert last is not None, "no usable checkpoint after SIGKILL"
+    done = load_training_state(last)["epoch"]
+    assert 1 <= done < 40
+    raunet_fast.from_pretrained(last)
+    raunet_fast.from_pretrained(run / "best")
+
+    target = done + 2
+    assert cli.main(isic_train_args(isic_root, run, target, "--batch-size", "2", "--resume")) == 0
+    rows = read_csv(run / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, target + 1))
+    assert load_training_state(run / "last")["epoch"] == target
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    best_epoch = json.loads((run / "best" / CHECKPOINT_NAME).read_text())["epoch"]
+    best_dice = max(float(r["val_dice"]) for r in rows)
+    assert float(rows[best_epoch - 1]["val_dice"]) == pytest.approx(best_dice, abs=1e-6)
+
+
+def test_demo_smoke(tmp_path, capsys):
+    from raunet_fast.demo import run_demo
+
+    out = tmp_path / "demo"
+    result = run_demo(out, cases=6, epochs=1, image_size=32, base_channels=4, depth=3,
+                      progress=False)
+    text = capsys.readouterr().out
+    assert "untrained RA-U-Net" in text and "trained RA-U-Net" in text and "Dice" in text
+    for p in ("run/best/model.safetensors", "run/log.csv", "eval/summary.json", "eval/cases.csv"):
+        assert (out / p).is_file(), p
+    assert 0 <= result["trained"]["metrics"]["dice"]["mean"] <= 1
+    # a folder the demo did not write is never replaced
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not written by raunet-fast demo"):
+        run_demo(other, cases=6, epochs=1)
+
+
+def test_train_errors(isic_root, tmp_path, capsys):
+    if not torch.cuda.is_available():
+        assert cli.main(isic_train_args(isic_root, tmp_path / "r1", 1, "--device", "cuda")) == 2
+        assert "CUDA" in capsys.readouterr().err
+    assert cli.main(isic_train_args(tmp_path / "missing", tmp_path / "r2", 1)) == 2
+    assert "missing" in capsys.readouterr().err
+    assert cli.main(isic_train_args(isic_root, tmp_path / "r3", 0)) == 2
+    assert "epochs" in capsys.readouterr().err
