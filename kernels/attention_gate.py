@@ -16,9 +16,9 @@ import triton.language as tl
 
 # ----------------------------------------------------------------------------- configs
 #: Shipped tuning space. ``BLOCK_P``: pixels per program (the GEMM's M tile);
-#: ``MAX_BLOCK_K``: largest channel chunk of x / g per tl.dot (halved for fp32 inputs);
-#: ``MAX_BLOCK_F``: largest chunk of the F intermediate channels held in the fp32
-#: accumulator. Channel chunks are powers of two >= 16 (tl.dot's minimum), masked.
+#: ``MAX_BLOCK_K``: largest channel chunk of x / g per tl.dot; ``MAX_BLOCK_F``: largest
+#: chunk of the F intermediate channels held in the fp32 accumulator (both halved for
+#: fp32 inputs). Channel chunks are powers of two >= 16 (tl.dot's minimum), masked.
 CONFIGS: list[dict] = [
     {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2},
     {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 3},
@@ -40,17 +40,29 @@ def _pow2_block(c: int, cap: int) -> int:
 
 def channel_blocks(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> dict:
     """The constexpr channel chunks of config ``cfg`` for one gate shape and dtype."""
-    kcap = cfg["MAX_BLOCK_K"] // 2 if dtype == torch.float32 else cfg["MAX_BLOCK_K"]
-    kcap = max(16, kcap)
+    # fp32 operands take twice the registers: halve the chunks
+    div = 2 if dtype == torch.float32 else 1
+    kcap = max(16, cfg["MAX_BLOCK_K"] // div)
+    fcap = max(16, cfg["MAX_BLOCK_F"] // div)
     return {"BLOCK_KX": _pow2_block(cx, kcap), "BLOCK_KG": _pow2_block(cg, kcap),
-            "BLOCK_F": _pow2_block(f, cfg["MAX_BLOCK_F"])}
+            "BLOCK_F": _pow2_block(f, fcap)}
+
+
+def launch_meta(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> dict:
+    """Kernel keyword arguments of config ``cfg``: ``BLOCK_P``, the channel chunks, and
+    the loop trip counts. The trip counts are runtime ints on purpose: with constexpr
+    bounds the compiler unrolls the K loops and hoists every chunk's loads at once
+    (hundreds of registers, spills)."""
+    b = channel_blocks(cfg, cx, cg, f, dtype)
+    return {"BLOCK_P": cfg["BLOCK_P"], **b, "KX_STEPS": triton.cdiv(cx, b["BLOCK_KX"]),
+            "KG_STEPS": triton.cdiv(cg, b["BLOCK_KG"]), "F_STEPS": triton.cdiv(f, b["BLOCK_F"])}
 
 
 # ------------------------------------------------------------------------------ kernel
 @triton.jit
 def _attention_gate_kernel(
     x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
-    HW,
+    HW, KX_STEPS, KG_STEPS, F_STEPS,
     CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
     X_CL: tl.constexpr, G_CL: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
@@ -105,8 +117,8 @@ def _attention_gate_kernel(
         g_tile = tl.load(g_img + go1, mask=mask_p[:, None] & mk[None, :], other=0.0)
 
     s = tl.zeros([BLOCK_P], dtype=tl.float32)
-    for f0 in range(0, F, BLOCK_F):
-        offs_f = f0 + tl.arange(0, BLOCK_F)
+    for fi in range(0, F_STEPS):
+        offs_f = fi * BLOCK_F + tl.arange(0, BLOCK_F)
         mask_f = offs_f < F
         acc = tl.zeros([BLOCK_P, BLOCK_F], dtype=tl.float32)
         # ---- x @ W_x^T
@@ -116,8 +128,8 @@ def _attention_gate_kernel(
                         mask=mk[:, None] & mask_f[None, :], other=0.0)
             acc = tl.dot(x_tile, w, acc, input_precision=DOT_PRECISION)
         else:
-            for k0 in range(0, CX, BLOCK_KX):
-                offs_k = k0 + ak_x
+            for ki in range(0, KX_STEPS):
+                offs_k = ki * BLOCK_KX + ak_x
                 mk = offs_k < CX
                 if X_CL:
                     xo = offs_p[:, None] * CX + offs_k[None, :]
@@ -134,8 +146,8 @@ def _attention_gate_kernel(
                         mask=mk[:, None] & mask_f[None, :], other=0.0)
             acc = tl.dot(g_tile, w, acc, input_precision=DOT_PRECISION)
         else:
-            for k0 in range(0, CG, BLOCK_KG):
-                offs_k = k0 + ak_g
+            for ki in range(0, KG_STEPS):
+                offs_k = ki * BLOCK_KG + ak_g
                 mk = offs_k < CG
                 if G_CL:
                     go = offs_p[:, None] * CG + offs_k[None, :]
@@ -162,8 +174,8 @@ def _attention_gate_kernel(
         mk = ak_x < CX
         tl.store(o_img + xo1, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
     else:
-        for k0 in range(0, CX, BLOCK_KX):
-            offs_k = k0 + ak_x
+        for ki in range(0, KX_STEPS):
+            offs_k = ki * BLOCK_KX + ak_x
             mk = offs_k < CX
             if X_CL:
                 xo = offs_p[:, None] * CX + offs_k[None, :]
@@ -200,7 +212,7 @@ def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype):
     if key not in _autotuned:
         seen, configs = set(), []
         for cfg in CONFIGS:
-            kw = {"BLOCK_P": cfg["BLOCK_P"], **channel_blocks(cfg, cx, cg, f, dtype)}
+            kw = launch_meta(cfg, cx, cg, f, dtype)
             sig = (tuple(sorted(kw.items())), cfg["num_warps"], cfg["num_stages"])
             if sig not in seen:
                 seen.add(sig)
@@ -246,7 +258,7 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
 
     ctx = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     if config is not None:
-        kw = {"BLOCK_P": config["BLOCK_P"], **channel_blocks(config, cx, cg, f, x.dtype)}
+        kw = launch_meta(config, cx, cg, f, x.dtype)
         grid = (triton.cdiv(hw, config["BLOCK_P"]), n)
         with ctx:
             _attention_gate_kernel[grid](*args, **common, **kw, num_warps=config["num_warps"],
