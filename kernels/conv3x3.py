@@ -18,37 +18,68 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+_INT_ARGS = ["M", "H", "W", "CIN_A", "COUT_A", "CS_A",
+             "sx_n", "sx_c", "sx_h", "sx_w", "sr_n", "sr_c", "sr_h", "sr_w",
+             "ss_n", "ss_c", "ss_h", "ss_w", "sy_n", "sy_c", "sy_h", "sy_w"]
+
+
+# Integer arguments are never specialised by value: alignment is stated explicitly through
+# XA / SA / YA, so the kernel a launch compiles is exactly one the AOT test has built.
+@triton.jit(do_not_specialize=_INT_ARGS)
 def _conv3x3_fused_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, s_ptr, y_ptr,
-    M, H, W, CIN, COUT, CS,
+    M, H, W, CIN_A, COUT_A, CS_A,
     sx_n, sx_c, sx_h, sx_w,
     sr_n, sr_c, sr_h, sr_w,
     ss_n, ss_c, ss_h, ss_w,
     sy_n, sy_c, sy_h, sy_w,
     HAS_RES: tl.constexpr, HAS_SC: tl.constexpr, RELU: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, IEEE: tl.constexpr,
+    XA: tl.constexpr, SA: tl.constexpr, YA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One ``BLOCK_M`` pixels x ``BLOCK_N`` output channels tile of
     ``y = relu?(conv3x3(x, w) + b + (r | s @ ws))``, stride 1, zero padding 1.
 
-    Args (element strides everywhere, so NCHW and NHWC tensors both work):
-        x_ptr: input, logical ``N x CIN x H x W``, strides ``sx_*``; dtype of the GEMM.
+    Args (element strides, so NCHW and NHWC tensors both work):
+        x_ptr: input, logical ``N x CIN x H x W``; dtype of the GEMM.
         w_ptr: packed weights, contiguous ``[9*CIN + CS, COUT]`` (K-major): row
             ``t*CIN + c`` holds ``w[:, c, t // 3, t % 3]``; rows ``9*CIN + j`` hold the
             1x1 shortcut weights ``ws[:, j]``. Same dtype as x.
         b_ptr: bias, ``[COUT]`` (any float dtype; read as fp32).
-        r_ptr: identity residual ``N x COUT x H x W`` (strides ``sr_*``); read iff HAS_RES.
-        s_ptr: shortcut input ``N x CS x H x W`` (strides ``ss_*``); read iff HAS_SC.
-        y_ptr: output ``N x COUT x H x W`` (strides ``sy_*``); written in its own dtype.
-        M: ``N*H*W``.  CHANNELS_LAST: x, r, s, y all have channel stride 1 (lets the
-            compiler vectorise the channel-contiguous loads and stores).
+        r_ptr: identity residual ``N x COUT x H x W``; read iff HAS_RES.
+        s_ptr: shortcut input ``N x CS x H x W``; read iff HAS_SC (same dtype as x).
+        y_ptr: output ``N x COUT x H x W``; written in its own dtype.
+        M: ``N*H*W``.  H, W: image size.
+        CIN_A, CS_A, COUT_A: channel counts divided by their alignment XA, SA, YA.
+        sx_*, ss_*: strides of x, s; the n/h/w ones divided by XA (x) or SA (s);
+        sr_*, sy_*: strides of r, y; the n/h/w ones divided by YA. The ``*_c`` channel
+            strides are plain (used only when not CHANNELS_LAST).
+        XA, SA, YA: 16 when the channel count and the n/h/w strides of (x), (s), (y and r)
+            are multiples of 16 elements, else 1: lets the compiler prove 16-byte alignment
+            (vector and asynchronous loads) from constants, not from the values at launch.
+        CHANNELS_LAST: x, r, s, y all have channel stride 1.
         IEEE: fp32 inputs use exact fp32 products (``input_precision="ieee"``), else the
             default (TF32 on Ampere+ for fp32; ignored for fp16/bf16).
     Grid: ``cdiv(M, BLOCK_M) * cdiv(COUT, BLOCK_N)``, output-channel tiles fastest so that
     programs sharing the same input pixels run together (L2 reuse).
     """
+    CIN = CIN_A * XA
+    CS = CS_A * SA
+    COUT = COUT_A * YA
+    sx_n = sx_n * XA
+    sx_h = sx_h * XA
+    sx_w = sx_w * XA
+    ss_n = ss_n * SA
+    ss_h = ss_h * SA
+    ss_w = ss_w * SA
+    sr_n = sr_n * YA
+    sr_h = sr_h * YA
+    sr_w = sr_w * YA
+    sy_n = sy_n * YA
+    sy_h = sy_h * YA
+    sy_w = sy_w * YA
+
     pid = tl.program_id(0)
     num_n = tl.cdiv(COUT, BLOCK_N)
     pid_m = pid // num_n
@@ -139,38 +170,53 @@ def _conv3x3_fused_kernel(
 
 
 # ------------------------------------------------------------------ configs (data)
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). CUDA_CONFIGS are every config shipped
-# for the GPU (each is built for sm_80 and sm_90 without spills by the AOT test); the first
-# one that fits a layer is the default, the others are autotuned over (once per layer shape)
-# unless RAUNET_FAST_AUTOTUNE=0.
-CUDA_CONFIGS_16BIT = [
-    (128, 128, 64, 8, 3),
-    (128, 64, 64, 4, 4),
-    (128, 128, 32, 4, 4),
-    (64, 64, 64, 4, 4),
-    (128, 64, 16, 4, 3),   # tiny Cin (first layer: 1-4 channels), K chunk = tl.dot minimum
-]
-CUDA_CONFIGS_FP32 = [
-    (128, 64, 32, 8, 3),
-    (128, 128, 32, 8, 3),
-    (64, 64, 32, 4, 3),
-    (128, 64, 16, 4, 3),
-]
-# exact fp32 products (IEEE, when torch.backends.cudnn.allow_tf32 is False) run as FMAs in
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Two families per dtype:
+# ALIGNED for channels-last layers whose x / y (and residual) channel counts and strides are
+# multiples of 16 (every RAUNet layer but the first conv): big tiles, vector + async loads;
+# GENERIC for anything else (Cin = 3, Cout = 40, NCHW, odd views): smaller tiles, masked
+# scalar loads. The first config of a family that suits a layer is the default; on CUDA the
+# others are autotuned over, once per layer shape (RAUNET_FAST_AUTOTUNE=0: default only).
+# The AOT test builds every one of them for sm_80 and sm_90 and requires zero spills.
+ALIGNED_CONFIGS = {
+    "16bit": [(128, 128, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 64, 4, 3)],
+    "fp32": [(128, 64, 32, 8, 3), (64, 64, 32, 4, 3)],
+}
+GENERIC_CONFIGS = {
+    "16bit": [(64, 64, 16, 4, 3)],
+    "fp32": [(64, 64, 16, 4, 3)],
+}
+# exact fp32 products (IEEE: fp32 with torch.backends.cudnn.allow_tf32 off) run as FMAs in
 # registers: small tiles, or they spill
-CUDA_CONFIGS_IEEE = [
-    (64, 32, 16, 4, 2),
-]
+IEEE_CONFIGS = [(64, 32, 16, 4, 2)]
 # the interpreter runs each program in numpy: big tiles mean few programs (fast), and it
 # has no shared memory or registers to respect
 INTERPRET_CONFIG = (128, 64, 32, 4, 1)
 
 
-def shipped_configs() -> list[tuple[torch.dtype, bool, tuple]]:
-    """Every (dtype, ieee, config) a CUDA launch may use (what the AOT test builds)."""
-    out = [(d, False, c) for d in (torch.bfloat16, torch.float16) for c in CUDA_CONFIGS_16BIT]
-    out += [(torch.float32, False, c) for c in CUDA_CONFIGS_FP32]
-    out += [(torch.float32, True, c) for c in CUDA_CONFIGS_IEEE]
+def _kind(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def shipped_configs() -> list[dict]:
+    """Every kernel variant a CUDA launch may compile, as the AOT test wants them: dtype,
+    ieee, alignment (XA, SA, YA), config and epilogues ("sc": shortcut K loop, "res":
+    residual tile in the epilogue). fp16 uses the bf16 configs (same code but for the
+    conversions), so only bf16 is listed."""
+    out = []
+    for dtype in (torch.bfloat16, torch.float32):
+        kind = _kind(dtype)
+        for cfg in ALIGNED_CONFIGS[kind]:
+            out.append(dict(dtype=dtype, ieee=False, aligns=(16, 16, 16), config=cfg,
+                            epilogues=("sc", "res")))
+            # SA = 1: an unaligned shortcut input (the first block: Cs = 3)
+            out.append(dict(dtype=dtype, ieee=False, aligns=(16, 1, 16), config=cfg,
+                            epilogues=("sc",)))
+        for cfg in GENERIC_CONFIGS[kind]:
+            out.append(dict(dtype=dtype, ieee=False, aligns=(1, 1, 1), config=cfg,
+                            epilogues=("sc",)))
+    for cfg in IEEE_CONFIGS:
+        out.append(dict(dtype=torch.float32, ieee=True, aligns=(1, 1, 1), config=cfg,
+                        epilogues=("sc",)))
     return out
 
 
@@ -178,56 +224,72 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def candidate_configs(cin: int, cout: int, cs: int, dtype: torch.dtype,
-                      ieee: bool = False) -> list[tuple]:
+def candidate_configs(cin: int, cout: int, cs: int, dtype: torch.dtype, ieee: bool = False,
+                      aligned: bool = True) -> list[tuple]:
     """Configs worth trying for one layer shape (the default first)."""
     if _interpreting():
         return [INTERPRET_CONFIG]
     if ieee:
-        return list(CUDA_CONFIGS_IEEE)
-    table = CUDA_CONFIGS_FP32 if dtype == torch.float32 else CUDA_CONFIGS_16BIT
-    if max(cin, cs) <= 16:          # first layer: only the K=16 config wastes little
-        return [c for c in table if c[2] == 16]
+        return list(IEEE_CONFIGS)
+    if not aligned:
+        table = GENERIC_CONFIGS[_kind(dtype)]
+        if cin <= 16:   # tiny Cin (first layer): the K=16 chunk wastes least
+            table = sorted(table, key=lambda c: c[2])
+        return list(table)
     out = []
-    for cfg in table:
+    for cfg in ALIGNED_CONFIGS[_kind(dtype)]:
         bm, bn, bk, _, _ = cfg
-        if bk == 16:
-            continue
         if cout <= 64 and bn > 64:    # half the tile would be masked off
             continue
         if cin <= 32 and bk > 32:
             continue
         out.append(cfg)
-    return out or [table[-1]]
+    return out or [ALIGNED_CONFIGS[_kind(dtype)][-1]]
 
 
 # ------------------------------------------------------------------ launcher
 _TUNED: dict[tuple, tuple] = {}
 
 
-def _launch(cfg, x, packed, bias, residual, shortcut_input, y, relu, channels_last, ieee):
+def _channel_stride_one(t: torch.Tensor) -> bool:
+    return t.shape[1] == 1 or t.stride(1) == 1
+
+
+def _align(t: torch.Tensor | None, channels_last: bool) -> int:
+    """16 when ``t``'s channel count and n/h/w strides are multiples of 16 elements (and it is
+    channels-last), else 1. None (an absent operand) counts as aligned."""
+    if t is None:
+        return 16
+    if not channels_last:
+        return 1
+    n, c, h, w = t.shape
+    ok = c % 16 == 0 and all(st % 16 == 0 for st, size in
+                             zip((t.stride(0), t.stride(2), t.stride(3)), (n, h, w)) if size > 1)
+    return 16 if ok else 1
+
+
+def _launch(cfg, x, packed, bias, residual, shortcut_input, y, relu, channels_last, ieee, aligns):
     bm, bn, bk, warps, stages = cfg
+    xa, sa, ya = aligns
     n, cin, h, w = x.shape
     cout = y.shape[1]
     m = n * h * w
     r = residual if residual is not None else y
     s = shortcut_input if shortcut_input is not None else x
     cs = shortcut_input.shape[1] if shortcut_input is not None else 0
+
+    def strides(t, a):
+        st = t.stride()
+        return st[0] // a, st[1], st[2] // a, st[3] // a
+
     grid = (triton.cdiv(m, bm) * triton.cdiv(cout, bn),)
     _conv3x3_fused_kernel[grid](
         x, packed, bias, r, s, y,
-        m, h, w, cin, cout, cs,
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-        s.stride(0), s.stride(1), s.stride(2), s.stride(3),
-        y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+        m, h, w, cin // xa, cout // ya, cs // sa,
+        *strides(x, xa), *strides(r, ya), *strides(s, sa), *strides(y, ya),
         HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, RELU=relu,
-        CHANNELS_LAST=channels_last, IEEE=ieee,
+        CHANNELS_LAST=channels_last, IEEE=ieee, XA=xa, SA=sa, YA=ya,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-
-
-def _channel_stride_one(t: torch.Tensor) -> bool:
-    return t.shape[1] == 1 or t.stride(1) == 1
 
 
 def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor,
@@ -235,7 +297,8 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
                           relu: bool, out: torch.Tensor) -> torch.Tensor:
     """Launch the kernel writing into ``out`` (``N x Cout x H x W``, allocated by the caller
     in the layout it wants). ``packed``: ``[9*Cin + Cs, Cout]`` contiguous in ``x.dtype``
-    (see the kernel docstring; :func:`raunet_fast.ops.conv3x3.pack_weights` makes it)."""
+    (see the kernel docstring; :func:`raunet_fast.ops.conv3x3.pack_weights` makes it).
+    ``shortcut_input`` must have ``x.dtype``; ``residual`` and ``bias`` any float dtype."""
     n, cin, h, w = x.shape
     cout = out.shape[1]
     cs = shortcut_input.shape[1] if shortcut_input is not None else 0
@@ -243,9 +306,14 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         return out
     tensors = [t for t in (x, residual, shortcut_input, out) if t is not None]
     channels_last = all(_channel_stride_one(t) for t in tensors)
+    aligns = (_align(x, channels_last),
+              _align(shortcut_input, channels_last) if shortcut_input is not None else 1,
+              min(_align(out, channels_last), _align(residual, channels_last)))
+    aligned = aligns[0] == 16 and aligns[2] == 16
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
-    cands = candidate_configs(cin, cout, cs, x.dtype, ieee)
-    key = (cin, cout, cs, x.dtype, ieee, residual is not None, channels_last, x.device.index)
+    cands = candidate_configs(cin, cout, cs, x.dtype, ieee, aligned)
+    key = (cin, cout, cs, x.dtype, ieee, residual is not None, channels_last, aligns,
+           x.device.index)
     cfg = _TUNED.get(key)
     if cfg is None:
         cfg = cands[0]
@@ -257,7 +325,7 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
                 try:
                     t = do_bench(lambda c=c: _launch(c, x, packed, bias, residual,
                                                      shortcut_input, out, relu, channels_last,
-                                                     ieee), warmup=3, rep=15)
+                                                     ieee, aligns), warmup=3, rep=15)
                 except Exception:  # e.g. out of shared memory on a smaller GPU
                     continue
                 if best is None or t < best[0]:
@@ -265,5 +333,6 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
             if best is not None:
                 cfg = best[1]
         _TUNED[key] = cfg
-    _launch(cfg, x, packed, bias, residual, shortcut_input, out, relu, channels_last, ieee)
+    _launch(cfg, x, packed, bias, residual, shortcut_input, out, relu, channels_last, ieee,
+            aligns)
     return out

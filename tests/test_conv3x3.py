@@ -1,0 +1,366 @@
+"""conv3x3_fused: every backend against an independent fp64 ``F.conv2d`` reference.
+
+* folding: the folded weights reproduce the eval-mode ResidualBlock / PlainBlock;
+* ``torch`` and ``cpp`` backends: awkward shapes (Cin 3/24/80, Cout 40, H 7, W 13, batch 3),
+  every epilogue (none / identity residual / 1x1 shortcut, ReLU on/off), both layouts;
+* ``triton`` in the interpreter (CPU only, fp32/fp16, tiny shapes; skipped where a GPU is);
+* ``triton`` / ``cuda`` on a GPU (fp32 with TF32 off, fp16, bf16; skipped without CUDA);
+* ``torch.library.opcheck`` and one ``torch.compile(fullgraph=True)``.
+
+Tolerances: :func:`conftest.tolerance` with the reduction length ``K = 9*Cin (+ Cs)``;
+weights are scaled by ``1/sqrt(K)`` so outputs are O(1) and the tolerances mean something.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close_report, requires_cuda, tolerance
+from raunet_fast.blocks import PlainBlock, ResidualBlock
+from raunet_fast.fold import fold_plain_block, fold_residual_block
+from raunet_fast.ops import BackendUnavailable, conv3x3_fused
+from raunet_fast.ops.fused_blocks import FusedPlainBlock, FusedResidualBlock, fuse_block
+
+HAS_CUDA = torch.cuda.is_available()
+interpreter_only = pytest.mark.skipif(
+    HAS_CUDA, reason="Triton interpreter tests run on CPU-only machines; the GPU tests cover "
+                     "the compiled kernel here")
+
+EPILOGUES = ["none", "residual", "shortcut"]
+
+
+# ------------------------------------------------------------------ helpers
+def make_case(n, cin, cout, h, w, epilogue, dtype=torch.float32, device="cpu",
+              channels_last=False, cs=None):
+    """Random inputs for one call; returns (args, kwargs, K)."""
+    cs = cs if cs is not None else max(1, cin // 2 + 1)
+    k = 9 * cin + (cs if epilogue == "shortcut" else 0)
+    x = torch.randn(n, cin, h, w, device=device)
+    wt = torch.randn(cout, cin, 3, 3, device=device) / k ** 0.5
+    b = torch.randn(cout, device=device) * 0.5
+    kw = {}
+    if epilogue == "residual":
+        kw["residual"] = torch.randn(n, cout, h, w, device=device)
+    elif epilogue == "shortcut":
+        kw["shortcut_input"] = torch.randn(n, cs, h, w, device=device)
+        kw["shortcut_weight"] = torch.randn(cout, cs, device=device) / k ** 0.5
+    cast = {name: t.to(dtype) for name, t in kw.items()}
+    x, wt = x.to(dtype), wt.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for name in ("residual", "shortcut_input"):
+            if name in cast:
+                cast[name] = cast[name].contiguous(memory_format=torch.channels_last)
+    return (x, wt, b), cast, k
+
+
+def reference(x, weight, bias, residual=None, shortcut_input=None, shortcut_weight=None,
+              relu=True):
+    """fp64 reference, written independently of the op."""
+    y = F.conv2d(x.double().cpu(), weight.double().cpu(), bias.double().cpu(), padding=1)
+    if residual is not None:
+        y = y + residual.double().cpu()
+    if shortcut_input is not None:
+        ws = shortcut_weight.double().cpu()
+        y = y + torch.einsum("nchw,oc->nohw", shortcut_input.double().cpu(), ws)
+    return torch.relu(y) if relu else y
+
+
+def check(backend, args, kw, k, relu, dtype, what):
+    y = conv3x3_fused(*args, relu=relu, backend=backend, **kw)
+    x = args[0]
+    assert y.dtype == x.dtype and y.device == x.device
+    assert y.shape == (x.shape[0], args[1].shape[0], *x.shape[2:])
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        assert y.is_contiguous(memory_format=torch.channels_last), f"{what}: layout not kept"
+    else:
+        assert y.is_contiguous(), f"{what}: layout not kept"
+    rtol, atol = tolerance(dtype, k)
+    assert_close_report(y, reference(*args, relu=relu, **kw), rtol, atol, what)
+    return y
+
+
+def randomize_bn(module: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (fresh BN folds trivially)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.3)
+
+
+# ------------------------------------------------------------------ folding
+@pytest.mark.parametrize("cin,cout", [(8, 8), (5, 12)], ids=["identity", "projection"])
+def test_fold_residual_block_equals_eval_block(cin, cout):
+    block = ResidualBlock(cin, cout, dropout=0.2).double()
+    randomize_bn(block)
+    block.eval()
+    x = torch.randn(2, cin, 7, 13, dtype=torch.float64)
+    w1, b1, w2, b2, ws = fold_residual_block(block)
+    assert (ws is None) == (cin == cout)
+    h = torch.relu(F.conv2d(x, w1, b1, padding=1))
+    sc = x if ws is None else torch.einsum("nchw,oc->nohw", x, ws)
+    y = torch.relu(F.conv2d(h, w2, b2, padding=1) + sc)
+    with torch.no_grad():
+        assert_close_report(y, block(x), 1e-10, 1e-10, "folded residual block")
+
+
+def test_fold_plain_block_equals_eval_block():
+    block = PlainBlock(6, 10, dropout=0.3).double()
+    randomize_bn(block)
+    block.eval()
+    x = torch.randn(3, 6, 5, 9, dtype=torch.float64)
+    (w1, b1), (w2, b2) = fold_plain_block(block)
+    y = torch.relu(F.conv2d(torch.relu(F.conv2d(x, w1, b1, padding=1)), w2, b2, padding=1))
+    with torch.no_grad():
+        assert_close_report(y, block(x), 1e-10, 1e-10, "folded plain block")
+
+
+def test_fold_refuses_training_mode():
+    with pytest.raises(ValueError, match="eval"):
+        fold_residual_block(ResidualBlock(4, 8).train())
+
+
+# ------------------------------------------------------------------ torch / cpp backends
+AWKWARD = [  # n, cin, cout, h, w
+    (3, 3, 40, 7, 13),
+    (1, 24, 40, 7, 13),
+    (2, 80, 16, 5, 6),
+    (1, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("shape", AWKWARD, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_conv_cpu_backends_fp32(backend, shape, epilogue):
+    for i, relu in enumerate((True, False)):
+        cl = bool(i)  # both layouts, each epilogue
+        args, kw, k = make_case(*shape, epilogue, channels_last=cl)
+        check(backend, args, kw, k, relu, torch.float32,
+              f"{backend} {shape} {epilogue} relu={relu} channels_last={cl}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_conv_cpp_low_precision(dtype, epilogue):
+    args, kw, k = make_case(3, 24, 40, 7, 13, epilogue, dtype=dtype, channels_last=True)
+    check("cpp", args, kw, k, True, dtype, f"cpp {dtype} {epilogue}")
+
+
+def test_conv_cpp_aliasing_and_noncontiguous():
+    """A residual that is a strided view, and x in neither layout (a slice)."""
+    (x, w, b), _, k = make_case(2, 16, 16, 9, 11, "none")
+    big = torch.randn(2, 16, 9, 22)
+    residual = big[..., ::2]  # non-contiguous view
+    xs = torch.randn(2, 32, 9, 11)[:, 8:24]
+    for backend in ("torch", "cpp"):
+        y = conv3x3_fused(xs, w, b, residual=residual, backend=backend)
+        assert_close_report(y, reference(xs, w, b, residual=residual), *tolerance(torch.float32, k),
+                            f"{backend} non-contiguous")
+
+
+# ------------------------------------------------------------------ Triton, interpreter
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+def test_conv_triton_interpreter(dtype, epilogue, relu):
+    cl = relu  # both layouts over the sweep
+    args, kw, k = make_case(3, 24, 40, 7, 13, epilogue, dtype=dtype, channels_last=cl, cs=5)
+    check("triton", args, kw, k, relu, dtype, f"triton-interp {dtype} {epilogue} relu={relu}")
+
+
+@interpreter_only
+@pytest.mark.parametrize("shape,cs", [((1, 3, 40, 5, 13), 3), ((2, 20, 24, 6, 7), 20)],
+                         ids=["cin3", "multitile"])
+def test_conv_triton_interpreter_small_tiles(monkeypatch, shape, cs):
+    """Small tiles: several M/N tiles, several K chunks, partial tiles in every dimension."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    monkeypatch.setattr(k, "INTERPRET_CONFIG", (32, 16, 16, 4, 1))
+    monkeypatch.setattr(k, "_TUNED", {})
+    args, kw, kk = make_case(*shape, "shortcut", cs=cs)
+    check("triton", args, kw, kk, True, torch.float32, f"triton-interp small tiles {shape}")
+    args, kw, kk = make_case(*shape, "residual", channels_last=True)
+    check("triton", args, kw, kk, True, torch.float32, f"triton-interp small tiles {shape} res")
+
+
+# ------------------------------------------------------------------ fused blocks
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("kind", ["residual-identity", "residual-projection", "plain"])
+def test_fused_block_equals_eval_block(backend, kind):
+    cin, cout = (16, 16) if kind == "residual-identity" else (6, 16)
+    block = (PlainBlock if kind == "plain" else ResidualBlock)(cin, cout)
+    randomize_bn(block)
+    block.eval()
+    fused = fuse_block(block, dtype=torch.float32, backend=backend)
+    assert isinstance(fused, FusedPlainBlock if kind == "plain" else FusedResidualBlock)
+    x = torch.randn(2, cin, 9, 13).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = fused(x)
+        want = block.double()(x.double())
+    rtol, atol = tolerance(torch.float32, 9 * cout + cin)
+    assert_close_report(got, want, rtol * 2, atol * 2, f"fused {kind} {backend}")
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@interpreter_only
+def test_fused_residual_block_triton_interpreter():
+    block = ResidualBlock(8, 24)
+    randomize_bn(block)
+    block.eval()
+    fused = FusedResidualBlock.from_block(block, dtype=torch.float16, backend="triton")
+    assert fused.conv2.packed.shape == (9 * 24 + 8, 24)
+    x = torch.randn(1, 8, 6, 7)
+    with torch.no_grad():
+        want = block.double()(x.double())
+        got = fused(x.half())
+    assert_close_report(got, want, *tolerance(torch.float16, 9 * 24 + 8), "fused block triton fp16")
+
+
+# ------------------------------------------------------------------ errors, registration
+def test_conv_argument_errors():
+    (x, w, b), kw, _ = make_case(1, 4, 8, 5, 5, "shortcut")
+    r = torch.randn(1, 8, 5, 5)
+    with pytest.raises(ValueError, match="not both"):
+        conv3x3_fused(x, w, b, residual=r, **kw)
+    with pytest.raises(ValueError, match="weight must be Cout x 4 x 3 x 3"):
+        conv3x3_fused(x, w[:, :2], b)
+    with pytest.raises(ValueError, match="residual must have shape"):
+        conv3x3_fused(x, w, b, residual=r[:, :4])
+    with pytest.raises(ValueError, match="go together"):
+        conv3x3_fused(x, w, b, shortcut_input=kw["shortcut_input"])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        conv3x3_fused(x, w, b, backend="cudnn")
+    with pytest.raises(BackendUnavailable):
+        conv3x3_fused(x, w, b, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"] + ([] if HAS_CUDA else ["triton"]))
+def test_conv_opcheck(backend):
+    from raunet_fast.ops.conv3x3 import _conv3x3_fused_op, pack_weights
+
+    (x, w, b), kw, _ = make_case(1, 16, 16, 4, 5, "shortcut", channels_last=True)
+    s, ws = kw["shortcut_input"], kw["shortcut_weight"]
+    packed = pack_weights(w, ws, x.dtype)
+    torch.library.opcheck(_conv3x3_fused_op, (x, w, b, None, s, ws, packed, True, backend))
+    r = torch.randn(1, 16, 4, 5)
+    torch.library.opcheck(_conv3x3_fused_op, (x.contiguous(), w, b, r, None, None, None, False,
+                                              backend))
+
+
+def test_conv_compile_fullgraph():
+    """The fused block traces whole: one opaque op per conv, no graph break."""
+    torch._dynamo.reset()
+    block = ResidualBlock(4, 16)
+    randomize_bn(block)
+    block.eval()
+    fused = FusedResidualBlock.from_block(block, dtype=torch.float32, backend="cpp")
+    x = torch.randn(1, 4, 6, 8).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert_close_report(compiled(x), fused(x), 1e-6, 1e-6, "compiled fused block")
+
+
+def test_conv_import_does_not_import_triton():
+    code = ("import sys, raunet_fast.ops as o; o.conv3x3_fused; import raunet_fast.ops.fused_blocks;"
+            "assert 'triton' not in sys.modules, 'triton imported'")
+    env = {k: v for k, v in os.environ.items()}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ------------------------------------------------------------------ GPU
+GPU_SHAPES = [  # n, cin, cout, h, w, cs
+    (3, 3, 40, 7, 13, 3),
+    (2, 24, 40, 7, 13, 24),
+    (1, 80, 40, 9, 13, 80),
+    (2, 64, 128, 33, 31, 64),
+    (1, 128, 256, 16, 16, 128),
+]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture
+def no_tf32():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv_gpu(no_tf32, backend, dtype, shape):
+    *dims, cs = shape
+    for i, epilogue in enumerate(EPILOGUES):
+        for relu in (True, False):
+            cl = (i + relu) % 2 == 0
+            args, kw, k = make_case(*dims, epilogue, dtype=dtype, device="cuda",
+                                    channels_last=cl, cs=cs)
+            check(backend, args, kw, k, relu, dtype,
+                  f"{backend} {dtype} {shape} {epilogue} relu={relu} channels_last={cl}")
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_conv_gpu_fp32_parity_with_cudnn(no_tf32, backend):
+    """fp32 with TF32 off: the fused op agrees with cuDNN to fp32 rounding."""
+    args, kw, k = make_case(2, 64, 96, 17, 19, "shortcut", device="cuda", channels_last=True)
+    y = conv3x3_fused(*args, backend=backend, **kw)
+    want = conv3x3_fused(*args, backend="torch", **kw)
+    assert_close_report(y, want, *tolerance(torch.float32, k), f"{backend} vs cuDNN fp32")
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fused_block_gpu(backend, dtype):
+    for cin, cout in ((64, 128), (128, 128), (3, 64)):
+        block = ResidualBlock(cin, cout)
+        randomize_bn(block)
+        block = block.eval().cuda()
+        fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=backend)
+        x = torch.randn(2, cin, 40, 36, device="cuda").contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            want = block.double()(x.double())
+            got = fused(x.to(dtype))
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        rtol, atol = tolerance(dtype, 9 * cout + cin)
+        assert_close_report(got, want, 2 * rtol, 2 * atol, f"fused block {cin}->{cout} {backend}")
+
+
+@requires_cuda
+def test_conv_gpu_compile_fullgraph():
+    torch._dynamo.reset()
+    block = ResidualBlock(32, 64)
+    randomize_bn(block)
+    fused = FusedResidualBlock.from_block(block.eval().cuda(), dtype=torch.bfloat16,
+                                          backend="triton")
+    x = torch.randn(2, 32, 24, 24, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(fused, fullgraph=True)
+    with torch.no_grad():
+        assert_close_report(compiled(x), fused(x), 1e-2, 1e-2, "compiled fused block (GPU)")
+
+
+@requires_cuda
+def test_conv_gpu_opcheck():
+    from raunet_fast.ops.conv3x3 import _conv3x3_fused_op, pack_weights
+
+    for backend in ("triton", "cuda"):
+        (x, w, b), kw, _ = make_case(1, 32, 48, 6, 7, "shortcut", dtype=torch.float16,
+                                     device="cuda", channels_last=True)
+        packed = pack_weights(w, kw["shortcut_weight"], x.dtype)
+        torch.library.opcheck(_conv3x3_fused_op, (x, w, b, None, kw["shortcut_input"],
+                                                  kw["shortcut_weight"], packed, True, backend))
