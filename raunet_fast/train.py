@@ -386,6 +386,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if stopped:
         _say(f"{run} stopped early at epoch {start_epoch}; nothing to do", progress)
+    last_val = rows[-1]["val_dice"][:6] if rows else "-"
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if stopped:
             break
@@ -423,7 +424,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}", best_dice=f"{max(best_dice, 0):.4f}")
+            bar.set_postfix(loss=f"{total / count:.4f}", val_dice=last_val, best=f"{max(best_dice, 0):.4f}")
         bar.close()
         if count == 0:
             raise ValueError(f"the training set yielded no batches (size {len(train_ds)}, batch "
@@ -461,6 +462,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
         write_checkpoint(run, "last", model, info, prep, state)
         rows.append(row)
+        last_val = f"{val['val_dice']:.4f}"
         write_log(run / "log.csv", rows, log_fields)
         _say(f"epoch {epoch}/{cfg.epochs}: train loss {total / count:.4f}, val loss "
              f"{val['val_loss']:.4f}, val Dice {val['val_dice']:.4f}"

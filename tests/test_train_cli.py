@@ -243,6 +243,37 @@ def test_demo_smoke(tmp_path, capsys):
         run_demo(other, cases=6, epochs=1)
 
 
+def test_early_stopping_and_folder_dataset(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (20, 26, 3), dtype=np.uint8)).save(
+            tmp_path / "data" / "images" / f"p{i}.png")
+        Image.fromarray(((rng.random((20, 26)) > 0.6) * 255).astype(np.uint8)).save(
+            tmp_path / "data" / "masks" / f"p{i}_mask.png")
+    run = tmp_path / "run"
+    # instance norm has no running statistics and lr ~0 freezes the weights, so the
+    # validation Dice never improves after epoch 1: patience 2 stops after epoch 3
+    args = ["train", "--model", "unet", "--dataset", "folder", "--data-root", str(tmp_path / "data"),
+            "--out", str(run), "--epochs", "10", "--batch-size", "4", "--image-size", "16",
+            "--patience", "2", *TINY, "--norm", "instance", "--lr", "1e-20", "--no-augment"]
+    assert cli.main(args) == 0
+    assert [r["epoch"] for r in read_csv(run / "log.csv")] == ["1", "2", "3"]
+    state = load_training_state(run / "last")
+    assert state["stopped_early"] and state["best_epoch"] == 1
+    assert "early stopping" in capsys.readouterr().out
+    assert cli.main(args + ["--resume"]) == 0  # a finished run stays finished
+    assert len(read_csv(run / "log.csv")) == 3
+    ev = tmp_path / "eval"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "folder",
+                     "--data-root", str(tmp_path / "data"), "--split", "val", "--out", str(ev),
+                     "--no-progress"]) == 0
+    assert len(read_csv(ev / "cases.csv")) == 1
+
+
 def test_train_errors(isic_root, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert cli.main(isic_train_args(isic_root, tmp_path / "r1", 1, "--device", "cuda")) == 2
