@@ -5,10 +5,12 @@
 // attention_gate_cuda_launch() below with raw pointers and the current stream.
 //
 // Kernel: one block of 256 threads per tile of TP pixels (P = N*H*W pixels, NHWC).
+// Weights arrive as given to the op (x's dtype, W_x: F x Cx, W_g: F x Cg row-major): no
+// packing on the host, so a call is one launch.
 //   for each chunk of TF intermediate channels:
 //     acc[TP x TF] = sum over K = Cx + Cg channels in chunks of TK:
-//         x / g tile (TP x TK, converted to fp32) and weight tile (TK x TF, fp32) are
-//         staged in shared memory; each thread owns a 4 pixel x 4 channel micro tile.
+//         x / g tile (TP x TK) and weight tile (TK x TF) are staged in shared memory as
+//         fp32; each thread owns a 4 pixel x 4 channel micro tile.
 //     logit[p] += sum_f psi[f] * relu(acc[p][f] + bias[f])   (attention_gate.h epilogue,
 //         reduced over the TX threads sharing a pixel row with warp shuffles)
 //   alpha[p] = sigmoid(logit[p] + b_psi); out[p][c] = x[p][c] * alpha[p]
@@ -72,15 +74,15 @@ __device__ __forceinline__ void store_vec(T* __restrict__ dst, const float* v) {
 
 // T: float / __half / __nv_bfloat16. TF: F chunk (32 or 64). VEC: 16 / sizeof(T) for the
 // vector path, 1 for the scalar path.
-//   x: P x cx, g: P x cg, out: P x cx (NHWC rows, T);  wt: (cx+cg) x F fp32 row-major;
-//   bias, psi: F fp32; bpsi: 1 fp32; alpha: P values of T or nullptr.
+//   x: P x cx, g: P x cg, out: P x cx (NHWC rows, T);  wx: F x cx, wg: F x cg (row-major,
+//   T); bias, psi: F values of T; bpsi: 1 value of T; alpha: P values of T or nullptr.
 template <typename T, int TF, int VEC>
 __global__ void __launch_bounds__(kThreads, 2)
     attention_gate_kernel(const T* __restrict__ x, const T* __restrict__ g,
-                          const float* __restrict__ wt, const float* __restrict__ bias,
-                          const float* __restrict__ psi, const float* __restrict__ bpsi,
-                          T* __restrict__ out, T* __restrict__ alpha, int64_t P, int cx, int cg,
-                          int F) {
+                          const T* __restrict__ wx, const T* __restrict__ wg,
+                          const T* __restrict__ bias, const T* __restrict__ psi,
+                          const T* __restrict__ bpsi, T* __restrict__ out, T* __restrict__ alpha,
+                          int64_t P, int cx, int cg, int F) {
   constexpr int TX = TF / 4;           // threads across the F chunk (4 channels each)
   constexpr int TY = kThreads / TX;    // threads across pixels (4 pixels each)
   constexpr int TP = TY * 4;           // pixels per block
@@ -89,7 +91,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   static_assert(kTK % VEC == 0, "K chunk must hold whole vectors");
 
   __shared__ __align__(16) float As[kTK][TP];  // input chunk, transposed: [k][pixel]
-  __shared__ __align__(16) float Ws[kTK][TF];  // weight chunk: [k][f]
+  // weight chunk [k][f]; rows padded by 4 floats (float4 reads stay aligned, and the
+  // k-fastest staging stores spread over 8 banks instead of one)
+  __shared__ __align__(16) float Ws[kTK][TF + 4];
   __shared__ float alpha_s[TP];
 
   const int tid = threadIdx.x;
@@ -132,13 +136,18 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
         for (int j = 0; j < VEC; ++j) As[kk + j][p] = vals[j];
       }
-      // ---- stage the kTK x TF weight chunk (zeros past K and F)
+      // ---- stage the kTK x TF weight chunk (zeros past K and F); k fastest, so the
+      //      reads run along the rows of W_x / W_g
       for (int e = tid; e < kTK * TF; e += kThreads) {
-        const int kk = e / TF;
-        const int ff = e % TF;
+        const int kk = e % kTK;
+        const int ff = e / kTK;
         const int k = k0 + kk;
         const int f = f0 + ff;
-        Ws[kk][ff] = (k < K && f < F) ? __ldg(wt + static_cast<int64_t>(k) * F + f) : 0.f;
+        float w = 0.f;
+        if (k < K && f < F)
+          w = to_float<T>(k < cx ? wx[static_cast<int64_t>(f) * cx + k]
+                                 : wg[static_cast<int64_t>(f) * cg + (k - cx)]);
+        Ws[kk][ff] = w;
       }
       __syncthreads();
 #pragma unroll 8
@@ -161,7 +170,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int f = f0 + tx * 4 + j;
-        if (f < F) part += psi_term(acc[i][j], __ldg(bias + f), __ldg(psi + f));
+        if (f < F) part += psi_term(acc[i][j], to_float<T>(bias[f]), to_float<T>(psi[f]));
       }
       // the TX lanes sharing pixel row ty are consecutive and aligned inside one warp
 #pragma unroll
@@ -172,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // ---- alpha per pixel
   if (tx == 0) {
-    const float b = __ldg(bpsi);
+    const float b = to_float<T>(bpsi[0]);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int p = ty * 4 + i;
@@ -205,9 +214,9 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 template <typename T, int TF>
-cudaError_t launch_tf(const void* x, const void* g, const float* wt, const float* bias,
-                      const float* psi, const float* bpsi, void* out, void* alpha, int64_t P,
-                      int cx, int cg, int F, cudaStream_t stream) {
+cudaError_t launch_tf(const void* x, const void* g, const void* wx, const void* wg,
+                      const void* bias, const void* psi, const void* bpsi, void* out, void* alpha,
+                      int64_t P, int cx, int cg, int F, cudaStream_t stream) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int TP = (kThreads / (TF / 4)) * 4;
   const int64_t blocks = (P + TP - 1) / TP;
@@ -218,41 +227,46 @@ cudaError_t launch_tf(const void* x, const void* g, const float* wt, const float
   const T* gt = static_cast<const T*>(g);
   T* ot = static_cast<T*>(out);
   T* at = static_cast<T*>(alpha);
+  const T* wxt = static_cast<const T*>(wx);
+  const T* wgt = static_cast<const T*>(wg);
+  const T* bt = static_cast<const T*>(bias);
+  const T* pt = static_cast<const T*>(psi);
+  const T* bpt = static_cast<const T*>(bpsi);
   if (vec) {
     attention_gate_kernel<T, TF, VEC><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        xt, gt, wt, bias, psi, bpsi, ot, at, P, cx, cg, F);
+        xt, gt, wxt, wgt, bt, pt, bpt, ot, at, P, cx, cg, F);
   } else {
     attention_gate_kernel<T, TF, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        xt, gt, wt, bias, psi, bpsi, ot, at, P, cx, cg, F);
+        xt, gt, wxt, wgt, bt, pt, bpt, ot, at, P, cx, cg, F);
   }
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_t(const void* x, const void* g, const float* wt, const float* bias,
-                     const float* psi, const float* bpsi, void* out, void* alpha, int64_t P,
-                     int cx, int cg, int F, cudaStream_t stream) {
-  if (F <= 32) return launch_tf<T, 32>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
-  return launch_tf<T, 64>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+cudaError_t launch_t(const void* x, const void* g, const void* wx, const void* wg,
+                     const void* bias, const void* psi, const void* bpsi, void* out, void* alpha,
+                     int64_t P, int cx, int cg, int F, cudaStream_t stream) {
+  if (F <= 32) return launch_tf<T, 32>(x, g, wx, wg, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+  return launch_tf<T, 64>(x, g, wx, wg, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
 }
 
 }  // namespace
 }  // namespace raunet_ag
 
-// dtype: 0 = float32, 1 = float16, 2 = bfloat16. Pointers as documented at the kernel;
-// alpha may be nullptr. Returns the launch error (cudaSuccess when launched).
-cudaError_t attention_gate_cuda_launch(int dtype, const void* x, const void* g, const float* wt,
-                                       const float* bias, const float* psi, const float* bpsi,
-                                       void* out, void* alpha, int64_t P, int cx, int cg, int F,
-                                       cudaStream_t stream) {
+// dtype: 0 = float32, 1 = float16, 2 = bfloat16 (of every tensor). Pointers as documented
+// at the kernel; alpha may be nullptr. Returns the launch error (cudaSuccess when launched).
+cudaError_t attention_gate_cuda_launch(int dtype, const void* x, const void* g, const void* wx,
+                                       const void* wg, const void* bias, const void* psi,
+                                       const void* bpsi, void* out, void* alpha, int64_t P, int cx,
+                                       int cg, int F, cudaStream_t stream) {
   using namespace raunet_ag;
   if (P <= 0) return cudaSuccess;
   if (cx <= 0 || cg <= 0 || F <= 0) return cudaErrorInvalidValue;
   switch (dtype) {
-    case 0: return launch_t<float>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
-    case 1: return launch_t<__half>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+    case 0: return launch_t<float>(x, g, wx, wg, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+    case 1: return launch_t<__half>(x, g, wx, wg, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
     case 2:
-      return launch_t<__nv_bfloat16>(x, g, wt, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
+      return launch_t<__nv_bfloat16>(x, g, wx, wg, bias, psi, bpsi, out, alpha, P, cx, cg, F, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -9,11 +9,13 @@
 //   s      = b_psi + sum_f psi[f] * relu(acc[f])
 //   alpha  = sigmoid(s),        out[p][c] = x[p][c] * alpha
 //
-// Layouts used by both backends:
-//   x   : P x Cx (NHWC, i.e. channels_last; P = N*H*W pixels), T = float/half/bfloat16
-//   g   : P x Cg (NHWC), T
-//   wt  : K x F float32 row-major, K = Cx + Cg: rows 0..Cx-1 are W_x^T, rows Cx.. are W_g^T
-//   bias, psi : F floats; bpsi : 1 float;  out : P x Cx (NHWC), T;  alpha : P values, T
+// Layouts both backends take (T = float / half / bfloat16, one T for every tensor):
+//   x   : P x Cx (NHWC, i.e. channels_last; P = N*H*W pixels)      g : P x Cg (NHWC)
+//   w_x : F x Cx row-major, w_g : F x Cg row-major, bias, psi : F, bpsi : 1
+//   out : P x Cx (NHWC), alpha : P values (optional)
+// Inside, the math runs in fp32: in[p][k] is x's channels then g's (K = Cx + Cg), and
+// wt[k][f] the matching weight (W_x^T stacked over W_g^T); the CPU build packs wt so,
+// the CUDA kernel stages the same values tile by tile in shared memory.
 #pragma once
 
 #include <cmath>

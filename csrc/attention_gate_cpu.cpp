@@ -70,17 +70,22 @@ TileFn pick_tile_fn() {
 }
 
 template <typename T>
-void gate_cpu(const T* x, const T* g, const float* wt, const float* bias, const float* psi,
+void gate_cpu(const T* x, const T* g, const T* wx, const T* wg, const T* bias, const T* psi,
               float bpsi, T* out, T* alpha, const raunet_ag::GateDims d) {
   const int K = d.cx + d.cg;
   const int Fp = (d.f + kFB - 1) / kFB * kFB;
-  // F padded with zero columns: the micro kernel runs full kFB chunks, padded columns
-  // have bias 0 and psi 0 and so add nothing.
+  // Packed fp32 weight wt (K x Fp): row k < Cx is column k of W_x, row Cx + k column k of
+  // W_g. F is padded with zero columns: the micro kernel runs full kFB chunks, and padded
+  // columns have bias 0 and psi 0, so they add nothing.
   std::vector<float> wpad((size_t)K * Fp, 0.f), bpad(Fp, 0.f), ppad(Fp, 0.f);
-  for (int k = 0; k < K; ++k)
-    std::memcpy(&wpad[(size_t)k * Fp], wt + (int64_t)k * d.f, sizeof(float) * d.f);
-  std::memcpy(bpad.data(), bias, sizeof(float) * d.f);
-  std::memcpy(ppad.data(), psi, sizeof(float) * d.f);
+  for (int f = 0; f < d.f; ++f) {
+    for (int k = 0; k < d.cx; ++k)
+      wpad[(size_t)k * Fp + f] = static_cast<float>(wx[(int64_t)f * d.cx + k]);
+    for (int k = 0; k < d.cg; ++k)
+      wpad[(size_t)(d.cx + k) * Fp + f] = static_cast<float>(wg[(int64_t)f * d.cg + k]);
+    bpad[f] = static_cast<float>(bias[f]);
+    ppad[f] = static_cast<float>(psi[f]);
+  }
   const TileFn tile_fn = pick_tile_fn();
   const int64_t ntiles = (d.pixels + kTile - 1) / kTile;
 
@@ -123,19 +128,19 @@ void check_nhwc(const at::Tensor& t, const char* name) {
               " must be dense channels_last (NHWC)");
 }
 
-void check_f32(const at::Tensor& t, const char* name, int64_t numel) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), name,
-              " must be a contiguous float32 CPU tensor");
+void check_param(const at::Tensor& t, const at::Tensor& x, const char* name, int64_t numel) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == x.scalar_type() && t.is_contiguous(),
+              name, " must be a contiguous CPU tensor of x's dtype");
   TORCH_CHECK(t.numel() == numel, name, " must have ", numel, " elements, got ", t.numel());
 }
 
 }  // namespace
 
-// x: N x Cx x H x W, g: N x Cg x H x W (channels_last, same dtype); wt: (Cx+Cg) x F fp32
-// (W_x^T stacked over W_g^T); bias, psi: F fp32; bpsi: 1 fp32; out: like x (channels_last);
-// alpha: N x 1 x H x W contiguous of x's dtype (used when write_alpha).
-void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& wt,
-                            const at::Tensor& bias, const at::Tensor& psi,
+// x: N x Cx x H x W, g: N x Cg x H x W (channels_last, same dtype); w_x: F x Cx,
+// w_g: F x Cg, bias: F, psi: F, bpsi: 1 (contiguous, x's dtype); out: like x
+// (channels_last); alpha: N x 1 x H x W contiguous of x's dtype (used when write_alpha).
+void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w_x,
+                            const at::Tensor& w_g, const at::Tensor& bias, const at::Tensor& psi,
                             const at::Tensor& bpsi, const at::Tensor& out,
                             const at::Tensor& alpha, bool write_alpha) {
   check_nhwc(x, "x");
@@ -148,25 +153,26 @@ void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::
   TORCH_CHECK(out.sizes() == x.sizes(), "out must have x's shape");
   raunet_ag::GateDims d{x.size(0) * x.size(2) * x.size(3), (int)x.size(1), (int)g.size(1),
                         (int)bias.numel()};
-  check_f32(wt, "wt", (int64_t)(d.cx + d.cg) * d.f);
-  check_f32(bias, "bias", d.f);
-  check_f32(psi, "psi", d.f);
-  check_f32(bpsi, "bpsi", 1);
+  check_param(w_x, x, "w_x", (int64_t)d.f * d.cx);
+  check_param(w_g, x, "w_g", (int64_t)d.f * d.cg);
+  check_param(bias, x, "bias", d.f);
+  check_param(psi, x, "psi", d.f);
+  check_param(bpsi, x, "bpsi", 1);
   if (write_alpha) {
     TORCH_CHECK(alpha.numel() == d.pixels && alpha.is_contiguous() &&
                     alpha.scalar_type() == x.scalar_type() && alpha.device().is_cpu(),
                 "alpha must be a contiguous N x 1 x H x W CPU tensor of x's dtype");
   }
   if (d.pixels == 0) return;
-  const float b = bpsi.data_ptr<float>()[0];
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_cpu",
-                                  [&] {
-                                    gate_cpu<scalar_t>(
-                                        x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                        wt.data_ptr<float>(), bias.data_ptr<float>(),
-                                        psi.data_ptr<float>(), b, out.data_ptr<scalar_t>(),
-                                        write_alpha ? alpha.data_ptr<scalar_t>() : nullptr, d);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "attention_gate_cpu", [&] {
+        gate_cpu<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                           w_x.data_ptr<scalar_t>(), w_g.data_ptr<scalar_t>(),
+                           bias.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(),
+                           static_cast<float>(bpsi.data_ptr<scalar_t>()[0]),
+                           out.data_ptr<scalar_t>(),
+                           write_alpha ? alpha.data_ptr<scalar_t>() : nullptr, d);
+      });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -7,11 +7,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
-// Defined in attention_gate.cu. dtype: 0 float32, 1 float16, 2 bfloat16.
-cudaError_t attention_gate_cuda_launch(int dtype, const void* x, const void* g, const float* wt,
-                                       const float* bias, const float* psi, const float* bpsi,
-                                       void* out, void* alpha, int64_t P, int cx, int cg, int F,
-                                       cudaStream_t stream);
+// Defined in attention_gate.cu. dtype: 0 float32, 1 float16, 2 bfloat16 (of every tensor).
+cudaError_t attention_gate_cuda_launch(int dtype, const void* x, const void* g, const void* wx,
+                                       const void* wg, const void* bias, const void* psi,
+                                       const void* bpsi, void* out, void* alpha, int64_t P, int cx,
+                                       int cg, int F, cudaStream_t stream);
 
 namespace {
 
@@ -22,20 +22,21 @@ void check_nhwc(const at::Tensor& t, const at::Tensor& x, const char* name) {
               " must be dense channels_last (NHWC)");
 }
 
-void check_f32(const at::Tensor& t, const at::Tensor& x, const char* name, int64_t numel) {
-  TORCH_CHECK(t.is_cuda() && t.device() == x.device() && t.scalar_type() == at::kFloat &&
+void check_param(const at::Tensor& t, const at::Tensor& x, const char* name, int64_t numel) {
+  TORCH_CHECK(t.is_cuda() && t.device() == x.device() && t.scalar_type() == x.scalar_type() &&
                   t.is_contiguous(),
-              name, " must be a contiguous float32 tensor on x's device");
+              name, " must be a contiguous tensor of x's dtype on x's device");
   TORCH_CHECK(t.numel() == numel, name, " must have ", numel, " elements, got ", t.numel());
 }
 
 }  // namespace
 
 // Same contract as the CPU build (csrc/attention_gate_cpu.cpp): x, g, out channels_last;
-// wt (Cx+Cg) x F fp32; bias, psi F fp32; bpsi 1 fp32 (read on the device: no sync);
-// alpha N x 1 x H x W contiguous, x's dtype, written when write_alpha.
-void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& wt,
-                            const at::Tensor& bias, const at::Tensor& psi,
+// w_x F x Cx, w_g F x Cg, bias F, psi F, bpsi 1 (read on the device: no sync), all
+// contiguous in x's dtype; alpha N x 1 x H x W contiguous, x's dtype, written when
+// write_alpha.
+void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w_x,
+                            const at::Tensor& w_g, const at::Tensor& bias, const at::Tensor& psi,
                             const at::Tensor& bpsi, const at::Tensor& out,
                             const at::Tensor& alpha, bool write_alpha) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor");
@@ -51,10 +52,11 @@ void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::
   const int cx = static_cast<int>(x.size(1));
   const int cg = static_cast<int>(g.size(1));
   const int F = static_cast<int>(bias.numel());
-  check_f32(wt, x, "wt", static_cast<int64_t>(cx + cg) * F);
-  check_f32(bias, x, "bias", F);
-  check_f32(psi, x, "psi", F);
-  check_f32(bpsi, x, "bpsi", 1);
+  check_param(w_x, x, "w_x", static_cast<int64_t>(F) * cx);
+  check_param(w_g, x, "w_g", static_cast<int64_t>(F) * cg);
+  check_param(bias, x, "bias", F);
+  check_param(psi, x, "psi", F);
+  check_param(bpsi, x, "bpsi", 1);
   if (write_alpha) {
     TORCH_CHECK(alpha.is_cuda() && alpha.device() == x.device() && alpha.numel() == P &&
                     alpha.is_contiguous() && alpha.scalar_type() == x.scalar_type(),
@@ -71,8 +73,8 @@ void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   const cudaError_t err = attention_gate_cuda_launch(
-      code, x.data_ptr(), g.data_ptr(), wt.data_ptr<float>(), bias.data_ptr<float>(),
-      psi.data_ptr<float>(), bpsi.data_ptr<float>(), out.data_ptr(),
+      code, x.data_ptr(), g.data_ptr(), w_x.data_ptr(), w_g.data_ptr(), bias.data_ptr(),
+      psi.data_ptr(), bpsi.data_ptr(), out.data_ptr(),
       write_alpha ? alpha.data_ptr() : nullptr, P, cx, cg, F, stream);
   TORCH_CHECK(err == cudaSuccess, "attention_gate (cuda) launch failed: ", cudaGetErrorString(err));
 }

@@ -117,21 +117,19 @@ def _extension(kind: str):
 
 
 def _csrc_impl(kind, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
-    """csrc kernels take dense NHWC (channels_last) x and g, weights as float32."""
+    """csrc kernels take dense NHWC (channels_last) x and g, every parameter contiguous in
+    x's dtype (no-ops for parameters from :func:`cast_gate_params`): one launch per call."""
     ext = _extension(kind)
     cl = torch.channels_last
     xc = x.contiguous(memory_format=cl)
     gc = g.contiguous(memory_format=cl)
-    f32 = dict(dtype=torch.float32)
-    # K-major packed weight: rows 0..Cx-1 from w_x, rows Cx..Cx+Cg-1 from w_g, F columns.
-    wt = torch.cat([w_x.to(**f32).t(), w_g.to(**f32).t()], 0).contiguous()
+    w_x, w_g, bias, w_psi, b_psi = (t.to(x.dtype).contiguous()
+                                    for t in (w_x, w_g, bias, w_psi, b_psi))
     out = torch.empty_like(x)
     direct = out.is_contiguous(memory_format=cl)
     out_cl = out if direct else torch.empty_like(xc, memory_format=cl)
     alpha = _empty_alpha(x, return_alpha)
-    ext.attention_gate_forward(xc, gc, wt, bias.to(**f32).contiguous(),
-                               w_psi.to(**f32).contiguous(), b_psi.to(**f32).contiguous(),
-                               out_cl, alpha, return_alpha)
+    ext.attention_gate_forward(xc, gc, w_x, w_g, bias, w_psi, b_psi, out_cl, alpha, return_alpha)
     if not direct:
         out.copy_(out_cl)
     return out, alpha
@@ -208,7 +206,8 @@ def attention_gate(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: tor
         g: gating features, ``N x Cg x H x W``, same dtype and device as ``x``.
         w_x: ``F x Cx``; w_g: ``F x Cg``; bias: ``(F,)``; w_psi: ``(F,)``; b_psi: ``(1,)``
             (from :func:`fold_attention_gate` / :func:`cast_gate_params`). Any float dtype;
-            GEMM weights are used in x's dtype, the rest in float32. Accumulation is float32.
+            GEMM weights are used in x's dtype; bias / w_psi / b_psi are read as float32 by
+            triton and torch, in x's dtype by cuda / cpp. Accumulation is float32.
         return_alpha: also return the attention map ``alpha`` (``N x 1 x H x W``).
         backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpp"``.
 
