@@ -21,11 +21,25 @@ ISIC_FRACTIONS = (0.6, 0.2, 0.2)  # training, validation, test
 
 
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], cells: int = 6) -> np.ndarray:
-    """Smooth random field of ``shape`` with values roughly in [-1, 1] (coarse noise, upsampled)."""
-    coarse = rng.standard_normal([max(2, min(cells, s)) for s in shape])
-    field = ndimage.zoom(coarse, [s / c for s, c in zip(shape, coarse.shape)], order=3,
-                         mode="nearest", grid_mode=True)
-    field = field[tuple(slice(0, s) for s in shape)]
+    """Smooth random field of ``shape`` (2-D or 3-D) with values in [-1, 1]: coarse Gaussian
+    noise upsampled with separable bicubic interpolation (torch, fast at 240 x 240 x 155)."""
+    import torch
+    import torch.nn.functional as F
+
+    coarse = rng.standard_normal([max(2, min(cells, s)) for s in shape]).astype(np.float32)
+    t = torch.from_numpy(coarse)
+    if len(shape) == 2:
+        t = F.interpolate(t[None, None], size=tuple(shape), mode="bicubic", align_corners=True)[0, 0]
+    elif len(shape) == 3:
+        cz = t.shape[2]
+        t = F.interpolate(t.permute(2, 0, 1)[:, None], size=tuple(shape[:2]), mode="bicubic",
+                          align_corners=True)[:, 0]                      # cz x X x Y
+        t = t.reshape(1, 1, cz, -1).transpose(2, 3)                     # 1 x 1 x XY x cz
+        t = F.interpolate(t, size=(t.shape[2], shape[2]), mode="bicubic", align_corners=True)
+        t = t[0, 0].reshape(shape[0], shape[1], shape[2])
+    else:
+        raise ValueError(f"smooth fields are 2-D or 3-D, got shape {tuple(shape)}")
+    field = t.numpy()
     return field / (np.abs(field).max() + 1e-8)
 
 
