@@ -336,3 +336,17 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
     _launch(cfg, x, packed, bias, residual, shortcut_input, out, relu, channels_last, ieee,
             aligns)
     return out
+
+
+def _on_device(fn):
+    """Run ``fn`` with x's CUDA device current (Triton launches on the current device)."""
+    def wrapper(x, *args, **kwargs):
+        if x.is_cuda and x.device.index != torch.cuda.current_device():
+            with torch.cuda.device(x.device):
+                return fn(x, *args, **kwargs)
+        return fn(x, *args, **kwargs)
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+conv3x3_fused_forward = _on_device(conv3x3_fused_forward)

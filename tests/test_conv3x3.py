@@ -193,6 +193,22 @@ def test_conv_triton_interpreter_small_tiles(monkeypatch, shape, cs):
     check("triton", args, kw, kk, True, torch.float32, f"triton-interp small tiles {shape} res")
 
 
+@interpreter_only
+@pytest.mark.parametrize("cs", [16, 3], ids=["aligned-shortcut", "unaligned-shortcut"])
+def test_conv_triton_interpreter_aligned(cs):
+    """Channels-last with channel counts % 16 == 0: the XA/YA = 16 path (strides passed
+    divided by 16); a Cs = 3 shortcut takes SA = 1, as in the first RAUNet block."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    args, kw, kk = make_case(2, 16, 32, 5, 6, "shortcut", channels_last=True, cs=cs)
+    assert k._align(args[0], True) == 16
+    assert k._align(kw["shortcut_input"], True) == (16 if cs == 16 else 1)
+    check("triton", args, kw, kk, True, torch.float32, f"triton-interp aligned cs={cs}")
+    args, kw, kk = make_case(1, 32, 32, 4, 7, "residual", dtype=torch.float16,
+                             channels_last=True)
+    check("triton", args, kw, kk, False, torch.float16, "triton-interp aligned residual fp16")
+
+
 # ------------------------------------------------------------------ fused blocks
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 @pytest.mark.parametrize("kind", ["residual-identity", "residual-projection", "plain"])

@@ -134,7 +134,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def _torch_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
     # CPU has no fp16 convolution everywhere: compute half inputs in fp32 there
     cdt = torch.float32 if (x.device.type == "cpu" and x.dtype == torch.float16) else x.dtype
-    y = F.conv2d(x.to(cdt), weight.to(cdt), bias.to(cdt), padding=1)
+    w = weight.to(cdt).contiguous(memory_format=out_memory_format(x))
+    y = F.conv2d(x.to(cdt), w, bias.to(cdt), padding=1)
     if residual is not None:
         y = y + residual.to(cdt)
     elif shortcut_input is not None:
@@ -163,9 +164,8 @@ def _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, pac
 
 def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
     ext = _ext(spec)
-    w = weight.to(x.dtype)
-    if out_memory_format(x) == torch.channels_last and x.is_cuda:
-        w = w.contiguous(memory_format=torch.channels_last)
+    # weight in x's layout: cuDNN / oneDNN otherwise reorder it (or the output) per call
+    w = weight.to(x.dtype).contiguous(memory_format=out_memory_format(x))
     sw = shortcut_weight.to(x.dtype) if shortcut_weight is not None else None
     s = shortcut_input.to(x.dtype) if shortcut_input is not None else None
     y = ext.conv3x3_fused(x, w, bias, residual, s, sw, relu)

@@ -3,8 +3,8 @@
 BatchNorm is folded into the convolutions once (float64, :mod:`raunet_fast.fold`), and the
 weights are cast and packed once, at construction, into buffers (moved by ``.to(device)``):
 
-* ``weight`` ``Cout x Cin x 3 x 3`` and ``shortcut_weight`` ``Cout x Cs`` in the compute
-  dtype (cuDNN / oneDNN backends), ``bias`` in fp32,
+* ``weight`` ``Cout x Cin x 3 x 3`` (channels_last) and ``shortcut_weight`` ``Cout x Cs`` in
+  the compute dtype (cuDNN / oneDNN backends), ``bias`` in fp32,
 * ``packed`` ``[9*Cin + Cs, Cout]`` (K-major) in the compute dtype (Triton backend).
 
 Nothing is re-folded or re-packed per call, and forward is plain tensor code (no caches
@@ -42,7 +42,9 @@ class FusedConv3x3(nn.Module):
         check_backend_name(backend)
         self.relu, self.backend = relu, backend
         self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
-        self.register_buffer("weight", weight.detach().to(dtype).contiguous())
+        # channels_last: the layout of the fast path (oneDNN / cuDNN take it as is)
+        self.register_buffer("weight", weight.detach().to(dtype).contiguous(
+            memory_format=torch.channels_last))
         self.register_buffer("bias", bias.detach().to(torch.float32).contiguous())
         sw = None if shortcut_weight is None else \
             shortcut_weight.detach().reshape(weight.shape[0], -1).to(dtype).contiguous()

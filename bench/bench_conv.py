@@ -1,0 +1,272 @@
+"""Benchmark: one residual block of RA-U-Net at each of the five encoder shapes (512x512 input).
+
+For every (batch, level) it times, on one device:
+
+  eager        the reference ResidualBlock (eval, BatchNorm unfolded) in the bench dtype
+  compile      torch.compile of that block (--compile default | max-autotune | none)
+  cudnn-floor  the block's two 3x3 convolutions alone (F.conv2d, no bias / BN / add / ReLU):
+               the floor a fused epilogue is measured against
+  fused-<be>   FusedResidualBlock (folded, packed once) for each available backend:
+               triton / cuda on a GPU, cpp / torch on the CPU (torch = folded reference math)
+
+and reports ms, TFLOP/s (2 * multiply-adds of the two 3x3 convs and the 1x1 projection),
+speedup over eager, ratio to the cuDNN floor and the max relative error against eager.
+
+Script mode (a table on stdout, CSV rows appended with GPU name, versions and timestamp):
+
+    python bench/bench_conv.py --out bench/results/conv.csv                 # GPU: bf16, 512, batch 1 8
+    python bench/bench_conv.py --compile max-autotune --out bench/results/conv.csv
+    python bench/bench_conv.py --size 64 --batch 1 --dtype fp32             # CPU-sized
+
+pytest-benchmark mode (CUDA timings synchronised):
+
+    pytest bench/bench_conv.py --benchmark-only
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from raunet_fast.blocks import ResidualBlock
+from raunet_fast.fold import fold_residual_block
+from raunet_fast.ops.fused_blocks import FusedResidualBlock
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# (Cin, Cout, size / 512) of the encoder's residual blocks at base width 64
+LEVELS = [(3, 64, 1), (64, 128, 2), (128, 256, 4), (256, 512, 8), (512, 1024, 16)]
+
+
+def encoder_shapes(size: int) -> list[tuple[int, int, int]]:
+    """(Cin, Cout, H=W) of each encoder block (the block input is already pooled)."""
+    return [(cin, cout, max(1, size // div)) for cin, cout, div in LEVELS]
+
+
+def block_flops(n: int, cin: int, cout: int, hw: int) -> float:
+    m = n * hw * hw
+    macs = 9 * cin * cout + 9 * cout * cout + (cin * cout if cin != cout else 0)
+    return 2.0 * m * macs
+
+
+def make_block(cin: int, cout: int, device: torch.device, seed: int = 0) -> ResidualBlock:
+    g = torch.Generator().manual_seed(seed)
+    block = ResidualBlock(cin, cout)
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=g) * 0.2 + 1)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return block.eval().to(device)
+
+
+def available_backends(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        out = []
+        try:
+            import triton  # noqa: F401
+            out.append("triton")
+        except ImportError:
+            pass
+        return out + ["cuda", "torch"]
+    out = ["cpp", "torch"]
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        out.append("triton")  # interpreter: correctness only, never fast
+    return out
+
+
+def time_fn(fn, device: torch.device, warmup: int = 5, iters: int = 20,
+            stat: str = "median") -> float:
+    """Milliseconds per call, median (or min) over ``iters`` (CUDA events, synchronised, on
+    GPU; perf_counter on CPU)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times = []
+        for _ in range(iters):
+            if device.type == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn()
+                e.record()
+                e.synchronize()
+                times.append(s.elapsed_time(e))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+    return min(times) if stat == "min" else statistics.median(times)
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.double(), ref.double()
+    return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_mode: str,
+             backends: list[str]) -> dict:
+    """name -> zero-argument callable running that variant on ``x``."""
+    out = {}
+    eager = copy.deepcopy(block).to(dtype).to(memory_format=torch.channels_last)
+    out["eager"] = lambda: eager(x)
+    if compile_mode != "none":
+        compiled = torch.compile(eager, mode=None if compile_mode == "default" else compile_mode)
+        out[f"compile-{compile_mode}"] = lambda: compiled(x)
+    w1, b1, w2, b2, ws = fold_residual_block(block)
+    w1 = w1.to(x.device, dtype).contiguous(memory_format=torch.channels_last)
+    w2 = w2.to(x.device, dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        h = torch.nn.functional.conv2d(x, w1, padding=1)
+    conv = torch.nn.functional.conv2d
+    out["cudnn-floor" if x.is_cuda else "conv-floor"] = \
+        lambda: (conv(x, w1, padding=1), conv(h, w2, padding=1))
+    for be in backends:
+        fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
+        out[f"fused-{be}"] = lambda fused=fused: fused(x)
+    return out
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    backends = args.backends or available_backends(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "-"
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for n in args.batch:
+        for level, (cin, cout, hw) in enumerate(encoder_shapes(args.size)):
+            if args.levels and level + 1 not in args.levels:
+                continue
+            torch.manual_seed(0)
+            block = make_block(cin, cout, device)
+            x = torch.randn(n, cin, hw, hw, device=device, dtype=dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+            flops = block_flops(n, cin, cout, hw)
+            fns = variants(block, x, dtype, args.compile, backends)
+            with torch.no_grad():
+                ref = fns["eager"]()
+            times = {}
+            for name, fn in fns.items():
+                try:
+                    with torch.no_grad():
+                        y = fn()
+                    err = rel_err(y, ref) if isinstance(y, torch.Tensor) else float("nan")
+                    ms = time_fn(fn, device, args.warmup, args.iters, args.stat)
+                except Exception as e:  # report and go on: one backend failing is a result
+                    print(f"  {name}: failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+                    continue
+                times[name] = ms
+                rows.append(dict(timestamp=stamp, device=gpu, threads=torch.get_num_threads(),
+                                 stat=args.stat,
+                                 torch=torch.__version__,
+                                 triton=triton_version, dtype=args.dtype, batch=n,
+                                 level=level + 1, cin=cin, cout=cout, hw=hw, variant=name,
+                                 ms=round(ms, 4), tflops=round(flops / ms / 1e9, 3),
+                                 rel_err=f"{err:.2e}"))
+            floor = times.get("cudnn-floor", times.get("conv-floor"))
+            for r in rows:
+                if r["batch"] == n and r["level"] == level + 1 and r["timestamp"] == stamp:
+                    r["speedup_vs_eager"] = round(times["eager"] / r["ms"], 3) if "eager" in times else ""
+                    r["x_floor"] = round(r["ms"] / floor, 3) if floor else ""
+            print_level(rows, n, level + 1, cin, cout, hw)
+    return rows
+
+
+def print_level(rows, n, level, cin, cout, hw):
+    print(f"\nbatch {n}  level {level}: {cin}->{cout} @ {hw}x{hw}")
+    print(f"  {'variant':24} {'ms':>9} {'TFLOP/s':>8} {'vs eager':>9} {'x floor':>8} {'rel err':>9}")
+    for r in rows:
+        if r["batch"] == n and r["level"] == level:
+            print(f"  {r['variant']:24} {r['ms']:9.3f} {r['tflops']:8.2f} "
+                  f"{r['speedup_vs_eager']!s:>9} {r['x_floor']!s:>8} {r['rel_err']:>9}")
+
+
+def main(argv=None):
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=DTYPES)
+    p.add_argument("--size", type=int, default=512 if cuda else 64,
+                   help="network input size; level i runs at size / 2**i")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8] if cuda else [1])
+    p.add_argument("--levels", type=int, nargs="*", help="subset of levels 1..5")
+    p.add_argument("--backends", nargs="*", help="fused backends (default: all available)")
+    p.add_argument("--compile", default="default", choices=["none", "default", "max-autotune"],
+                   help="torch.compile mode for the eager block (max-autotune: slow to build)")
+    p.add_argument("--warmup", type=int, default=10 if cuda else 3)
+    p.add_argument("--iters", type=int, default=50 if cuda else 10)
+    p.add_argument("--stat", default="median" if cuda else "min", choices=["median", "min"],
+                   help="per-variant statistic (min on CPU: shared CPUs are noisy)")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--out", help="append CSV rows here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+    rows = run(args)
+    if args.out and rows:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        fields = list(rows[0].keys())
+        new = not os.path.exists(args.out) or os.path.getsize(args.out) == 0
+        with open(args.out, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+        print(f"\nappended {len(rows)} rows to {args.out}")
+
+
+# ------------------------------------------------------------------ pytest-benchmark
+try:
+    import pytest
+except ImportError:  # script mode needs no pytest
+    pytest = None
+
+if pytest is not None:
+    _CUDA = torch.cuda.is_available()
+    _DEV = torch.device("cuda" if _CUDA else "cpu")
+    _DT = torch.bfloat16 if _CUDA else torch.float32
+    _SIZE = 512 if _CUDA else 32
+
+    @pytest.mark.parametrize("level", range(1, 6))
+    @pytest.mark.parametrize("variant", ["eager", "floor"] + available_backends(_DEV))
+    def test_bench_conv_block(benchmark, level, variant):
+        cin, cout, hw = encoder_shapes(_SIZE)[level - 1]
+        block = make_block(cin, cout, _DEV)
+        x = torch.randn(1, cin, hw, hw, device=_DEV, dtype=_DT).contiguous(
+            memory_format=torch.channels_last)
+        fns = variants(block, x, _DT, "none", [] if variant in ("eager", "floor") else [variant])
+        fn = fns["eager"] if variant == "eager" else \
+            fns["cudnn-floor" if _CUDA else "conv-floor"] if variant == "floor" else \
+            fns[f"fused-{variant}"]
+
+        def call():
+            with torch.no_grad():
+                fn()
+            if _CUDA:
+                torch.cuda.synchronize()
+
+        for _ in range(3):
+            call()
+        benchmark.extra_info["tflops"] = block_flops(1, cin, cout, hw) / 1e12
+        benchmark(call)
+
+
+if __name__ == "__main__":
+    main()
