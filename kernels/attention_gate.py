@@ -23,7 +23,8 @@ CONFIGS: list[dict] = [
     {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2},
     {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 3},
     {"BLOCK_P": 64, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_P": 128, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_P": 128, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_P": 256, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 8, "num_stages": 2},
 ]
 #: The one config used in the interpreter: small tiles, and F chunks of 16 so that tests
 #: with F > 16 run the multi-chunk path.

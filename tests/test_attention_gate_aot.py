@@ -39,6 +39,9 @@ def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False):
     return {"module": "raunet_fast.kernels.attention_gate", "kernel": "_attention_gate_kernel",
             "signature": sig, "constexprs": consts, "arch": arch,
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            # as a real launch specialises: torch allocations are 16-byte aligned; H*W of
+            # the model's levels is a multiple of 16, the awkward shape's is not
+            "divisible_by_16": [*_PTRS, *(["HW"] if shape != (48, 80, 24) else [])],
             "tag": f"cfg{i} {'x'.join(map(str, shape))} {_TL[dtype]} sm_{arch}"
                    f"{'' if x_cl else ' nchw'}{' alpha' if write_alpha else ''}"}
 
