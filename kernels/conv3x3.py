@@ -309,11 +309,14 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
     aligns = (_align(x, channels_last),
               _align(shortcut_input, channels_last) if shortcut_input is not None else 1,
               min(_align(out, channels_last), _align(residual, channels_last)))
-    aligned = aligns[0] == 16 and aligns[2] == 16
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    aligned = not ieee and aligns[0] == 16 and aligns[2] == 16
+    if not aligned:  # generic and IEEE configs are built (and AOT-checked) unaligned
+        aligns = (1, 1, 1)
     cands = candidate_configs(cin, cout, cs, x.dtype, ieee, aligned)
+    # one tuning per layer shape and size class (batch 1 and batch 8 may want other tiles)
     key = (cin, cout, cs, x.dtype, ieee, residual is not None, channels_last, aligns,
-           x.device.index)
+           (n * h * w).bit_length(), x.device.index)
     cfg = _TUNED.get(key)
     if cfg is None:
         cfg = cands[0]

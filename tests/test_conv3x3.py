@@ -304,6 +304,21 @@ GPU_SHAPES = [  # n, cin, cout, h, w, cs
 GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+def need_backend(backend: str) -> None:
+    """Skip (with the reason) when a csrc backend cannot be built for lack of a toolkit;
+    a compile error is a failure."""
+    if backend not in ("cuda", "cpp"):
+        return
+    from raunet_fast.ops.conv3x3 import _CPU_EXT, _CUDA_EXT, _ext
+
+    try:
+        _ext(_CUDA_EXT if backend == "cuda" else _CPU_EXT)
+    except BackendUnavailable as e:
+        if "no CUDA toolkit" in str(e):
+            pytest.skip(str(e))
+        raise
+
+
 @pytest.fixture
 def no_tf32():
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -318,6 +333,7 @@ def no_tf32():
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_conv_gpu(no_tf32, backend, dtype, shape):
+    need_backend(backend)
     *dims, cs = shape
     for i, epilogue in enumerate(EPILOGUES):
         for relu in (True, False):
@@ -332,6 +348,7 @@ def test_conv_gpu(no_tf32, backend, dtype, shape):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_conv_gpu_fp32_parity_with_cudnn(no_tf32, backend):
     """fp32 with TF32 off: the fused op agrees with cuDNN to fp32 rounding."""
+    need_backend(backend)
     args, kw, k = make_case(2, 64, 96, 17, 19, "shortcut", device="cuda", channels_last=True)
     y = conv3x3_fused(*args, backend=backend, **kw)
     want = conv3x3_fused(*args, backend="torch", **kw)
@@ -342,6 +359,7 @@ def test_conv_gpu_fp32_parity_with_cudnn(no_tf32, backend):
 @pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_fused_block_gpu(backend, dtype):
+    need_backend(backend)
     for cin, cout in ((64, 128), (128, 128), (3, 64)):
         block = ResidualBlock(cin, cout)
         randomize_bn(block)
@@ -375,6 +393,7 @@ def test_conv_gpu_opcheck():
     from raunet_fast.ops.conv3x3 import _conv3x3_fused_op, pack_weights
 
     for backend in ("triton", "cuda"):
+        need_backend(backend)
         (x, w, b), kw, _ = make_case(1, 32, 48, 6, 7, "shortcut", dtype=torch.float16,
                                      device="cuda", channels_last=True)
         packed = pack_weights(w, kw["shortcut_weight"], x.dtype)

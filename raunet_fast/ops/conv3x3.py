@@ -148,6 +148,8 @@ def _torch_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, relu
 
 def _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, packed, relu):
     why = triton_unavailable_reason(x.device)
+    if why is None and x.dtype == torch.float64:
+        why = "float64 is not supported by the Triton kernel (fp32/fp16/bf16)"
     if why is not None:
         raise BackendUnavailable(f"conv3x3_fused: backend 'triton' unavailable: {why}")
     from raunet_fast.kernels import conv3x3 as k
@@ -179,6 +181,8 @@ def _conv3x3_fused_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       relu: bool, backend: str) -> torch.Tensor:
     """Opaque op; ``packed`` is the optional pre-packed Triton weight (inference modules)."""
     be = resolve_backend(backend, x.device)
+    if be == "triton" and backend == "auto" and x.dtype == torch.float64:
+        be = "torch"
     if be == "torch":
         return _as_out(_torch_impl(x, weight, bias, residual, shortcut_input, shortcut_weight,
                                    relu), x)
