@@ -5,7 +5,8 @@ Shapes: the gate of each decoder level of a 512 x 512 RAUNet (C = 64 @ 512, 128 
 shape 1 x 64 x 256 x 256 included). Variants: ``eager`` (the reference
 :class:`~raunet_fast.blocks.AttentionGate` module, eval, channels_last), ``compile``
 (``torch.compile`` of it), and each fused backend of :func:`raunet_fast.ops.attention_gate`
-(``triton``, ``cuda`` on a GPU; ``cpp`` on the CPU). GB/s counts the minimum traffic:
+(``triton``, ``cuda`` (tensor cores for half / bf16), ``cuda-fma`` (CUDA cores) on a
+GPU; ``cpp`` on the CPU). GB/s counts the minimum traffic:
 x and g read once, out written once. On CUDA the card's device-to-device copy bandwidth
 is measured once (``dst.copy_(src)``, read + write), and every GB/s is also given as a
 percentage of it. CUDA timings flush L2 before each call and use CUDA events.
@@ -32,6 +33,7 @@ import torch
 
 from raunet_fast.blocks import AttentionGate
 from raunet_fast.ops import attention_gate
+import raunet_fast.ops.attention_gate as gate_mod
 from raunet_fast.ops.attention_gate import cast_gate_params, fold_attention_gate, gate_bytes
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -121,7 +123,23 @@ def make_case(c: int, size: int, batch: int, dtype: torch.dtype, device: torch.d
 
 
 def fused_backends(device: torch.device) -> list[str]:
-    return ["triton", "cuda"] if device.type == "cuda" else ["cpp"]
+    """Fused variants: ``cuda`` uses tensor cores (WMMA) for half / bf16, ``cuda-fma`` the
+    CUDA-core kernel."""
+    return ["triton", "cuda", "cuda-fma"] if device.type == "cuda" else ["cpp"]
+
+
+def _fused(params, backend):
+    if backend != "cuda-fma":
+        return lambda x, g: attention_gate(x, g, **params, backend=backend)
+
+    def run(x, g):
+        old = gate_mod.CUDA_TENSOR_CORES
+        gate_mod.CUDA_TENSOR_CORES = False
+        try:
+            return attention_gate(x, g, **params, backend="cuda")
+        finally:
+            gate_mod.CUDA_TENSOR_CORES = old
+    return run
 
 
 def variants(gate, params, device, with_compile=True):
@@ -131,7 +149,7 @@ def variants(gate, params, device, with_compile=True):
         compiled = torch.compile(gate)
         out["compile"] = lambda x, g: compiled(x, g)[0]
     for b in fused_backends(device):
-        out[b] = lambda x, g, b=b: attention_gate(x, g, **params, backend=b)
+        out[b] = _fused(params, b)
     return out
 
 
@@ -202,7 +220,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=None,
-                   help="default: bf16 fp16 on CUDA, fp32 on CPU")
+                   help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--batch", type=int, nargs="+", default=None)
     p.add_argument("--channels", type=int, nargs="+", default=None,
                    help="only these decoder levels (by C)")
@@ -217,7 +235,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     cuda = device.type == "cuda"
-    dtypes = [DTYPES[d] for d in (args.dtype or (["bf16", "fp16"] if cuda else ["fp32"]))]
+    dtypes = [DTYPES[d] for d in (args.dtype or (["bf16"] if cuda else ["fp32"]))]
     levels = GPU_LEVELS if cuda else CPU_LEVELS
     if args.channels:
         levels = [lv for lv in levels if lv[0] in args.channels]

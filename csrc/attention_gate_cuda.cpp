@@ -11,7 +11,7 @@
 cudaError_t attention_gate_cuda_launch(int dtype, const void* x, const void* g, const void* wx,
                                        const void* wg, const void* bias, const void* psi,
                                        const void* bpsi, void* out, void* alpha, int64_t P, int cx,
-                                       int cg, int F, cudaStream_t stream);
+                                       int cg, int F, int tensor_cores, cudaStream_t stream);
 
 namespace {
 
@@ -34,11 +34,11 @@ void check_param(const at::Tensor& t, const at::Tensor& x, const char* name, int
 // Same contract as the CPU build (csrc/attention_gate_cpu.cpp): x, g, out channels_last;
 // w_x F x Cx, w_g F x Cg, bias F, psi F, bpsi 1 (read on the device: no sync), all
 // contiguous in x's dtype; alpha N x 1 x H x W contiguous, x's dtype, written when
-// write_alpha.
+// write_alpha. tensor_cores: half / bfloat16 on sm_80+ use the WMMA kernel.
 void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w_x,
                             const at::Tensor& w_g, const at::Tensor& bias, const at::Tensor& psi,
                             const at::Tensor& bpsi, const at::Tensor& out,
-                            const at::Tensor& alpha, bool write_alpha) {
+                            const at::Tensor& alpha, bool write_alpha, bool tensor_cores) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor");
   check_nhwc(x, x, "x");
   check_nhwc(g, x, "g");
@@ -75,7 +75,7 @@ void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::
   const cudaError_t err = attention_gate_cuda_launch(
       code, x.data_ptr(), g.data_ptr(), w_x.data_ptr(), w_g.data_ptr(), bias.data_ptr(),
       psi.data_ptr(), bpsi.data_ptr(), out.data_ptr(),
-      write_alpha ? alpha.data_ptr() : nullptr, P, cx, cg, F, stream);
+      write_alpha ? alpha.data_ptr() : nullptr, P, cx, cg, F, tensor_cores ? 1 : 0, stream);
   TORCH_CHECK(err == cudaSuccess, "attention_gate (cuda) launch failed: ", cudaGetErrorString(err));
 }
 

@@ -22,6 +22,7 @@ from conftest import assert_close_report, requires_cuda, tolerance
 import raunet_fast.ops as ops
 from raunet_fast.blocks import AttentionGate
 from raunet_fast.ops import BackendUnavailable
+import raunet_fast.ops.attention_gate as gate_mod
 from raunet_fast.ops.attention_gate import (_attention_gate_op, cast_gate_params,
                                             fold_attention_gate)
 
@@ -125,6 +126,24 @@ def test_gate_cpp_backend(dtype, cx, cg, f, x_cl, g_cl):
 def test_gate_cpp_odd_sizes():
     check("cpp", 5, 7, 3, torch.float32, n=1, h=1, w=1)        # one pixel: a partial tile
     check("cpp", 16, 16, 40, torch.float32, n=3, h=11, w=5)     # several F chunks
+
+
+def _cpu_backends():
+    out = ["torch", "cpp"]
+    if not torch.cuda.is_available():
+        try:
+            import triton  # noqa: F401
+            out.append("triton")
+        except ImportError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("backend", _cpu_backends())
+def test_gate_empty_inputs(backend):
+    x, g, p = make_inputs(8, 8, 4, torch.float32, n=0)
+    out, alpha = ops.attention_gate(x, g, **p, return_alpha=True, backend=backend)
+    assert out.shape == x.shape and alpha.shape == (0, 1, H, W)
 
 
 # ------------------------------------------------------------------ triton, interpreter
@@ -244,6 +263,14 @@ def test_gate_compile_fullgraph_cpu():
 
 # ------------------------------------------------------------------------------ GPU
 GPU_SHAPES = [AWKWARD, (64, 64, 32), (128, 128, 64), (512, 512, 256), (3, 5, 1)]
+# "cuda" runs half / bf16 on tensor cores (WMMA) by default; "cuda-fma" is the CUDA-core
+# kernel (what fp32 always uses), selected with the module flag.
+GPU_BACKENDS = ["triton", "cuda", "cuda-fma"]
+
+
+def _gpu_backend(name: str, monkeypatch) -> str:
+    monkeypatch.setattr(gate_mod, "CUDA_TENSOR_CORES", name != "cuda-fma")
+    return "cuda" if name.startswith("cuda") else name
 
 
 @pytest.fixture
@@ -256,16 +283,18 @@ def exact_fp32():
 
 
 @requires_cuda
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_gate_gpu(backend, dtype, shape, exact_fp32):
+def test_gate_gpu(backend, dtype, shape, exact_fp32, monkeypatch):
+    backend = _gpu_backend(backend, monkeypatch)
     check(backend, *shape, dtype, "cuda", n=2, h=17, w=33)
 
 
 @requires_cuda
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_gate_gpu_layouts_and_odd_sizes(backend, exact_fp32):
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gate_gpu_layouts_and_odd_sizes(backend, exact_fp32, monkeypatch):
+    backend = _gpu_backend(backend, monkeypatch)
     check(backend, *AWKWARD, torch.float16, "cuda", x_cl=False, g_cl=False)
     check(backend, *AWKWARD, torch.bfloat16, "cuda", x_cl=True, g_cl=False)
     check(backend, 64, 64, 32, torch.bfloat16, "cuda", n=1, h=1, w=1)
@@ -283,8 +312,9 @@ def _misaligned_channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 @requires_cuda
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_gate_gpu_misaligned_pointers(backend):
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gate_gpu_misaligned_pointers(backend, monkeypatch):
+    backend = _gpu_backend(backend, monkeypatch)
     x, g, p = make_inputs(64, 64, 32, torch.float16, "cuda", n=2, h=9, w=11)
     xm, gm = _misaligned_channels_last(x), _misaligned_channels_last(g)
     out, alpha = ops.attention_gate(xm, gm, **p, return_alpha=True, backend=backend)

@@ -20,6 +20,8 @@ Backends: ``"torch"`` (reference math, any device), ``"triton"``
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,10 @@ __all__ = ["attention_gate", "fold_attention_gate", "cast_gate_params", "gate_by
            "attention_gate_reference"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: The ``"cuda"`` backend runs half / bfloat16 GEMMs on tensor cores (WMMA, sm_80+); set
+#: ``RAUNET_GATE_CUDA_TENSOR_CORES=0`` (or this flag to False) for the CUDA-core kernel.
+CUDA_TENSOR_CORES: bool = os.environ.get("RAUNET_GATE_CUDA_TENSOR_CORES", "1") != "0"
 
 
 # ------------------------------------------------------------------------------ folding
@@ -129,7 +135,9 @@ def _csrc_impl(kind, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
     direct = out.is_contiguous(memory_format=cl)
     out_cl = out if direct else torch.empty_like(xc, memory_format=cl)
     alpha = _empty_alpha(x, return_alpha)
-    ext.attention_gate_forward(xc, gc, w_x, w_g, bias, w_psi, b_psi, out_cl, alpha, return_alpha)
+    extra = (CUDA_TENSOR_CORES,) if kind == "cuda" else ()
+    ext.attention_gate_forward(xc, gc, w_x, w_g, bias, w_psi, b_psi, out_cl, alpha, return_alpha,
+                               *extra)
     if not direct:
         out.copy_(out_cl)
     return out, alpha
