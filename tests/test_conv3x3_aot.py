@@ -41,8 +41,7 @@ def _conv_jobs():
         bm, bn, bk, warps, stages = v["config"]
         xa, sa, ya = v["aligns"]
         t = TRITON_TYPES[v["dtype"]]
-        for epi in v["epilogues"]:
-            has_res, has_sc = epi == "res", epi == "sc"
+        for has_res, has_sc in ((True, True),):  # both: bounds either launch variant
             consts = dict(HAS_RES=has_res, HAS_SC=has_sc, RELU=True, CHANNELS_LAST=xa == 16,
                           IEEE=v["ieee"], XA=xa, SA=sa, YA=ya, BLOCK_M=bm, BLOCK_N=bn,
                           BLOCK_K=bk)
@@ -69,13 +68,13 @@ def test_conv_aot_triton_configs(record_property, capsys):
     rows = []
     for r in reports:
         c = r["constexprs"]
-        epi = "res" if c["HAS_RES"] else "sc"
+        epi = "+".join(e for e, on in (("sc", c["HAS_SC"]), ("res", c["HAS_RES"])) if on)
         rows.append((r["signature"]["x_ptr"][1:], "ieee" if c["IEEE"] else "tc",
                      f"{c['XA']}/{c['SA']}/{c['YA']}", epi, r["arch"],
                      c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], r["num_warps"], r["num_stages"],
                      r["registers"], r["spill_stores"], r["shared"]))
-    table = ["dtype prec align    epi sm  BM  BN  BK warps stages regs spills shared"] + [
-        f"{d:5} {p:4} {al:8} {e:3} {a}  {bm:3} {bn:3} {bk:3} {w:5} {s:6} {reg!s:4} {sp!s:6} {sh}"
+    table = ["dtype prec align    epi    sm  BM  BN  BK warps stages regs spills shared"] + [
+        f"{d:5} {p:4} {al:8} {e:6} {a}  {bm:3} {bn:3} {bk:3} {w:5} {s:6} {reg!s:4} {sp!s:6} {sh}"
         for d, p, al, e, a, bm, bn, bk, w, s, reg, sp, sh in rows]
     record_property("aot_table", "\n".join(table))
     with capsys.disabled():
@@ -130,9 +129,10 @@ def test_conv_aot_nvcc_full_extension_source(tmp_path):
     inc = include_paths() + [sysconfig.get_paths()["include"], str(CSRC)]
     # the real torch headers come first; the stand-in only fills the missing file
     inc.append(str(tmp_path / "stub"))
+    # host code at -O0: it is only checked to compile (the device code keeps ptxas -O3)
     r = nvcc_compile(str(CSRC / "conv_epilogue.cu"), 90, inc,
                      ["-gencode=arch=compute_80,code=sm_80", "--expt-relaxed-constexpr",
-                      "-w", "-DTORCH_EXTENSION_NAME=raunet_conv_epilogue_cuda"])
+                      "-Xcompiler=-O0", "-w"])
     log = r.stdout + r.stderr
     assert r.returncode == 0, f"nvcc failed:\n{log[-4000:]}"
     spills = ptxas_spills(log)
