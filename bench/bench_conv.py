@@ -84,29 +84,36 @@ def available_backends(device: torch.device) -> list[str]:
     return out
 
 
-def time_fn(fn, device: torch.device, warmup: int = 5, iters: int = 20,
-            stat: str = "median") -> float:
-    """Milliseconds per call, median (or min) over ``iters`` (CUDA events, synchronised, on
-    GPU; perf_counter on CPU)."""
+def time_once(fn, device: torch.device) -> float:
+    """Milliseconds of one call (CUDA events around it, synchronised; perf_counter on CPU)."""
+    if device.type == "cuda":
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        return s.elapsed_time(e)
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def time_variants(fns: dict, device: torch.device, warmup: int, iters: int,
+                  stat: str = "median") -> dict:
+    """Milliseconds per call of every variant, median (or min) over ``iters`` rounds. The
+    variants take turns (round robin), so a load change on a shared machine hits them alike."""
     with torch.no_grad():
-        for _ in range(warmup):
-            fn()
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times = []
+        times = {name: [] for name in fns}
         for _ in range(iters):
-            if device.type == "cuda":
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fn()
-                e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e))
-            else:
-                t = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t) * 1e3)
-    return min(times) if stat == "min" else statistics.median(times)
+            for name, fn in fns.items():
+                times[name].append(time_once(fn, device))
+    pick = min if stat == "min" else statistics.median
+    return {name: pick(t) for name, t in times.items()}
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -161,24 +168,24 @@ def run(args) -> list[dict]:
             fns = variants(block, x, dtype, args.compile, backends)
             with torch.no_grad():
                 ref = fns["eager"]()
-            times = {}
+            ok, errs = {}, {}
             for name, fn in fns.items():
                 try:
                     with torch.no_grad():
                         y = fn()
-                    err = rel_err(y, ref) if isinstance(y, torch.Tensor) else float("nan")
-                    ms = time_fn(fn, device, args.warmup, args.iters, args.stat)
                 except Exception as e:  # report and go on: one backend failing is a result
-                    print(f"  {name}: failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+                    print(f"  {name}: failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
                     continue
-                times[name] = ms
+                ok[name] = fn
+                errs[name] = rel_err(y, ref) if isinstance(y, torch.Tensor) else float("nan")
+            times = time_variants(ok, device, args.warmup, args.iters, args.stat)
+            for name, ms in times.items():
                 rows.append(dict(timestamp=stamp, device=gpu, threads=torch.get_num_threads(),
-                                 stat=args.stat,
-                                 torch=torch.__version__,
+                                 stat=args.stat, torch=torch.__version__,
                                  triton=triton_version, dtype=args.dtype, batch=n,
                                  level=level + 1, cin=cin, cout=cout, hw=hw, variant=name,
                                  ms=round(ms, 4), tflops=round(flops / ms / 1e9, 3),
-                                 rel_err=f"{err:.2e}"))
+                                 rel_err=f"{errs[name]:.2e}"))
             floor = times.get("cudnn-floor", times.get("conv-floor"))
             for r in rows:
                 if r["batch"] == n and r["level"] == level + 1 and r["timestamp"] == stamp:
