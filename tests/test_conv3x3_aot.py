@@ -129,10 +129,13 @@ def test_conv_aot_nvcc_full_extension_source(tmp_path):
     inc = include_paths() + [sysconfig.get_paths()["include"], str(CSRC)]
     # the real torch headers come first; the stand-in only fills the missing file
     inc.append(str(tmp_path / "stub"))
-    # host code at -O0: it is only checked to compile (the device code keeps ptxas -O3)
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    # torch's own nvcc flags (no implicit half conversions, ...) as in the real build; host
+    # code at -O0: it is only checked to compile (the device code keeps ptxas -O3)
     r = nvcc_compile(str(CSRC / "conv_epilogue.cu"), 90, inc,
-                     ["-gencode=arch=compute_80,code=sm_80", "--expt-relaxed-constexpr",
-                      "-Xcompiler=-O0", "-w"])
+                     ["-gencode=arch=compute_80,code=sm_80", *COMMON_NVCC_FLAGS,
+                      "--use_fast_math", "-Xcompiler=-O0", "-Xcompiler=-fPIC", "-w"])
     log = r.stdout + r.stderr
     assert r.returncode == 0, f"nvcc failed:\n{log[-4000:]}"
     spills = ptxas_spills(log)
