@@ -209,6 +209,50 @@ def test_conv_triton_interpreter_aligned(cs):
     check("triton", args, kw, kk, False, torch.float16, "triton-interp aligned residual fp16")
 
 
+def _all_cuda_variants():
+    from raunet_fast.kernels import conv3x3 as k
+
+    seen, out = set(), []
+    for v in k.shipped_configs():
+        key = (v["config"], v["aligns"] == (1, 1, 1), v["ieee"])
+        if key not in seen:
+            seen.add(key)
+            out.append(pytest.param(v, id="{}x{}x{}-w{}s{}-{}{}".format(
+                *v["config"], "generic" if key[1] else "aligned", "-ieee" if v["ieee"] else "")))
+    return out
+
+
+@interpreter_only
+@pytest.mark.parametrize("variant", _all_cuda_variants() if not HAS_CUDA else [])
+def test_conv_triton_interpreter_shipped_configs(monkeypatch, variant):
+    """Every tile config shipped for the GPU, run in the interpreter on a shape of its family
+    (aligned: channels-last, channels % 16 == 0 with a Cs = 3 shortcut; generic: NCHW, odd
+    channel counts): the masking logic of each tile size, checked without a GPU."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    monkeypatch.setattr(k, "candidate_configs", lambda *a, **kw: [variant["config"]])
+    monkeypatch.setattr(k, "_TUNED", {})
+    if variant["aligns"] == (1, 1, 1):
+        args, kw, kk = make_case(1, 5, 20, 5, 7, "shortcut", cs=3)
+    else:
+        args, kw, kk = make_case(1, 16, 32, 5, 7, "shortcut", channels_last=True, cs=3)
+    check("triton", args, kw, kk, True, torch.float32, f"interp config {variant['config']}")
+
+
+def test_conv_packed_cache_follows_in_place_updates():
+    from raunet_fast.ops.conv3x3 import pack_weights, packed_for
+
+    w, ws = torch.randn(8, 4, 3, 3), torch.randn(8, 2)
+    p1 = packed_for(w, ws, torch.float32)
+    assert packed_for(w, ws, torch.float32) is p1          # cached
+    assert p1.shape == (9 * 4 + 2, 8)
+    assert torch.equal(p1[9 * 4:], ws.t())
+    assert torch.equal(p1[(1 * 3 + 2) * 4 + 3], w[:, 3, 1, 2])  # row t*Cin + c, t = 3*kh + kw
+    w.mul_(2)                                              # in place: version changes
+    p2 = packed_for(w, ws, torch.float32)
+    assert p2 is not p1 and torch.equal(p2, pack_weights(w, ws, torch.float32))
+
+
 # ------------------------------------------------------------------ fused blocks
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 @pytest.mark.parametrize("kind", ["residual-identity", "residual-projection", "plain"])
