@@ -214,7 +214,7 @@ def _all_cuda_variants():
 
     seen, out = set(), []
     for v in k.shipped_configs():
-        key = (v["config"], v["aligns"] == (1, 1, 1), v["ieee"])
+        key = (v["config"], v["aligns"][0] == 1, v["ieee"])
         if key not in seen:
             seen.add(key)
             out.append(pytest.param(v, id="{}x{}x{}-w{}s{}-{}{}".format(
@@ -232,11 +232,14 @@ def test_conv_triton_interpreter_shipped_configs(monkeypatch, variant):
 
     monkeypatch.setattr(k, "candidate_configs", lambda *a, **kw: [variant["config"]])
     monkeypatch.setattr(k, "_TUNED", {})
-    if variant["aligns"] == (1, 1, 1):
-        args, kw, kk = make_case(1, 5, 20, 5, 7, "shortcut", cs=3)
+    if variant["aligns"][0] == 1:
+        cases = [make_case(1, 5, 20, 5, 7, "shortcut", cs=3),
+                 # first layer: Cin = 3 but an aligned channels-last output (YA = 16)
+                 make_case(2, 3, 32, 5, 7, "none", channels_last=True)]
     else:
-        args, kw, kk = make_case(1, 16, 32, 5, 7, "shortcut", channels_last=True, cs=3)
-    check("triton", args, kw, kk, True, torch.float32, f"interp config {variant['config']}")
+        cases = [make_case(1, 16, 32, 5, 7, "shortcut", channels_last=True, cs=3)]
+    for args, kw, kk in cases:
+        check("triton", args, kw, kk, True, torch.float32, f"interp config {variant['config']}")
 
 
 def test_conv_packed_cache_follows_in_place_updates():

@@ -2,6 +2,9 @@
 
 * every shipped Triton config (``kernels/conv3x3.py: shipped_configs()``) compiles for both
   architectures, with zero register spills and shared memory within the GPU's limit;
+  table columns: align = XA/SA/YA (16: aligned channels-last x / shortcut / output; "cf":
+  channels-first NCHW build), epi = shortcut K loop + residual tile (both on: an upper
+  bound of either launch);
   registers / spills / shared memory are printed as a table (``pytest -s``) and attached
   to the test report;
 * the CUDA epilogue kernels (``csrc/conv_epilogue.cuh``) compile standalone with nvcc for
@@ -42,7 +45,10 @@ def _conv_jobs():
         xa, sa, ya = v["aligns"]
         t = TRITON_TYPES[v["dtype"]]
         for has_res, has_sc in ((True, True),):  # both: bounds either launch variant
-            consts = dict(HAS_RES=has_res, HAS_SC=has_sc, RELU=True, CHANNELS_LAST=xa == 16,
+            # fully unaligned: built for NCHW (strided channels: the most address math);
+            # anything with an aligned tensor is channels-last
+            consts = dict(HAS_RES=has_res, HAS_SC=has_sc, RELU=True,
+                          CHANNELS_LAST=(xa, sa, ya) != (1, 1, 1),
                           IEEE=v["ieee"], XA=xa, SA=sa, YA=ya, BLOCK_M=bm, BLOCK_N=bn,
                           BLOCK_K=bk)
             sig = {n: ("constexpr" if n in consts else
@@ -70,7 +76,8 @@ def test_conv_aot_triton_configs(record_property, capsys):
         c = r["constexprs"]
         epi = "+".join(e for e, on in (("sc", c["HAS_SC"]), ("res", c["HAS_RES"])) if on)
         rows.append((r["signature"]["x_ptr"][1:], "ieee" if c["IEEE"] else "tc",
-                     f"{c['XA']}/{c['SA']}/{c['YA']}", epi, r["arch"],
+                     f"{c['XA']}/{c['SA']}/{c['YA']}{'' if c['CHANNELS_LAST'] else ' cf'}",
+                     epi, r["arch"],
                      c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], r["num_warps"], r["num_stages"],
                      r["registers"], r["spill_stores"], r["shared"]))
     table = ["dtype prec align    epi    sm  BM  BN  BK warps stages regs spills shared"] + [
