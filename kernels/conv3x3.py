@@ -199,7 +199,8 @@ def _kind(dtype: torch.dtype) -> str:
 
 def shipped_configs() -> list[dict]:
     """Every kernel variant a CUDA launch may compile, as the AOT test builds them: dtype,
-    ieee, alignment (XA, SA, YA) and config. The AOT build enables both the shortcut K loop
+    ieee, alignment (XA, SA, YA) and config; channels-last unless fully unaligned
+    (the launcher runs those with strided channels). The AOT build enables both the shortcut K loop
     and the residual epilogue tile at once (a launch has one or the other), so its register
     count bounds both. fp16 uses the bf16 configs (the same code but for the conversions),
     so only bf16 is listed."""
@@ -208,9 +209,8 @@ def shipped_configs() -> list[dict]:
         kind = _kind(dtype)
         for cfg in ALIGNED_CONFIGS[kind]:
             out.append(dict(dtype=dtype, ieee=False, aligns=(16, 16, 16), config=cfg))
-            if dtype != torch.float32:
-                # SA = 1: an unaligned shortcut input (the first block: Cs = 3)
-                out.append(dict(dtype=dtype, ieee=False, aligns=(16, 1, 16), config=cfg))
+            # SA = 1: an unaligned shortcut input (the first block: Cs = 3)
+            out.append(dict(dtype=dtype, ieee=False, aligns=(16, 1, 16), config=cfg))
         for cfg in GENERIC_CONFIGS[kind]:
             for ya in (1, 16):  # 16: an aligned output (the first layer: Cin = 3, Cout = 64)
                 out.append(dict(dtype=dtype, ieee=False, aligns=(1, 1, ya), config=cfg))
@@ -307,10 +307,14 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
               min(_align(out, channels_last), _align(residual, channels_last)))
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     aligned = not ieee and aligns[0] == 16 and aligns[2] == 16
-    if ieee:  # the variants AOT-checked: IEEE unaligned, generic with or without aligned y
+    # only the variants the AOT test builds: IEEE unaligned, generic with or without an
+    # aligned y; fully unaligned runs the strided-channel code (no vector loads to lose)
+    if ieee:
         aligns = (1, 1, 1)
     elif not aligned:
         aligns = (1, 1, aligns[2])
+    if aligns == (1, 1, 1):
+        channels_last = False
     cands = candidate_configs(cin, cout, cs, x.dtype, ieee, aligned)
     # one tuning per layer shape and size class (batch 1 and batch 8 may want other tiles)
     key = (cin, cout, cs, x.dtype, ieee, residual is not None, channels_last, aligns,
