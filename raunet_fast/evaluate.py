@@ -77,7 +77,8 @@ def _predict(model, x: torch.Tensor, device, amp_dtype, batch_size: int) -> torc
 def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split: str = "val",
              out: str | Path | None = None, device: str = "auto", batch_size: int = 8,
              image_size: tuple[int, int] | None = None, crop: int | None = None,
-             threshold: float | None = None, amp: str = "none", save_predictions: bool = False,
+             threshold: float | None = None, split_seed: int | None = None, amp: str = "none",
+             save_predictions: bool = False,
              progress: bool = True, model=None) -> dict[str, Any]:
     """Score ``checkpoint`` (a folder written by training / ``save_pretrained``) on a split.
 
@@ -98,6 +99,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     if crop is None:
         crop = prep.get("crop", 192 if dataset == "brats2021" else None)
     threshold = float(prep.get("threshold", 0.5) if threshold is None else threshold)
+    split_seed = int(prep.get("split_seed", 0) if split_seed is None else split_seed)
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if image_size is None and dataset != "brats2021":
@@ -123,7 +125,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         from .data.brats import REGIONS, BraTS2021, case_files, labels_to_regions, regions_to_labels
 
         ds = BraTS2021(data_root, split, crop=crop, image_size=image_size, skip_empty=False,
-                       memory_cases=1)
+                       memory_cases=1, seed=split_seed)
         _check_channels(model, ds.channels, len(REGIONS), checkpoint)
         for i in tqdm(range(len(ds.names)), desc=f"evaluate {split}", unit="case",
                       disable=not progress):
@@ -160,13 +162,15 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
                  "empty_rule": f"both empty: Dice 1, HD 0; one empty: Dice 0, HD {BRATS_EMPTY_DISTANCE}"}
     else:
         from .data import build_dataset
-        from .data.common import resize_pair
+        from .data.common import read_mask, resize_pair
         from .metrics import thresholded_jaccard
 
-        ds = build_dataset(dataset, data_root, split, image_size=None, require_masks=True)
+        kw = {"seed": split_seed} if dataset == "folder" else {}
+        ds = build_dataset(dataset, data_root, split, image_size=None, require_masks=True, **kw)
         _check_channels(model, ds.channels, 1, checkpoint)
         for i in tqdm(range(len(ds)), desc=f"evaluate {split}", unit="image", disable=not progress):
-            image, mask = ds.load_case(i)
+            image, _ = ds.load_case(i, draft_size=image_size)  # decoded as in training
+            mask = read_mask(ds.mask_paths[i])  # scored at the original resolution
             x, _ = resize_pair(image, None, image_size)
             logits = _predict(model, x[None], dev, amp_dtype, 1)
             logits = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
@@ -222,7 +226,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate(args.checkpoint, args.dataset, args.data_root, args.split, args.out,
                        device=args.device, batch_size=args.batch_size, image_size=args.image_size,
-                       crop=args.crop, threshold=args.threshold, amp=args.amp,
+                       crop=args.crop, threshold=args.threshold, split_seed=args.split_seed,
+                       amp=args.amp,
                        save_predictions=args.save_predictions, progress=args.progress)
     print(format_summary(summary))
     print(f"per-case scores in {Path(args.out) / 'cases.csv'}, summary in "
@@ -246,6 +251,8 @@ def add_cli(sub) -> None:
                    help="network input size (default: the one stored with the checkpoint)")
     p.add_argument("--crop", type=int, default=None, help="BraTS crop (default: from the checkpoint)")
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="BraTS / folder split seed (default: the one used in training)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])

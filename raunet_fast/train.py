@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ PREPROCESSING_NAME = "preprocessing.json"
 
 #: options that fix the model or the data; a resumed run must be given the same values
 _FIXED = ("model", "dataset", "image_size", "crop", "base_channels", "depth", "norm",
-          "deep_supervision", "seed")
+          "deep_supervision", "seed", "split_seed")
 
 
 @dataclass
@@ -88,7 +88,7 @@ class TrainConfig:
     cache_images: bool = False
     resume: bool = False
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    split_seed: int = 0
 
     def resolved_image_size(self) -> tuple[int, int] | None:
         if self.image_size is not None:
@@ -128,10 +128,12 @@ def build_datasets(cfg: TrainConfig, splits=("train", "val")) -> list:
     size = cfg.resolved_image_size()
     kw: dict[str, Any] = {}
     if cfg.dataset == "brats2021":
-        kw.update(crop=cfg.crop, cache_dir=cfg.cache_dir, seed=cfg.extra.get("split_seed", 0),
+        kw.update(crop=cfg.crop, cache_dir=cfg.cache_dir, seed=cfg.split_seed,
                   progress=cfg.progress)
-    elif cfg.cache_images:
-        kw.update(cache=True)
+    else:
+        kw.update(cache=cfg.cache_images)
+        if cfg.dataset == "folder":
+            kw.update(seed=cfg.split_seed)
     out = []
     for split in splits:
         out.append(build_dataset(cfg.dataset, cfg.data_root, split, image_size=size, **kw))
@@ -144,6 +146,7 @@ def preprocessing_info(cfg: TrainConfig, ds) -> dict[str, Any]:
             "crop": cfg.crop if cfg.dataset == "brats2021" else None,
             "in_channels": ds.channels, "regions": list(ds.region_names),
             "threshold": cfg.threshold, "output": "sigmoid per channel",
+            "split_seed": cfg.split_seed,
             "normalization": ("z-score per modality over brain voxels"
                               if cfg.dataset == "brats2021" else "pixel / 255")}
 
@@ -415,7 +418,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 out = fwd(x)
             loss = loss_fn(out, y)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; "
+                raise ValueError(f"loss became {loss.item()} at epoch {epoch} step {step}; "
                                          f"try a lower --lr or --amp none")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -560,6 +563,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="BraTS / folder: seed of the reproducible train/val/test split by case")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -573,7 +578,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: getattr(args, k) for k in names if hasattr(args, k)}
     for k in ("data_root", "out", "cache_dir"):
         if kw.get(k) is not None:

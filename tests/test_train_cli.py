@@ -211,7 +211,10 @@ def test_sigkill_mid_training_then_resume(isic_root, tmp_path):
     done = load_training_state(last)["epoch"]
     assert 1 <= done < 40
     raunet_fast.from_pretrained(last)
-    raunet_fast.from_pretrained(run / "best")
+    # the kill may have hit the swap of best/ (renamed away, new one not yet in place)
+    best = recover_checkpoint(run, "best")
+    assert best is not None
+    raunet_fast.from_pretrained(best)
 
     target = done + 2
     assert cli.main(isic_train_args(isic_root, run, target, "--batch-size", "2", "--resume")) == 0
