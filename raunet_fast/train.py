@@ -32,7 +32,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
