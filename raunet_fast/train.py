@@ -6,8 +6,9 @@ elastic deformation, dropout, early stopping on validation Dice.
 A run directory holds::
 
     RUN_DIR/run.json          the training configuration
-    RUN_DIR/log.csv           one row per finished epoch (also kept in the training state,
-                              so a resumed run rewrites it consistently)
+    RUN_DIR/log.csv, log.json one row per finished epoch (also kept in the training state,
+                              so a resumed run rewrites them consistently)
+    RUN_DIR/result.json       best epoch and validation Dice, whether it stopped early
     RUN_DIR/last/             weights after the latest epoch (from_pretrained loads it)
         training_state.pt     optimizer, scheduler, scaler, epoch, early-stopping and RNG state
         checkpoint.json       epoch, validation Dice, SHA-256 of the weights (written last)
@@ -388,7 +389,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if stopped:
         _say(f"{run} stopped early at epoch {start_epoch}; nothing to do", progress)
-    last_val = rows[-1]["val_dice"][:6] if rows else "-"
+    last_val = f"{rows[-1]['val_dice']:.4f}" if rows else "-"
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if stopped:
             break
@@ -445,12 +446,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         else:
             bad_epochs += 1
         stopped = bad_epochs >= cfg.patience
-        row = {"epoch": epoch, "train_loss": f"{total / count:.6f}",
-               "val_loss": f"{val['val_loss']:.6f}", "val_dice": f"{val['val_dice']:.6f}",
-               "lr": f"{lr:.3g}", "best": int(improved),
-               "epoch_time_s": f"{time.perf_counter() - t0:.2f}"}
+        row = {"epoch": epoch, "train_loss": round(total / count, 6),
+               "val_loss": round(val["val_loss"], 6), "val_dice": round(val["val_dice"], 6),
+               "lr": float(f"{lr:.4g}"), "best": int(improved),
+               "epoch_time_s": round(time.perf_counter() - t0, 2)}
         for name, d in zip(train_ds.region_names, val["val_dice_per_channel"]):
-            row[f"val_dice_{name}"] = f"{d:.6f}"
+            row[f"val_dice_{name}"] = round(d, 6)
         info = {"epoch": epoch, "val_dice": val["val_dice"], "best_epoch": best_epoch,
                 "best_val_dice": best_dice}
         if improved:
@@ -460,12 +461,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "best_dice": best_dice, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                  "stopped_early": stopped, "torch_rng": torch.get_rng_state(),
-                 "log_rows": [{k: str(v) for k, v in r.items()} for r in rows + [row]],
+                 "log_rows": rows + [row],
                  "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
         write_checkpoint(run, "last", model, info, prep, state)
         rows.append(row)
         last_val = f"{val['val_dice']:.4f}"
         write_log(run / "log.csv", rows, log_fields)
+        atomic_write_json(run / "log.json", rows)
         _say(f"epoch {epoch}/{cfg.epochs}: train loss {total / count:.4f}, val loss "
              f"{val['val_loss']:.4f}, val Dice {val['val_dice']:.4f}"
              f"{' (best)' if improved else ''}, {time.perf_counter() - t0:.1f}s", progress)

@@ -76,6 +76,8 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
 
     assert cli.main(isic_train_args(isic_root, run, 3, "--resume")) == 0
     assert [r["epoch"] for r in read_csv(run / "log.csv")] == ["1", "2", "3"]
+    assert [{k: str(v) for k, v in r.items()} for r in json.loads((run / "log.json").read_text())] \
+        == read_csv(run / "log.csv")
     state = load_training_state(run / "last")
     assert state["epoch"] == 3 and len(state["optimizer"]["state"]) > 0
 
