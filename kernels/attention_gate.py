@@ -18,13 +18,18 @@ import triton.language as tl
 #: Shipped tuning space. ``BLOCK_P``: pixels per program (the GEMM's M tile);
 #: ``MAX_BLOCK_K``: largest channel chunk of x / g per tl.dot; ``MAX_BLOCK_F``: largest
 #: chunk of the F intermediate channels held in the fp32 accumulator (both halved for
-#: fp32 inputs). Channel chunks are powers of two >= 16 (tl.dot's minimum), masked.
+#: fp32 inputs); optional ``dtypes``: the input dtypes a config is used for (default all).
+#: Channel chunks are powers of two >= 16 (tl.dot's minimum), masked. Every entry builds
+#: for sm_80 and sm_90 without register spills (tests/test_attention_gate_aot.py).
 CONFIGS: list[dict] = [
     {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2},
     {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 3},
-    {"BLOCK_P": 64, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
     {"BLOCK_P": 128, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_P": 256, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 8, "num_stages": 2},
+    # these two spill a few bytes in fp32 with triton 3.6's code generation: 16-bit only
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2,
+     "dtypes": ("float16", "bfloat16")},
+    {"BLOCK_P": 256, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 8, "num_stages": 2,
+     "dtypes": ("float16", "bfloat16")},
 ]
 #: The one config used in the interpreter: small tiles, and F chunks of 16 so that tests
 #: with F > 16 run the multi-chunk path.
@@ -32,6 +37,12 @@ INTERPRETER_CONFIG: dict = {"BLOCK_P": 16, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 16,
                             "num_warps": 1, "num_stages": 1}
 
 _TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def configs_for(dtype: torch.dtype) -> list[dict]:
+    """The entries of :data:`CONFIGS` used for inputs of ``dtype``."""
+    name = str(dtype).replace("torch.", "")
+    return [c for c in CONFIGS if name in c.get("dtypes", (name,))]
 
 
 def _pow2_block(c: int, cap: int) -> int:
@@ -51,9 +62,7 @@ def channel_blocks(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> d
 
 def launch_meta(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> dict:
     """Kernel keyword arguments of config ``cfg``: ``BLOCK_P``, the channel chunks, and
-    the loop trip counts. The trip counts are runtime ints on purpose: with constexpr
-    bounds the compiler unrolls the K loops and hoists every chunk's loads at once
-    (hundreds of registers, spills)."""
+    the loop trip counts (runtime ints of the compiled kernel, see its docstring)."""
     b = channel_blocks(cfg, cx, cg, f, dtype)
     return {"BLOCK_P": cfg["BLOCK_P"], **b, "KX_STEPS": triton.cdiv(cx, b["BLOCK_KX"]),
             "KG_STEPS": triton.cdiv(cg, b["BLOCK_KG"]), "F_STEPS": triton.cdiv(f, b["BLOCK_F"])}
@@ -61,7 +70,7 @@ def launch_meta(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> dict
 
 # ------------------------------------------------------------------------------ kernel
 @triton.jit
-def _attention_gate_kernel(
+def _gate_tile(
     x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
     HW, KX_STEPS, KG_STEPS, F_STEPS,
     CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
@@ -69,7 +78,12 @@ def _attention_gate_kernel(
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
     BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """One program: ``BLOCK_P`` pixels of image ``program_id(1)``.
+    """The gate for one program: ``BLOCK_P`` pixels of image ``program_id(1)``.
+
+    Called by :func:`_attention_gate_kernel` (compiled; loop trip counts ``KX_STEPS``,
+    ``KG_STEPS``, ``F_STEPS`` = cdiv(CX, BLOCK_KX), cdiv(CG, BLOCK_KG), cdiv(F, BLOCK_F)
+    are runtime ints) and :func:`_attention_gate_kernel_interpreted` (the same with
+    constexpr trip counts, for the interpreter).
 
     Pointers (all dense; T = float32, float16 or bfloat16):
 
@@ -188,6 +202,41 @@ def _attention_gate_kernel(
             tl.store(o_img + xo, y.to(out_ptr.dtype.element_ty), mask=m2)
 
 
+@triton.jit
+def _attention_gate_kernel(
+    x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
+    HW, KX_STEPS, KG_STEPS, F_STEPS,
+    CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
+    X_CL: tl.constexpr, G_CL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
+    BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The compiled kernel; grid ``(cdiv(HW, BLOCK_P), N)``; arguments as in
+    :func:`_gate_tile`. The trip counts are runtime ints on purpose: with constexpr
+    bounds the compiler unrolls the K loops and hoists every chunk's loads at once
+    (hundreds of registers, spills)."""
+    _gate_tile(x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
+               HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, BLOCK_P, BLOCK_KX,
+               BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION)
+
+
+@triton.jit
+def _attention_gate_kernel_interpreted(
+    x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
+    HW, KX_STEPS: tl.constexpr, KG_STEPS: tl.constexpr, F_STEPS: tl.constexpr,
+    CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
+    X_CL: tl.constexpr, G_CL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
+    BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """:func:`_attention_gate_kernel` for ``TRITON_INTERPRET=1``: constexpr trip counts,
+    because older interpreters (triton 3.6 with numpy >= 2.3) cannot ``range()`` over a
+    runtime int argument."""
+    _gate_tile(x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
+               HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, BLOCK_P, BLOCK_KX,
+               BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION)
+
+
 # ---------------------------------------------------------------------------- launcher
 def _interpreting() -> bool:
     import os
@@ -212,7 +261,7 @@ def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype):
     key = (cx, cg, f, dtype)
     if key not in _autotuned:
         seen, configs = set(), []
-        for cfg in CONFIGS:
+        for cfg in configs_for(dtype):
             kw = launch_meta(cfg, cx, cg, f, dtype)
             sig = (tuple(sorted(kw.items())), cfg["num_warps"], cfg["num_stages"])
             if sig not in seen:
@@ -263,9 +312,10 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
     if config is not None:
         kw = launch_meta(config, cx, cg, f, x.dtype)
         grid = (triton.cdiv(hw, config["BLOCK_P"]), n)
+        kern = _attention_gate_kernel_interpreted if _interpreting() else _attention_gate_kernel
         with ctx:
-            _attention_gate_kernel[grid](*args, **common, **kw, num_warps=config["num_warps"],
-                                         num_stages=config["num_stages"])
+            kern[grid](*args, **common, **kw, num_warps=config["num_warps"],
+                       num_stages=config["num_stages"])
     else:
         kern = _autotuned_kernel(cx, cg, f, x.dtype)
         grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), n)  # noqa: E731

@@ -1,7 +1,9 @@
 """Ahead-of-time builds of the attention gate kernels for GPUs that are not here.
 
-* every shipped Triton config (``CONFIGS``) compiles for sm_80 and sm_90 at the four
-  decoder-level channel shapes of RAUNet and an awkward one, with zero register spills;
+* every shipped Triton config (``CONFIGS``, per dtype) compiles for sm_80 and sm_90 with
+  zero register spills, at RAUNet's smallest and largest decoder level (C = 64: x in one
+  chunk; C = 512: the longest K and F loops; registers do not grow with C beyond that)
+  and at an awkward shape (masked tails; NCHW layout with alpha written);
 * ``csrc/attention_gate.cu`` compiles with nvcc for sm_80 and sm_90 (torch's half/bf16
   flags), with zero spills in every kernel instantiation.
 
@@ -48,15 +50,17 @@ def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False):
 
 def test_gate_aot_triton_configs_build_without_spills():
     pytest.importorskip("triton")
-    from raunet_fast.kernels.attention_gate import CONFIGS
+    from raunet_fast.kernels.attention_gate import CONFIGS, configs_for
 
     # Registers depend on the path (x in one chunk or a K loop), dtype, layout and config,
     # not on the channel count once the loops run: C=64 (one chunk), C=512 (the largest
     # loop) cover the model; the awkward shape covers masked tails.
     small, large, awkward = (64, 64, 32), (512, 512, 256), (48, 80, 24)
-    jobs = [_job(i, cfg, s, torch.bfloat16, a)
-            for i, cfg in enumerate(CONFIGS) for s in (small, large) for a in ARCHS]
-    jobs += [_job(i, cfg, large, torch.float32, 90) for i, cfg in enumerate(CONFIGS)]
+    bf16, fp32 = configs_for(torch.bfloat16), configs_for(torch.float32)
+    jobs = [_job(CONFIGS.index(cfg), cfg, s, torch.bfloat16, a)
+            for cfg in bf16 for s in (small, large) for a in ARCHS]
+    jobs += [_job(CONFIGS.index(cfg), cfg, large, torch.float32, a)
+             for cfg in fp32 for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.bfloat16, a) for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.float16, a, x_cl=False, write_alpha=True)
              for a in ARCHS]
