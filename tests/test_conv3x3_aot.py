@@ -9,7 +9,7 @@
   to the test report;
 * the CUDA epilogue kernels (``csrc/conv_epilogue.cuh``) compile standalone with nvcc for
   both, without spills; the full torch-extension source ``csrc/conv_epilogue.cu`` compiles
-  too.
+  too (sm_90, host side syntax-checked).
 
 Select with ``pytest -k "conv and aot"``.
 """
@@ -122,7 +122,7 @@ def test_conv_aot_nvcc_epilogue_kernels(tmp_path):
 
 
 def test_conv_aot_nvcc_full_extension_source(tmp_path):
-    """csrc/conv_epilogue.cu as the extension build compiles it (ATen headers), sm_80 + sm_90.
+    """csrc/conv_epilogue.cu as the extension build compiles it (ATen headers, torch's flags).
 
     The CPU torch wheel ships the c10/ATen CUDA headers but not the one CMake-generated
     ``c10/cuda/impl/cuda_cmake_macros.h``; an empty stand-in is supplied for this check only.
@@ -138,11 +138,11 @@ def test_conv_aot_nvcc_full_extension_source(tmp_path):
     inc.append(str(tmp_path / "stub"))
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
-    # torch's own nvcc flags (no implicit half conversions, ...) as in the real build; host
-    # code at -O0: it is only checked to compile (the device code keeps ptxas -O3)
+    # torch's own nvcc flags (no implicit half conversions, ...) as in the real build. The
+    # host side (ATen glue) is only syntax-checked, and only sm_90 is built here: the kernels
+    # themselves are built for sm_80 and sm_90 by test_conv_aot_nvcc_epilogue_kernels.
     r = nvcc_compile(str(CSRC / "conv_epilogue.cu"), 90, inc,
-                     ["-gencode=arch=compute_80,code=sm_80", *COMMON_NVCC_FLAGS,
-                      "--use_fast_math", "-Xcompiler=-O0", "-Xcompiler=-fPIC", "-w"])
+                     [*COMMON_NVCC_FLAGS, "--use_fast_math", "-Xcompiler=-fsyntax-only", "-w"])
     log = r.stdout + r.stderr
     assert r.returncode == 0, f"nvcc failed:\n{log[-4000:]}"
     spills = ptxas_spills(log)
