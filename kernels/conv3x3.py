@@ -178,7 +178,7 @@ def _conv3x3_fused_kernel(
 # others are autotuned over, once per layer shape (RAUNET_FAST_AUTOTUNE=0: default only).
 # The AOT test builds every one of them for sm_80 and sm_90 and requires zero spills.
 ALIGNED_CONFIGS = {
-    "16bit": [(128, 128, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 64, 4, 3)],
+    "16bit": [(128, 128, 64, 8, 3), (128, 64, 64, 8, 3), (128, 64, 32, 4, 4), (64, 64, 64, 4, 3)],
     "fp32": [(128, 64, 32, 8, 3), (64, 64, 32, 4, 3)],
 }
 GENERIC_CONFIGS = {   # 2-D pointer math in registers: more warps, shallow pipelines
@@ -238,6 +238,8 @@ def candidate_configs(cin: int, cout: int, cs: int, dtype: torch.dtype, ieee: bo
         if cout <= 64 and bn > 64:    # half the tile would be masked off
             continue
         if cin <= 32 and bk > 32:
+            continue
+        if cin >= 256 and bk < 64:    # long K: wide chunks, fewer iterations
             continue
         out.append(cfg)
     return out or [ALIGNED_CONFIGS[_kind(dtype)][-1]]
