@@ -239,7 +239,7 @@ def candidate_configs(cin: int, cout: int, cs: int, dtype: torch.dtype, ieee: bo
             continue
         if cin <= 32 and bk > 32:
             continue
-        if cin >= 256 and bk < 64:    # long K: wide chunks, fewer iterations
+        if cin >= 256 and bk < 64 and dtype != torch.float32:  # long K: wide chunks
             continue
         out.append(cfg)
     return out or [ALIGNED_CONFIGS[_kind(dtype)][-1]]
