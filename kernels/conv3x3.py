@@ -24,7 +24,8 @@ _INT_ARGS = ["M", "H", "W", "CIN_A", "COUT_A", "CS_A",
 
 
 # Integer arguments are never specialised by value: alignment is stated explicitly through
-# XA / SA / YA, so the kernel a launch compiles is exactly one the AOT test has built.
+# XA / SA / YA, so a launch compiles one of the variants the AOT test builds (up to the
+# epilogue switches HAS_RES / HAS_SC / RELU, which the AOT build turns on together).
 @triton.jit(do_not_specialize=_INT_ARGS)
 def _conv3x3_fused_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, s_ptr, y_ptr,
