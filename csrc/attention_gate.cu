@@ -1,8 +1,11 @@
 // "cuda" backend of raunet_fast.ops.attention_gate: the fused gate as one CUDA kernel.
 //
-// Plain CUDA (no torch headers), so nvcc compiles this file on its own (the AOT test
-// does, for sm_80 and sm_90); csrc/attention_gate_cuda.cpp is the torch binding and calls
-// attention_gate_cuda_launch() below with raw pointers and the current stream.
+// This file: the host launcher. The kernels live in attention_gate_kernels.cuh (also run
+// on the CPU by tests/attention_gate_cuda_emu.cpp), the per-pixel math in
+// attention_gate.h. Plain CUDA (no torch headers), so nvcc compiles this file on its own
+// (the AOT test does, for sm_80 and sm_90); csrc/attention_gate_cuda.cpp is the torch
+// binding and calls attention_gate_cuda_launch() below with raw pointers and the current
+// stream.
 //
 // Kernel: one block of 256 threads per tile of TP pixels (P = N*H*W pixels, NHWC).
 // Weights arrive as given to the op (x's dtype, W_x: F x Cx, W_g: F x Cg row-major): no
