@@ -256,9 +256,10 @@ def _layout(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 _autotuned: dict[tuple, object] = {}
 
 
-def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype):
-    """An autotuner over :data:`CONFIGS` for one channel shape (its chunks are fixed)."""
-    key = (cx, cg, f, dtype)
+def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype, n: int):
+    """An autotuner over :data:`CONFIGS` for one channel shape (its chunks are fixed) and
+    batch size (the grid's second axis); it re-tunes for each new H*W."""
+    key = (cx, cg, f, dtype, n)
     if key not in _autotuned:
         seen, configs = set(), []
         for cfg in configs_for(dtype):
@@ -317,7 +318,7 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
             kern[grid](*args, **common, **kw, num_warps=config["num_warps"],
                        num_stages=config["num_stages"])
     else:
-        kern = _autotuned_kernel(cx, cg, f, x.dtype)
+        kern = _autotuned_kernel(cx, cg, f, x.dtype, n)
         grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), n)  # noqa: E731
         with ctx:
             kern[grid](*args, **common)
