@@ -379,8 +379,11 @@ def no_tf32():
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_conv_gpu(no_tf32, backend, dtype, shape):
+def test_conv_gpu(no_tf32, monkeypatch, backend, dtype, shape):
+    """Correctness of the default config of each layer (autotuning, which compiles every
+    candidate, is exercised by test_fused_block_gpu)."""
     need_backend(backend)
+    monkeypatch.setenv("RAUNET_FAST_AUTOTUNE", "0")
     *dims, cs = shape
     for i, epilogue in enumerate(EPILOGUES):
         for relu in (True, False):
