@@ -320,12 +320,13 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         channels_last = False
     cands = candidate_configs(cin, cout, cs, x.dtype, ieee, aligned)
     # one tuning per layer shape and size class (batch 1 and batch 8 may want other tiles)
+    tune = len(cands) > 1 and x.is_cuda and os.environ.get("RAUNET_FAST_AUTOTUNE", "1") != "0"
     key = (cin, cout, cs, x.dtype, ieee, residual is not None, channels_last, aligns,
-           (n * h * w).bit_length(), x.device.index)
+           (n * h * w).bit_length(), x.device.index, tune)
     cfg = _TUNED.get(key)
     if cfg is None:
         cfg = cands[0]
-        if len(cands) > 1 and x.is_cuda and os.environ.get("RAUNET_FAST_AUTOTUNE", "1") != "0":
+        if tune:
             from triton.testing import do_bench
 
             best = None
