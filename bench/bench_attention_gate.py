@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib
 import os
 import platform
 import statistics
@@ -33,8 +34,11 @@ import torch
 
 from raunet_fast.blocks import AttentionGate
 from raunet_fast.ops import attention_gate
-import raunet_fast.ops.attention_gate as gate_mod
 from raunet_fast.ops.attention_gate import cast_gate_params, fold_attention_gate, gate_bytes
+
+# the module itself: ``import raunet_fast.ops.attention_gate as m`` would give the op
+# function bound under the same name on raunet_fast.ops
+gate_mod = importlib.import_module("raunet_fast.ops.attention_gate")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: (C, spatial size): decoder levels of a 512 x 512 RAUNet with base 64

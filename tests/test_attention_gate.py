@@ -11,6 +11,7 @@ reference is written out here with einsum, not taken from the package. Awkward s
 """
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -22,9 +23,12 @@ from conftest import assert_close_report, requires_cuda, tolerance
 import raunet_fast.ops as ops
 from raunet_fast.blocks import AttentionGate
 from raunet_fast.ops import BackendUnavailable
-import raunet_fast.ops.attention_gate as gate_mod
 from raunet_fast.ops.attention_gate import (_attention_gate_op, cast_gate_params,
                                             fold_attention_gate)
+
+# the module itself: ``import raunet_fast.ops.attention_gate as m`` would give the op
+# function bound under the same name on raunet_fast.ops
+gate_mod = importlib.import_module("raunet_fast.ops.attention_gate")
 
 CL = torch.channels_last
 AWKWARD = (48, 80, 24)  # Cx, Cg, F
@@ -121,6 +125,20 @@ def test_gate_torch_backend(dtype, x_cl, g_cl):
 ])
 def test_gate_cpp_backend(dtype, cx, cg, f, x_cl, g_cl):
     check("cpp", cx, cg, f, dtype, x_cl=x_cl, g_cl=g_cl)
+
+
+def test_gate_auto_falls_back_with_the_build_error(monkeypatch):
+    """A csrc build that fails: 'auto' warns with the compiler's message and uses torch;
+    forcing 'cpp' raises BackendUnavailable with it."""
+    monkeypatch.setitem(gate_mod._EXT, "cpp", ("raunet_fast_gate_broken_for_test",
+                                               ["no_such_source.cpp"], False))
+    x, g, p = make_inputs(8, 8, 4, torch.float32)
+    with pytest.warns(RuntimeWarning, match="building the raunet_fast_gate_broken_for_test"):
+        out = ops.attention_gate(x, g, **p, backend="auto")
+    ref, _ = reference64(x, g, p)
+    assert_close_report(out, ref, *tolerance(torch.float32, 16), "auto fallback to torch")
+    with pytest.raises(BackendUnavailable, match="raunet_fast_gate_broken_for_test"):
+        ops.attention_gate(x, g, **p, backend="cpp")
 
 
 def test_gate_cpp_odd_sizes():
