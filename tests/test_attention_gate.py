@@ -141,6 +141,29 @@ def test_gate_auto_falls_back_with_the_build_error(monkeypatch):
         ops.attention_gate(x, g, **p, backend="cpp")
 
 
+@pytest.mark.parametrize("tensor_cores", [True, False])
+def test_gate_cuda_binding_gets_the_tensor_core_switch(monkeypatch, tensor_cores):
+    """The plumbing of the "cuda" path, checked on the CPU with a stand-in extension:
+    NHWC inputs, parameters in x's dtype, and the CUDA_TENSOR_CORES switch."""
+    seen = {}
+
+    class FakeExt:
+        @staticmethod
+        def attention_gate_forward(x, g, w_x, w_g, bias, psi, bpsi, out, alpha, write_alpha,
+                                   *rest):
+            seen.update(x_cl=x.is_contiguous(memory_format=CL), rest=rest,
+                        dtypes={t.dtype for t in (w_x, w_g, bias, psi, bpsi)})
+
+    monkeypatch.setattr(gate_mod, "_extension", lambda kind: FakeExt)
+    monkeypatch.setattr(gate_mod, "CUDA_TENSOR_CORES", tensor_cores)
+    x, g, p = make_inputs(8, 8, 4, torch.float16, x_cl=False)
+    p = {k: v.float() for k, v in p.items()}
+    gate_mod._csrc_impl("cuda", x, g, *p.values(), False)
+    assert seen == {"x_cl": True, "rest": (tensor_cores,), "dtypes": {torch.float16}}
+    gate_mod._csrc_impl("cpp", x, g, *p.values(), False)
+    assert seen["rest"] == ()
+
+
 def test_gate_cpp_odd_sizes():
     check("cpp", 5, 7, 3, torch.float32, n=1, h=1, w=1)        # one pixel: a partial tile
     check("cpp", 16, 16, 40, torch.float32, n=3, h=11, w=5)     # several F chunks
