@@ -36,7 +36,19 @@ CONFIGS: list[dict] = [
 INTERPRETER_CONFIG: dict = {"BLOCK_P": 16, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 16,
                             "num_warps": 1, "num_stages": 1}
 
-_TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+#: One config to use instead of autotuning (tests pin each config in turn; users may
+#: pin one with ``RAUNET_GATE_TRITON_CONFIG=<index into CONFIGS>``). ``None``: autotune.
+FORCE_CONFIG: dict | None = None
+
+
+def _config_from_env() -> dict | None:
+    import os
+
+    idx = os.environ.get("RAUNET_GATE_TRITON_CONFIG")
+    return CONFIGS[int(idx)] if idx not in (None, "") else None
+
+
+FORCE_CONFIG = _config_from_env()
 
 
 def configs_for(dtype: torch.dtype) -> list[dict]:
@@ -282,8 +294,8 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
     written through a temporary). Weights: see the kernel docstring; ``w_x``/``w_g`` are
     cast to x's dtype here if needed. ``allow_tf32``: fp32 GEMMs on tensor cores in tf32
     (faster, ~1e-3 relative error); default exact ``ieee`` fp32. ``config``: one entry like
-    those of :data:`CONFIGS` to skip autotuning (the interpreter always uses
-    :data:`INTERPRETER_CONFIG`).
+    those of :data:`CONFIGS` to skip autotuning; else :data:`FORCE_CONFIG` when set, else
+    :data:`INTERPRETER_CONFIG` in the interpreter, else autotuning over :data:`CONFIGS`.
     """
     n, cx, h, w = x.shape
     cg, f = g.shape[1], w_x.shape[0]
@@ -305,6 +317,8 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
     args = (xd, gd, w_x, w_g, bias, w_psi, b_psi, o, a, hw)
     common = dict(CX=cx, CG=cg, F=f, X_CL=x_cl, G_CL=g_cl, WRITE_ALPHA=write_alpha,
                   DOT_PRECISION=prec)
+    if config is None:
+        config = FORCE_CONFIG
     if config is None and _interpreting():
         config = INTERPRETER_CONFIG
     import contextlib

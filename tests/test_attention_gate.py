@@ -201,6 +201,18 @@ def test_gate_triton_interpreter(dtype, cx, cg, f, x_cl, g_cl):
 
 
 @no_cuda_interpreter
+@pytest.mark.parametrize("index", range(5))
+def test_gate_triton_every_shipped_config_interpreted(index, monkeypatch):
+    """Each GPU config's tiling (x in one chunk or looped, F chunks) in the interpreter."""
+    pytest.importorskip("triton")
+    from raunet_fast.kernels import attention_gate as kmod
+
+    assert len(kmod.CONFIGS) == 5, "update the parametrisation"
+    monkeypatch.setattr(kmod, "FORCE_CONFIG", kmod.CONFIGS[index])
+    check("triton", 40, 72, 80, torch.float16, n=1, h=5, w=7)
+
+
+@no_cuda_interpreter
 def test_gate_triton_gpu_kernel_variant_in_interpreter(monkeypatch):
     """The interpreter normally runs the constexpr-trip-count twin; this runs the kernel
     the GPU compiles (runtime trip counts) where the interpreter can (triton >= 3.7)."""
@@ -362,11 +374,17 @@ def _require_cuda_extension() -> None:
         raise
 
 
-def _gpu_backend(name: str, monkeypatch) -> str:
+def _gpu_backend(name: str, monkeypatch, triton_config: int = 0) -> str:
+    """Select a GPU backend variant. Triton is pinned to one config (no autotuning: each
+    autotune compiles every config; test_gate_gpu_triton_every_config covers them all)."""
     monkeypatch.setattr(gate_mod, "CUDA_TENSOR_CORES", name != "cuda-fma")
     if name.startswith("cuda"):
         _require_cuda_extension()
         return "cuda"
+    if name == "triton":
+        from raunet_fast.kernels import attention_gate as kmod
+
+        monkeypatch.setattr(kmod, "FORCE_CONFIG", kmod.CONFIGS[triton_config])
     return name
 
 
@@ -386,6 +404,25 @@ def exact_fp32():
 def test_gate_gpu(backend, dtype, shape, exact_fp32, monkeypatch):
     backend = _gpu_backend(backend, monkeypatch)
     check(backend, *shape, dtype, "cuda", n=2, h=17, w=33)
+
+
+def _triton_config_cases():
+    try:
+        from raunet_fast.kernels.attention_gate import CONFIGS, configs_for
+    except ImportError:  # no triton: the GPU tests skip anyway
+        return [pytest.param(0, torch.float32, marks=pytest.mark.skip(reason="no triton"))]
+    return [pytest.param(i, dt, id=f"cfg{i}-{str(dt)[6:]}")
+            for dt in (torch.float32, torch.float16, torch.bfloat16)
+            for i, cfg in enumerate(CONFIGS) if cfg in configs_for(dt)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("index,dtype", _triton_config_cases())
+def test_gate_gpu_triton_every_config(index, dtype, exact_fp32, monkeypatch):
+    backend = _gpu_backend("triton", monkeypatch, triton_config=index)
+    check(backend, *AWKWARD, dtype, "cuda", n=2, h=17, w=33)             # masked tails
+    check(backend, 64, 64, 32, dtype, "cuda", n=2, h=16, w=16)          # x in one chunk
+    check(backend, 512, 512, 256, dtype, "cuda", n=1, h=9, w=11)        # long K, F loops
 
 
 @requires_cuda
