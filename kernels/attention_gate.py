@@ -1,12 +1,14 @@
 """Fused additive attention gate in Triton (installed as ``raunet_fast.kernels.attention_gate``).
 
-Bottom to top: :func:`_attention_gate_kernel` (one program per tile of pixels of one
-image), then :func:`attention_gate_forward`, the plain launcher that picks the config
-and launches into caller-allocated outputs. The torch-facing op is
-:func:`raunet_fast.ops.attention_gate`.
+Bottom to top: :func:`_gate_tile` (the gate for one tile of pixels of one image), the
+kernels :func:`_attention_gate_kernel` (compiled for the GPU) and
+:func:`_attention_gate_kernel_interpreted` (its twin for ``TRITON_INTERPRET=1``), then
+:func:`attention_gate_forward`, the plain launcher that picks the config and launches
+into caller-allocated outputs. The torch-facing op is :func:`raunet_fast.ops.attention_gate`.
 
-Autotune configs are data (:data:`CONFIGS`); on CUDA the launcher autotunes over them,
-under ``TRITON_INTERPRET=1`` it uses :data:`INTERPRETER_CONFIG` without autotuning.
+Autotune configs are data (:data:`CONFIGS`); on CUDA the launcher autotunes over them
+(or uses :data:`FORCE_CONFIG`), under ``TRITON_INTERPRET=1`` it uses
+:data:`INTERPRETER_CONFIG` without autotuning.
 """
 from __future__ import annotations
 
@@ -36,9 +38,6 @@ CONFIGS: list[dict] = [
 INTERPRETER_CONFIG: dict = {"BLOCK_P": 16, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 16,
                             "num_warps": 1, "num_stages": 1}
 
-#: One config to use instead of autotuning (tests pin each config in turn; users may
-#: pin one with ``RAUNET_GATE_TRITON_CONFIG=<index into CONFIGS>``). ``None``: autotune.
-FORCE_CONFIG: dict | None = None
 
 
 def _config_from_env() -> dict | None:
@@ -48,7 +47,9 @@ def _config_from_env() -> dict | None:
     return CONFIGS[int(idx)] if idx not in (None, "") else None
 
 
-FORCE_CONFIG = _config_from_env()
+#: One config to use instead of autotuning (tests pin each config in turn; users may
+#: pin one with ``RAUNET_GATE_TRITON_CONFIG=<index into CONFIGS>``). ``None``: autotune.
+FORCE_CONFIG: dict | None = _config_from_env()
 
 
 def configs_for(dtype: torch.dtype) -> list[dict]:
