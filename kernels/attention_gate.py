@@ -39,7 +39,6 @@ INTERPRETER_CONFIG: dict = {"BLOCK_P": 16, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 16,
                             "num_warps": 1, "num_stages": 1}
 
 
-
 def _config_from_env() -> dict | None:
     import os
 
