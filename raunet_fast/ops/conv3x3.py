@@ -76,29 +76,47 @@ def pack_weights(weight: torch.Tensor, shortcut_weight: Optional[torch.Tensor],
     return w.contiguous()
 
 
-_PACK_CACHE: dict[tuple, tuple] = {}
+_CACHE: dict[tuple, tuple] = {}
+
+
+def _cached(kind: str, make, a: torch.Tensor, b: Optional[torch.Tensor], *key) -> torch.Tensor:
+    """``make()`` for these exact tensors ``a`` (and ``b``), cached while they live unmodified
+    (weak references + version counters)."""
+    full = (kind, id(a), id(b), *key)
+    ver = (a._version, None if b is None else b._version)
+    hit = _CACHE.get(full)
+    if hit is not None:
+        aref, bref, hver, value = hit
+        if aref() is a and hver == ver and (bref() if bref is not None else None) is b:
+            return value
+    value = make()
+    if len(_CACHE) >= 256:
+        _CACHE.clear()
+
+    def drop(_, k=full):  # a key tensor died: free its derived copy now
+        _CACHE.pop(k, None)
+
+    _CACHE[full] = (weakref.ref(a, drop), None if b is None else weakref.ref(b, drop), ver,
+                    value)
+    return value
 
 
 def packed_for(weight: torch.Tensor, shortcut_weight: Optional[torch.Tensor],
                dtype: torch.dtype) -> torch.Tensor:
-    """:func:`pack_weights` of these exact tensors, cached while they live unmodified (weak
-    references + version counters): callers passing plain weights every call (the public
-    op) pack once. Inference modules hold their packed weights instead."""
-    key = (id(weight), id(shortcut_weight), dtype)
-    ver = (weight._version, None if shortcut_weight is None else shortcut_weight._version)
-    hit = _PACK_CACHE.get(key)
-    if hit is not None:
-        wref, sref, hver, packed = hit
-        if wref() is weight and hver == ver and \
-                (sref() if sref is not None else None) is shortcut_weight:
-            return packed
-    packed = pack_weights(weight, shortcut_weight, dtype)
-    if len(_PACK_CACHE) >= 256:
-        _PACK_CACHE.clear()
-    _PACK_CACHE[key] = (weakref.ref(weight),
-                        None if shortcut_weight is None else weakref.ref(shortcut_weight),
-                        ver, packed)
-    return packed
+    """:func:`pack_weights` of these exact tensors, cached while they live unmodified:
+    callers passing plain weights every call (the public op) pack once. Inference modules
+    hold their packed weights instead."""
+    return _cached("pack", lambda: pack_weights(weight, shortcut_weight, dtype), weight,
+                   shortcut_weight, dtype)
+
+
+def _weight_as(weight: torch.Tensor, dtype: torch.dtype,
+               fmt: torch.memory_format) -> torch.Tensor:
+    """``weight`` in ``dtype`` and layout ``fmt`` (cached unless it already is)."""
+    if weight.dtype == dtype and weight.is_contiguous(memory_format=fmt):
+        return weight
+    return _cached("as", lambda: weight.detach().to(dtype).contiguous(memory_format=fmt),
+                   weight, None, dtype, fmt)
 
 
 _ext_failed: set[str] = set()
@@ -140,7 +158,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def _torch_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
     # CPU has no fp16 convolution everywhere: compute half inputs in fp32 there
     cdt = torch.float32 if (x.device.type == "cpu" and x.dtype == torch.float16) else x.dtype
-    w = weight.to(cdt).contiguous(memory_format=out_memory_format(x))
+    w = _weight_as(weight, cdt, out_memory_format(x))
     y = F.conv2d(x.to(cdt), w, bias.to(cdt), padding=1)
     if residual is not None:
         y = y + residual.to(cdt)
@@ -173,7 +191,7 @@ def _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, pac
 def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
     ext = _ext(spec)
     # weight in x's layout: cuDNN / oneDNN otherwise reorder it (or the output) per call
-    w = weight.to(x.dtype).contiguous(memory_format=out_memory_format(x))
+    w = _weight_as(weight, x.dtype, out_memory_format(x))
     sw = shortcut_weight.to(x.dtype) if shortcut_weight is not None else None
     s = shortcut_input.to(x.dtype) if shortcut_input is not None else None
     y = ext.conv3x3_fused(x, w, bias, residual, s, sw, relu)
