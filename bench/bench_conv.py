@@ -6,6 +6,8 @@ For every (batch, level) it times, on one device:
   compile      torch.compile of that block (--compile default | max-autotune | none)
   cudnn-floor  the block's two 3x3 convolutions alone (F.conv2d, no bias / BN / add / ReLU):
                the floor a fused epilogue is measured against
+  cudnn-fused  (GPU) cuDNN's own fusion: torch.cudnn_convolution_relu, then
+               torch.cudnn_convolution_add_relu with the (1x1-projected) shortcut
   fused-<be>   FusedResidualBlock (folded, packed once) for each available backend:
                triton / cuda on a GPU, cpp / torch on the CPU (torch = folded reference math)
 
@@ -138,6 +140,19 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
     conv = torch.nn.functional.conv2d
     out["cudnn-floor" if x.is_cuda else "conv-floor"] = \
         lambda: (conv(x, w1, padding=1), conv(h, w2, padding=1))
+    if x.is_cuda:
+        # reference point: cuDNN's own conv + bias (+ add) + ReLU fusion (cuDNN graph API)
+        cb1, cb2 = b1.to(x.device, dtype), b2.to(x.device, dtype)
+        wsc = None if ws is None else \
+            ws.to(x.device, dtype).reshape(*ws.shape, 1, 1).contiguous(memory_format=torch.channels_last)
+        one = (1, 1)
+
+        def cudnn_fused():
+            h1 = torch.cudnn_convolution_relu(x, w1, cb1, one, one, one, 1)
+            z = x if wsc is None else conv(x, wsc)
+            return torch.cudnn_convolution_add_relu(h1, w2, z, 1.0, cb2, one, one, one, 1)
+
+        out["cudnn-fused"] = cudnn_fused
     for be in backends:
         fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
         out[f"fused-{be}"] = lambda fused=fused: fused(x)
