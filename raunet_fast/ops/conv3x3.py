@@ -19,6 +19,12 @@ Backends (``backend=``):
 Registered as the opaque ``torch.ops.raunet_fast.conv3x3_fused`` custom op with a fake
 (meta) implementation, so ``torch.compile(fullgraph=True)`` traces it without a break.
 Output: ``x``'s dtype, channels_last iff ``x`` is channels_last (and not also contiguous).
+
+Weights passed to the public op are packed / cast once per weight tensor (a weak-reference
+cache that follows in-place updates); :mod:`raunet_fast.ops.fused_blocks` holds them packed.
+On CUDA the Triton backend autotunes its configs once per layer shape on first use
+(``RAUNET_FAST_AUTOTUNE=0``: the default config only); fp32 follows
+``torch.backends.cudnn.allow_tf32`` (TF32 products when on, exact fp32 when off).
 """
 from __future__ import annotations
 
