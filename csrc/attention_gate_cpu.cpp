@@ -5,12 +5,15 @@
 // one float buffer (kTile x K, K = Cx + Cg), then for each chunk of kFB intermediate
 // channels a micro kernel accumulates kPB pixels x kFB channels in registers over all K,
 // and the header's epilogue (bias, ReLU, psi dot) adds into the pixel's logit. Finally
-// alpha = sigmoid(logit + b_psi) and out = x * alpha. The micro kernel is compiled twice
-// (baseline x86-64 and AVX2+FMA) and picked at run time.
+// alpha = sigmoid(logit + b_psi) and out = x * alpha. The micro kernel is compiled three
+// times (baseline x86-64, AVX2+FMA, AVX-512) and the best the CPU supports is picked at
+// run time; RAUNET_GATE_CPU_ISA=generic|avx2|avx512 forces one (tests run each).
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "attention_gate.h"
@@ -18,12 +21,13 @@
 namespace {
 
 constexpr int kTile = 32;  // pixels per OpenMP work item
-constexpr int kPB = 4;     // pixels per micro kernel
 constexpr int kFB = 16;    // intermediate channels per micro kernel (F padded to a multiple)
 
 // s[p] += sum_j psi[j] relu(acc[p][j] + bias[j]) for the kTile pixels of `in`
 // (kTile x K floats, rows past the last pixel are zeros) and F chunk [f0, f0 + kFB) of
-// the padded weight wt (K x Fp floats).
+// the padded weight wt (K x Fp floats). kPB pixels per micro kernel: kPB x kFB
+// accumulators stay in registers (AVX2: 8 ymm; AVX-512: 8 zmm).
+template <int kPB>
 static inline __attribute__((always_inline)) void tile_logits_impl(
     const float* __restrict__ in, int K, const float* __restrict__ wt, int Fp,
     const float* __restrict__ bias, const float* __restrict__ psi, float* __restrict__ s) {
@@ -47,26 +51,53 @@ static inline __attribute__((always_inline)) void tile_logits_impl(
   }
 }
 
+static_assert(kTile % 8 == 0, "tiles hold whole micro kernels");
+
+void tile_logits_generic(const float* in, int K, const float* wt, int Fp, const float* bias,
+                         const float* psi, float* s) {
+  tile_logits_impl<4>(in, K, wt, Fp, bias, psi, s);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2,fma"))) void tile_logits_avx2(const float* in, int K,
                                                           const float* wt, int Fp,
                                                           const float* bias, const float* psi,
                                                           float* s) {
-  tile_logits_impl(in, K, wt, Fp, bias, psi, s);
+  tile_logits_impl<4>(in, K, wt, Fp, bias, psi, s);
 }
 
-void tile_logits_generic(const float* in, int K, const float* wt, int Fp, const float* bias,
-                         const float* psi, float* s) {
-  tile_logits_impl(in, K, wt, Fp, bias, psi, s);
+__attribute__((target("avx512f,avx512vl,fma,prefer-vector-width=512"))) void tile_logits_avx512(
+    const float* in, int K, const float* wt, int Fp, const float* bias, const float* psi,
+    float* s) {
+  tile_logits_impl<8>(in, K, wt, Fp, bias, psi, s);
 }
+#endif
 
 using TileFn = void (*)(const float*, int, const float*, int, const float*, const float*, float*);
 
+// The micro kernel for this CPU, or the one RAUNET_GATE_CPU_ISA names (when supported).
 TileFn pick_tile_fn() {
+  const char* env = std::getenv("RAUNET_GATE_CPU_ISA");
+  const std::string want = env != nullptr ? env : "";
+  if (want == "generic") return tile_logits_generic;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return tile_logits_avx2;
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512 && (want.empty() || want == "avx512")) return tile_logits_avx512;
+  if (avx2 && (want.empty() || want == "avx2" || want == "avx512")) return tile_logits_avx2;
 #endif
   return tile_logits_generic;
+}
+
+// The micro kernel pick_tile_fn() chooses, by name (for tests and benchmarks).
+std::string cpu_isa() {
+  const TileFn fn = pick_tile_fn();
+#if defined(__x86_64__) || defined(__i386__)
+  if (fn == tile_logits_avx512) return "avx512";
+  if (fn == tile_logits_avx2) return "avx2";
+#endif
+  return fn == tile_logits_generic ? "generic" : "unknown";
 }
 
 template <typename T>
@@ -179,4 +210,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "raunet_fast attention gate, CPU build of csrc/attention_gate.h";
   m.def("attention_gate_forward", &attention_gate_forward,
         "fused attention gate (NHWC) into out / alpha");
+  m.def("cpu_isa", &cpu_isa, "micro kernel used: generic, avx2 or avx512");
 }

@@ -164,6 +164,17 @@ def test_gate_cuda_binding_gets_the_tensor_core_switch(monkeypatch, tensor_cores
     assert seen["rest"] == ()
 
 
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_gate_cpp_every_micro_kernel(isa, monkeypatch):
+    """The CPU build compiles its micro kernel per ISA and picks one at run time; run each
+    one this CPU has (RAUNET_GATE_CPU_ISA forces it)."""
+    monkeypatch.setenv("RAUNET_GATE_CPU_ISA", isa)
+    if gate_mod._extension("cpp").cpu_isa() != isa:
+        pytest.skip(f"this CPU has no {isa}")
+    check("cpp", *AWKWARD, torch.float32)
+    check("cpp", 64, 64, 32, torch.bfloat16, n=1, h=9, w=11)
+
+
 def test_gate_cpp_odd_sizes():
     check("cpp", 5, 7, 3, torch.float32, n=1, h=1, w=1)        # one pixel: a partial tile
     check("cpp", 16, 16, 40, torch.float32, n=3, h=11, w=5)     # several F chunks
