@@ -56,6 +56,7 @@ class Timer:
 
     def __init__(self, device: torch.device, warmup: int = 5, iters: int = 20):
         self.device, self.warmup, self.iters = device, warmup, iters
+        self.last_min = float("nan")
         self._flush = (torch.empty(256 * 2 ** 20, dtype=torch.uint8, device=device)
                        if device.type == "cuda" else None)
 
@@ -80,6 +81,7 @@ class Timer:
                     t = time.perf_counter()
                     fn()
                     times.append((time.perf_counter() - t) * 1e3)
+        self.last_min = min(times)
         return statistics.median(times)
 
 
@@ -168,9 +170,14 @@ def run_table(device: torch.device, dtypes: list[torch.dtype], levels, batches, 
     if device.type == "cuda":
         print(f"# device-to-device copy bandwidth: {copy_bw:.0f} GB/s (read + write)")
     else:
-        print(f"# CPU threads: {torch.get_num_threads()}")
-    print(f"{'shape (N x C x H x W)':>22} {'dtype':>5} {'variant':>8} {'ms':>9} {'GB/s':>8} "
-          f"{'%copy':>6} {'vs eager':>8} {'vs comp':>8} {'max err':>9}")
+        try:
+            isa = gate_mod._extension("cpp").cpu_isa()
+        except Exception as e:  # noqa: BLE001 - report, the cpp rows will say FAILED
+            isa = f"unavailable ({type(e).__name__})"
+        print(f"# CPU threads: {torch.get_num_threads()}, cpp micro kernel: {isa}; "
+              f"load average {os.getloadavg()[0]:.2f} (timings are medians; min ms beside)")
+    print(f"{'shape (N x C x H x W)':>22} {'dtype':>5} {'variant':>8} {'ms':>9} {'min ms':>9} "
+          f"{'GB/s':>8} {'%copy':>6} {'vs eager':>8} {'vs comp':>8} {'max err':>9}")
     rows = []
     for dtype in dtypes:
         dname = {v: k for k, v in DTYPES.items()}[dtype]
@@ -187,19 +194,21 @@ def run_table(device: torch.device, dtypes: list[torch.dtype], levels, batches, 
                         with torch.no_grad():
                             err = (fn(x, g).float() - ref).abs().max().item()
                         ms = timer(lambda: fn(x, g))
+                        ms_min = timer.last_min
                     except Exception as e:  # report and go on with the other variants
                         print(f"{f'{batch}x{c}x{size}x{size}':>22} {dname:>5} {vname:>8} "
                               f"FAILED {type(e).__name__}: {str(e)[:300]}")
                         continue
-                    results[vname] = (ms, err)
+                    results[vname] = (ms, err, ms_min)
                 eager = results.get("eager", (float("nan"),))[0]
                 comp = results.get("compile", (float("nan"),))[0]
-                for vname, (ms, err) in results.items():
+                for vname, (ms, err, ms_min) in results.items():
                     gbs = nbytes / ms / 1e6
                     row = dict(timestamp=stamp, device=name, torch=tv, triton=trv,
                                threads=torch.get_num_threads() if device.type == "cpu" else "",
                                batch=batch, channels=c, height=size, width=size, dtype=dname,
-                               variant=vname, ms=round(ms, 5), gb_per_s=round(gbs, 2),
+                               variant=vname, ms=round(ms, 5), min_ms=round(ms_min, 5),
+                               gb_per_s=round(gbs, 2),
                                pct_copy_bw=round(100 * gbs / copy_bw, 1) if copy_bw == copy_bw else "",
                                copy_bw_gb_per_s=round(copy_bw, 1) if copy_bw == copy_bw else "",
                                speedup_vs_eager=round(eager / ms, 3),
@@ -207,7 +216,8 @@ def run_table(device: torch.device, dtypes: list[torch.dtype], levels, batches, 
                     rows.append(row)
                     pct = f"{100 * gbs / copy_bw:6.1f}" if copy_bw == copy_bw else f"{'-':>6}"
                     print(f"{f'{batch}x{c}x{size}x{size}':>22} {dname:>5} {vname:>8} {ms:>9.4f} "
-                          f"{gbs:>8.1f} {pct} {eager / ms:>8.2f} {comp / ms:>8.2f} {err:>9.2e}")
+                          f"{ms_min:>9.4f} {gbs:>8.1f} {pct} {eager / ms:>8.2f} {comp / ms:>8.2f} "
+                          f"{err:>9.2e}")
     if out_csv and rows:
         new = not os.path.exists(out_csv)
         os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
@@ -233,8 +243,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--out", default=None, help="CSV file to append rows to")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
