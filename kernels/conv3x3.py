@@ -23,6 +23,58 @@ _INT_ARGS = ["M", "H", "W", "CIN_A", "COUT_A", "CS_A",
              "ss_n", "ss_c", "ss_h", "ss_w", "sy_n", "sy_c", "sy_h", "sy_w"]
 
 
+@triton.jit
+def _tap_chunk(acc, it, k_chunks, x_img, xc, oh, ow, mask_m, offs_k, offs_n, mask_n, w_ptr,
+               H, W, CIN, COUT, sx_c, sx_h, sx_w,
+               CHANNELS_LAST: tl.constexpr, IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K step ``it`` of the 3x3 taps: tap ``it // k_chunks``, channel chunk ``it % k_chunks``.
+    Loads the ``[BLOCK_M pixels, BLOCK_K channels]`` input tile shifted by the tap (rows
+    outside the image masked to 0: the zero padding) and the matching ``[BLOCK_K, BLOCK_N]``
+    rows of the packed weights; returns ``acc + A @ B`` (fp32)."""
+    tap = it // k_chunks
+    c0 = (it - tap * k_chunks) * BLOCK_K
+    ih = oh + (tap // 3 - 1)
+    iw = ow + (tap % 3 - 1)
+    ok_m = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    ok_k = (c0 + offs_k) < CIN
+    if CHANNELS_LAST:
+        ch = c0
+    else:
+        ch = c0 * sx_c
+    a = tl.load(x_img[:, None] + (ih * sx_h + iw * sx_w + ch)[:, None] + xc[None, :],
+                mask=ok_m[:, None] & ok_k[None, :], other=0.0)
+    rows = tap * CIN + c0 + offs_k
+    b = tl.load(w_ptr + rows[:, None] * COUT + offs_n[None, :],
+                mask=ok_k[:, None] & mask_n[None, :], other=0.0)
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _shortcut_chunk(acc, it, s_pix, sc, mask_m, offs_k, offs_n, mask_n, w_ptr, CIN, CS, COUT,
+                    ss_c, CHANNELS_LAST: tl.constexpr, IEEE: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    """K step ``it`` of the 1x1 shortcut: channels ``it*BLOCK_K ...`` of the shortcut input at
+    the output pixel, times packed weight rows ``9*CIN + ...``; returns ``acc + A @ B``."""
+    c0 = it * BLOCK_K
+    ok_k = (c0 + offs_k) < CS
+    if CHANNELS_LAST:
+        ch = c0
+    else:
+        ch = c0 * ss_c
+    a = tl.load(s_pix[:, None] + ch + sc[None, :], mask=mask_m[:, None] & ok_k[None, :],
+                other=0.0)
+    rows = 9 * CIN + c0 + offs_k
+    b = tl.load(w_ptr + rows[:, None] * COUT + offs_n[None, :],
+                mask=ok_k[:, None] & mask_n[None, :], other=0.0)
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
 # Integer arguments are never specialised by value: alignment is stated explicitly through
 # XA / SA / YA, so a launch compiles one of the variants the AOT test builds (up to the
 # epilogue switches HAS_RES / HAS_SC / RELU, which the AOT build turns on together).
@@ -38,6 +90,7 @@ def _conv3x3_fused_kernel(
     CHANNELS_LAST: tl.constexpr, IEEE: tl.constexpr,
     XA: tl.constexpr, SA: tl.constexpr, YA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_ITERS: tl.constexpr = 0, SC_ITERS: tl.constexpr = 0,
 ):
     """One ``BLOCK_M`` pixels x ``BLOCK_N`` output channels tile of
     ``y = relu?(conv3x3(x, w) + b + (r | s @ ws))``, stride 1, zero padding 1.
@@ -62,6 +115,9 @@ def _conv3x3_fused_kernel(
         CHANNELS_LAST: x, r, s, y all have channel stride 1.
         IEEE: fp32 inputs use exact fp32 products (``input_precision="ieee"``), else the
             default (TF32 on Ampere+ for fp32; ignored for fp16/bf16).
+        K_ITERS, SC_ITERS: 0 on the GPU (trip counts computed at run time); the
+            interpreter gets them as constants, because older interpreters (triton 3.6 with
+            numpy >= 2.3) cannot ``range()`` over a run-time value.
     Grid: ``cdiv(M, BLOCK_M) * cdiv(COUT, BLOCK_N)``, output-channel tiles fastest so that
     programs sharing the same input pixels run together (L2 reuse).
     """
@@ -107,26 +163,16 @@ def _conv3x3_fused_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_chunks = tl.cdiv(CIN, BLOCK_K)
-    for it in range(0, 9 * k_chunks):
-        tap = it // k_chunks
-        c0 = (it - tap * k_chunks) * BLOCK_K
-        ih = oh + (tap // 3 - 1)
-        iw = ow + (tap % 3 - 1)
-        ok_m = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        ok_k = (c0 + offs_k) < CIN
-        if CHANNELS_LAST:
-            ch = c0
-        else:
-            ch = c0 * sx_c
-        a = tl.load(x_img[:, None] + (ih * sx_h + iw * sx_w + ch)[:, None] + xc[None, :],
-                    mask=ok_m[:, None] & ok_k[None, :], other=0.0)
-        rows = tap * CIN + c0 + offs_k
-        b = tl.load(w_ptr + rows[:, None] * COUT + offs_n[None, :],
-                    mask=ok_k[:, None] & mask_n[None, :], other=0.0)
-        if IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+    if K_ITERS > 0:   # interpreter: constant trip count
+        for it in range(0, K_ITERS):
+            acc = _tap_chunk(acc, it, k_chunks, x_img, xc, oh, ow, mask_m, offs_k, offs_n,
+                             mask_n, w_ptr, H, W, CIN, COUT, sx_c, sx_h, sx_w,
+                             CHANNELS_LAST, IEEE, BLOCK_K)
+    else:
+        for it in range(0, 9 * k_chunks):
+            acc = _tap_chunk(acc, it, k_chunks, x_img, xc, oh, ow, mask_m, offs_k, offs_n,
+                             mask_n, w_ptr, H, W, CIN, COUT, sx_c, sx_h, sx_w,
+                             CHANNELS_LAST, IEEE, BLOCK_K)
 
     if HAS_SC:
         if CHANNELS_LAST:
@@ -134,21 +180,14 @@ def _conv3x3_fused_kernel(
         else:
             sc = offs_k * ss_c
         s_pix = s_ptr + img64 * ss_n + oh * ss_h + ow * ss_w
-        for c0 in range(0, CS, BLOCK_K):
-            ok_k = (c0 + offs_k) < CS
-            if CHANNELS_LAST:
-                ch = c0
-            else:
-                ch = c0 * ss_c
-            a = tl.load(s_pix[:, None] + ch + sc[None, :],
-                        mask=mask_m[:, None] & ok_k[None, :], other=0.0)
-            rows = 9 * CIN + c0 + offs_k
-            b = tl.load(w_ptr + rows[:, None] * COUT + offs_n[None, :],
-                        mask=ok_k[:, None] & mask_n[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+        if SC_ITERS > 0:
+            for it in range(0, SC_ITERS):
+                acc = _shortcut_chunk(acc, it, s_pix, sc, mask_m, offs_k, offs_n, mask_n,
+                                      w_ptr, CIN, CS, COUT, ss_c, CHANNELS_LAST, IEEE, BLOCK_K)
+        else:
+            for it in range(0, tl.cdiv(CS, BLOCK_K)):
+                acc = _shortcut_chunk(acc, it, s_pix, sc, mask_m, offs_k, offs_n, mask_n,
+                                      w_ptr, CIN, CS, COUT, ss_c, CHANNELS_LAST, IEEE, BLOCK_K)
 
     # ---- epilogue, in registers: bias, residual, ReLU, cast
     bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -180,7 +219,8 @@ def _conv3x3_fused_kernel(
 # The AOT test builds every one of them for sm_80 and sm_90 and requires zero spills.
 ALIGNED_CONFIGS = {
     "16bit": [(128, 128, 64, 8, 3), (128, 64, 64, 8, 3), (128, 64, 32, 4, 4), (64, 64, 64, 4, 3)],
-    "fp32": [(128, 64, 32, 8, 3), (64, 64, 32, 4, 3)],
+    # fp32 128x64 with 8 warps spills 4 bytes on sm_80 with triton 3.6: 4 warps
+    "fp32": [(128, 64, 32, 4, 3), (64, 64, 32, 4, 3)],
 }
 GENERIC_CONFIGS = {   # 2-D pointer math in registers: more warps, shallow pipelines
     "16bit": [(64, 64, 32, 8, 2)],
@@ -282,13 +322,17 @@ def _launch(cfg, x, packed, bias, residual, shortcut_input, y, relu, channels_la
         return st[0] // a, st[1], st[2] // a, st[3] // a
 
     grid = (triton.cdiv(m, bm) * triton.cdiv(cout, bn),)
+    interp = _interpreting()
     _conv3x3_fused_kernel[grid](
         x, packed, bias, r, s, y,
         m, h, w, cin // xa, cout // ya, cs // sa,
         *strides(x, xa), *strides(r, ya), *strides(s, sa), *strides(y, ya),
         HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, RELU=relu,
         CHANNELS_LAST=channels_last, IEEE=ieee, XA=xa, SA=sa, YA=ya,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        K_ITERS=9 * triton.cdiv(cin, bk) if interp else 0,
+        SC_ITERS=triton.cdiv(cs, bk) if interp and cs else 0,
+        num_warps=warps, num_stages=stages)
 
 
 def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor,

@@ -50,7 +50,7 @@ def _conv_jobs():
             consts = dict(HAS_RES=has_res, HAS_SC=has_sc, RELU=True,
                           CHANNELS_LAST=(xa, sa, ya) != (1, 1, 1),
                           IEEE=v["ieee"], XA=xa, SA=sa, YA=ya, BLOCK_M=bm, BLOCK_N=bn,
-                          BLOCK_K=bk)
+                          BLOCK_K=bk, K_ITERS=0, SC_ITERS=0)
             sig = {n: ("constexpr" if n in consts else
                        ("*fp32" if n == "b_ptr" else f"*{t}") if n.endswith("_ptr") else "i32")
                    for n in names}
