@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#ifndef RAUNET_CE_EMULATE  // tests/conv_epilogue_cuda_emu.cpp runs the kernels on the CPU
 #include <cuda_runtime.h>
+#endif
 
 #include "conv_epilogue.h"
 
@@ -49,6 +51,17 @@ __global__ void epilogue_scalar_kernel(T* __restrict__ y, const T* __restrict__ 
     apply_one(y, sc, bias, i, C, inner, relu);
 }
 
+// Elements per thread of the vectorised kernel for these operands, or 1 for the scalar
+// kernel: vectors only for channels-last (inner == 1) with C % VEC == 0 (each vector holds
+// consecutive channels of one pixel) and 16-byte aligned y and sc.
+template <typename T>
+inline int epilogue_vec_width(const T* y, const T* sc, int64_t C, int64_t inner) {
+  constexpr int VEC = 16 / sizeof(T) > 0 ? static_cast<int>(16 / sizeof(T)) : 1;
+  const bool aligned = (reinterpret_cast<uintptr_t>(y) % 16 == 0) &&
+                       (sc == nullptr || reinterpret_cast<uintptr_t>(sc) % 16 == 0);
+  return (VEC > 1 && inner == 1 && C % VEC == 0 && aligned) ? VEC : 1;
+}
+
 inline int epilogue_blocks(int64_t work, int threads) {
   int64_t b = (work + threads - 1) / threads;
   const int64_t cap = 65535LL * 8;  // grid-stride beyond this
@@ -56,6 +69,7 @@ inline int epilogue_blocks(int64_t work, int threads) {
   return static_cast<int>(b < 1 ? 1 : b);
 }
 
+#ifndef RAUNET_CE_EMULATE
 template <typename T, int VEC, bool HAS_SC>
 void launch_vec(T* y, const T* sc, const float* bias, int64_t numel, int64_t C, bool relu,
                 cudaStream_t stream) {
@@ -74,10 +88,8 @@ template <typename T>
 void launch_epilogue(T* y, const T* sc, const float* bias, int64_t numel, int64_t C,
                      int64_t inner, bool relu, cudaStream_t stream) {
   if (numel == 0) return;
-  constexpr int VEC = 16 / sizeof(T) > 0 ? 16 / sizeof(T) : 1;
-  const bool aligned = (reinterpret_cast<uintptr_t>(y) % 16 == 0) &&
-                       (sc == nullptr || reinterpret_cast<uintptr_t>(sc) % 16 == 0);
-  if (VEC > 1 && inner == 1 && C % VEC == 0 && aligned) {
+  constexpr int VEC = 16 / sizeof(T) > 0 ? static_cast<int>(16 / sizeof(T)) : 1;
+  if (VEC > 1 && epilogue_vec_width(y, sc, C, inner) == VEC) {
     if (sc) launch_vec<T, VEC, true>(y, sc, bias, numel, C, relu, stream);
     else launch_vec<T, VEC, false>(y, sc, bias, numel, C, relu, stream);
     return;
@@ -86,6 +98,7 @@ void launch_epilogue(T* y, const T* sc, const float* bias, int64_t numel, int64_
   epilogue_scalar_kernel<T><<<epilogue_blocks(numel, threads), threads, 0, stream>>>(
       y, sc, bias, numel, C, inner, relu);
 }
+#endif  // RAUNET_CE_EMULATE
 
 }  // namespace conv_epilogue
 }  // namespace raunet_fast
