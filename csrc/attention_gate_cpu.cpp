@@ -20,14 +20,15 @@
 
 namespace {
 
-constexpr int kTile = 32;  // pixels per OpenMP work item
-constexpr int kFB = 16;    // intermediate channels per micro kernel (F padded to a multiple)
+constexpr int kTile = 48;  // pixels per OpenMP work item (a multiple of every kPB below)
+constexpr int kFPad = 32;  // F is padded to a multiple of every micro kernel's kFB
 
 // s[p] += sum_j psi[j] relu(acc[p][j] + bias[j]) for the kTile pixels of `in`
-// (kTile x K floats, rows past the last pixel are zeros) and F chunk [f0, f0 + kFB) of
-// the padded weight wt (K x Fp floats). kPB pixels per micro kernel: kPB x kFB
-// accumulators stay in registers (AVX2: 8 ymm; AVX-512: 8 zmm).
-template <int kPB>
+// (kTile x K floats, rows past the last pixel are zeros), over the padded weight wt
+// (K x Fp floats) in chunks of kFB channels. Micro kernel: kPB pixels x kFB channels of
+// accumulators in registers (AVX2: 4 x 16 = 8 ymm; AVX-512: 6 x 32 = 12 zmm, 2 weight
+// loads and 6 broadcasts per 12 FMAs).
+template <int kPB, int kFB>
 static inline __attribute__((always_inline)) void tile_logits_impl(
     const float* __restrict__ in, int K, const float* __restrict__ wt, int Fp,
     const float* __restrict__ bias, const float* __restrict__ psi, float* __restrict__ s) {
@@ -51,11 +52,12 @@ static inline __attribute__((always_inline)) void tile_logits_impl(
   }
 }
 
-static_assert(kTile % 8 == 0, "tiles hold whole micro kernels");
+static_assert(kTile % 4 == 0 && kTile % 6 == 0, "tiles hold whole micro kernels");
+static_assert(kFPad % 16 == 0 && kFPad % 32 == 0, "padding fits every kFB");
 
 void tile_logits_generic(const float* in, int K, const float* wt, int Fp, const float* bias,
                          const float* psi, float* s) {
-  tile_logits_impl<4>(in, K, wt, Fp, bias, psi, s);
+  tile_logits_impl<4, 16>(in, K, wt, Fp, bias, psi, s);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -63,13 +65,13 @@ __attribute__((target("avx2,fma"))) void tile_logits_avx2(const float* in, int K
                                                           const float* wt, int Fp,
                                                           const float* bias, const float* psi,
                                                           float* s) {
-  tile_logits_impl<4>(in, K, wt, Fp, bias, psi, s);
+  tile_logits_impl<4, 16>(in, K, wt, Fp, bias, psi, s);
 }
 
 __attribute__((target("avx512f,avx512vl,fma,prefer-vector-width=512"))) void tile_logits_avx512(
     const float* in, int K, const float* wt, int Fp, const float* bias, const float* psi,
     float* s) {
-  tile_logits_impl<8>(in, K, wt, Fp, bias, psi, s);
+  tile_logits_impl<6, 32>(in, K, wt, Fp, bias, psi, s);
 }
 #endif
 
@@ -104,16 +106,12 @@ template <typename T>
 void gate_cpu(const T* x, const T* g, const T* wx, const T* wg, const T* bias, const T* psi,
               float bpsi, T* out, T* alpha, const raunet_ag::GateDims d) {
   const int K = d.cx + d.cg;
-  const int Fp = (d.f + kFB - 1) / kFB * kFB;
+  const int Fp = (d.f + kFPad - 1) / kFPad * kFPad;
   // Packed fp32 weight wt (K x Fp): row k < Cx is column k of W_x, row Cx + k column k of
-  // W_g. F is padded with zero columns: the micro kernel runs full kFB chunks, and padded
+  // W_g. F is padded with zero columns: the micro kernels run full chunks, and padded
   // columns have bias 0 and psi 0, so they add nothing.
   std::vector<float> wpad((size_t)K * Fp, 0.f), bpad(Fp, 0.f), ppad(Fp, 0.f);
   for (int f = 0; f < d.f; ++f) {
-    for (int k = 0; k < d.cx; ++k)
-      wpad[(size_t)k * Fp + f] = static_cast<float>(wx[(int64_t)f * d.cx + k]);
-    for (int k = 0; k < d.cg; ++k)
-      wpad[(size_t)(d.cx + k) * Fp + f] = static_cast<float>(wg[(int64_t)f * d.cg + k]);
     bpad[f] = static_cast<float>(bias[f]);
     ppad[f] = static_cast<float>(psi[f]);
   }
@@ -122,6 +120,17 @@ void gate_cpu(const T* x, const T* g, const T* wx, const T* wg, const T* bias, c
 
 #pragma omp parallel num_threads(std::max(1, at::get_num_threads()))
   {
+    // the transposing pack, by rows of wpad (1 MB at C = 512: worth the threads)
+#pragma omp for schedule(static)
+    for (int k = 0; k < K; ++k) {
+      float* row = &wpad[(size_t)k * Fp];
+      if (k < d.cx) {
+        for (int f = 0; f < d.f; ++f) row[f] = static_cast<float>(wx[(int64_t)f * d.cx + k]);
+      } else {
+        for (int f = 0; f < d.f; ++f)
+          row[f] = static_cast<float>(wg[(int64_t)f * d.cg + (k - d.cx)]);
+      }
+    }  // implicit barrier: wpad complete before any tile uses it
     std::vector<float> in((size_t)kTile * K);
     float s[kTile];
 #pragma omp for schedule(static)
