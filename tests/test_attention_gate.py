@@ -5,9 +5,15 @@ reference is written out here with einsum, not taken from the package. Awkward s
 (Cx=48, Cg=80, F=24, H=7, W=13) exercise masked channel chunks and tails.
 
 * torch backend: fp32 / fp16 / bf16, both layouts; cpp backend (the csrc header built
-  for the CPU): the same; triton: in the interpreter (fp32 / fp16) when there is no GPU.
-* folding equals the eval-mode module; opcheck; torch.compile(fullgraph=True).
-* GPU tests (triton, cuda; fp32 / fp16 / bf16) run only with a CUDA device.
+  for the CPU, each micro kernel the CPU has): the same; triton: in the interpreter
+  (fp32 / fp16, every shipped config's tiling) when there is no GPU.
+* the CUDA kernels (csrc/attention_gate_kernels.cuh) compiled by g++ against a CUDA shim
+  and run with OpenMP threads as CUDA threads (tests/attention_gate_cuda_emu.cpp).
+* folding equals the eval-mode module; opcheck; torch.compile(fullgraph=True); errors
+  and fallbacks say why.
+* GPU tests (triton with every config, cuda with and without tensor cores; fp32 / fp16
+  / bf16; layouts, odd sizes, misaligned pointers) run only with a CUDA device.
+* Ahead-of-time builds for sm_80 / sm_90: tests/test_attention_gate_aot.py.
 """
 from __future__ import annotations
 
