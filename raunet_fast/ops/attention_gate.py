@@ -17,6 +17,15 @@ Backends: ``"torch"`` (reference math, any device), ``"triton"``
 (:mod:`raunet_fast.kernels.attention_gate`), ``"cuda"`` (``csrc/attention_gate.cu``),
 ``"cpp"`` (``csrc/attention_gate_cpu.cpp``: the same per-pixel header built for the CPU),
 ``"auto"``: triton then cuda then torch on CUDA tensors; cpp then torch on CPU tensors.
+A backend that cannot run (not installed, build failed) raises
+:class:`~raunet_fast.ops.BackendUnavailable` when forced; ``"auto"`` warns and moves on.
+
+Knobs (environment): ``RAUNET_GATE_TRITON_CONFIG=<i>`` pins Triton config ``i`` of
+:data:`raunet_fast.kernels.attention_gate.CONFIGS` (default: autotune);
+``RAUNET_GATE_CUDA_TENSOR_CORES=0`` runs the cuda backend's CUDA-core kernel for half /
+bf16 (default: WMMA on sm_80+); ``RAUNET_GATE_CPU_ISA=generic|avx2|avx512`` picks the
+cpp micro kernel (default: the best the CPU has); ``MAX_JOBS`` / ``TORCH_EXTENSIONS_DIR``
+steer the csrc builds (torch's own variables).
 """
 from __future__ import annotations
 
