@@ -20,6 +20,35 @@ struct Prepared {
   int64_t inner = 1;  // channel of flat element i is (i / inner) % C
 };
 
+// The epilogue's operands around a finished convolution output ``y`` (N x C x H x W):
+// y made contiguous in its own layout (NCHW or channels-last), ``sc`` (undefined, or the
+// residual / projected shortcut) with exactly y's strides and dtype, fp32 bias.
+inline Prepared operands(at::Tensor y, at::Tensor sc, const at::Tensor& bias) {
+  TORCH_CHECK(y.dim() == 4, "conv epilogue: y must be N x C x H x W, got ", y.sizes());
+  TORCH_CHECK(bias.numel() == y.size(1), "conv epilogue: bias must have ", y.size(1), " elements");
+  Prepared p;
+  p.y = std::move(y);
+  const int64_t hw = p.y.size(2) * p.y.size(3);
+  if (p.y.is_contiguous()) {
+    p.inner = hw;
+  } else if (p.y.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    p.inner = 1;
+  } else {
+    p.y = p.y.contiguous();
+    p.inner = hw;
+  }
+  p.C = p.y.size(1);
+  if (sc.defined()) {
+    TORCH_CHECK(sc.sizes() == p.y.sizes(), "conv3x3_fused: shortcut/residual shape ",
+                sc.sizes(), " != conv output shape ", p.y.sizes());
+    if (sc.scalar_type() != p.y.scalar_type()) sc = sc.to(p.y.scalar_type());
+    if (sc.strides() != p.y.strides()) sc = at::empty_like(p.y).copy_(sc);
+    p.sc = std::move(sc);
+  }
+  p.bias = bias.to(at::kFloat).contiguous();
+  return p;
+}
+
 inline Prepared prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                         const std::optional<at::Tensor>& residual,
                         const std::optional<at::Tensor>& shortcut_input,
@@ -37,33 +66,16 @@ inline Prepared prepare(const at::Tensor& x, const at::Tensor& weight, const at:
   TORCH_CHECK(shortcut_input.has_value() == shortcut_weight.has_value(),
               "conv3x3_fused: shortcut_input and shortcut_weight go together");
 
-  Prepared p;
-  p.y = at::conv2d(x, weight, {}, {1, 1}, {1, 1});
-  const int64_t hw = p.y.size(2) * p.y.size(3);
-  if (p.y.is_contiguous()) {
-    p.inner = hw;
-  } else if (p.y.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    p.inner = 1;
-  } else {
-    p.y = p.y.contiguous();
-    p.inner = hw;
-  }
-  p.C = cout;
+  at::Tensor sc;
   if (residual.has_value()) {
-    p.sc = *residual;
+    sc = *residual;
   } else if (shortcut_input.has_value()) {
     const at::Tensor& s = *shortcut_input;
     TORCH_CHECK(shortcut_weight->numel() == cout * s.size(1), "conv3x3_fused: shortcut_weight must be ",
                 cout, " x ", s.size(1));
-    p.sc = at::conv2d(s, shortcut_weight->to(s.scalar_type()).reshape({cout, s.size(1), 1, 1}));
+    sc = at::conv2d(s, shortcut_weight->to(s.scalar_type()).reshape({cout, s.size(1), 1, 1}));
   }
-  if (p.sc.defined()) {
-    TORCH_CHECK(p.sc.sizes() == p.y.sizes(), "conv3x3_fused: shortcut/residual shape ",
-                p.sc.sizes(), " != conv output shape ", p.y.sizes());
-    if (p.sc.scalar_type() != p.y.scalar_type()) p.sc = p.sc.to(p.y.scalar_type());
-    if (p.sc.strides() != p.y.strides()) p.sc = at::empty_like(p.y).copy_(p.sc);
-  }
-  p.bias = bias.to(at::kFloat).contiguous();
+  Prepared p = operands(at::conv2d(x, weight, {}, {1, 1}, {1, 1}), sc, bias);
   return p;
 }
 

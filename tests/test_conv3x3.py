@@ -148,6 +148,29 @@ def test_conv_cpu_backends_fp32(backend, shape, epilogue):
               f"{backend} {shape} {epilogue} relu={relu} channels_last={cl}")
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_conv_cpp_fp32_uses_onednn_prepacking():
+    from raunet_fast.ops import conv3x3 as op
+
+    args, kw, k = make_case(2, 16, 32, 6, 7, "shortcut", channels_last=True)
+    ext = op._ext(op._CPU_EXT)
+    y = op._cpp_onednn(ext, *args, None, kw["shortcut_input"], kw["shortcut_weight"], True)
+    assert y is not None and op._ONEDNN["enabled"], "prepacked oneDNN path not taken"
+    assert_close_report(y, reference(*args, **kw), *tolerance(torch.float32, k), "oneDNN path")
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_conv_cpp_fp32_without_onednn_prepacking(monkeypatch, epilogue):
+    """fp32 "cpp" normally convolves with oneDNN-prepacked weights; the plain at::conv2d path
+    (taken where this torch build lacks those ops) must agree too."""
+    from raunet_fast.ops import conv3x3 as op
+
+    monkeypatch.setitem(op._ONEDNN, "enabled", False)
+    for cl in (False, True):
+        args, kw, k = make_case(3, 24, 40, 7, 13, epilogue, channels_last=cl)
+        check("cpp", args, kw, k, True, torch.float32, f"cpp at::conv2d {epilogue} cl={cl}")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("epilogue", EPILOGUES)
 def test_conv_cpp_low_precision(dtype, epilogue):

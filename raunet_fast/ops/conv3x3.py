@@ -194,8 +194,57 @@ def _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, pac
     return k.conv3x3_fused_forward(x, packed, bias, residual, shortcut_input, relu, out)
 
 
+# fp32 "cpp" convolutions run through oneDNN with weights reordered once into its blocked
+# layout (per weight and input shape): eager at::conv2d reorders them on every call, which
+# dominates the low-resolution, many-channel levels. Turned off (and the at::conv2d path
+# used) where this torch build lacks the ops or they fail once.
+_ONEDNN = {"enabled": True}
+
+
+def _onednn_weight(weight: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
+    if not (_ONEDNN["enabled"] and x.dtype == torch.float32 and x.device.type == "cpu"
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return None
+
+    def make():
+        w = weight.detach().to(torch.float32).contiguous().to_mkldnn()
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(w, [1, 1], [1, 1], [1, 1], 1,
+                                                         list(x.shape))
+    try:
+        return _cached("onednn", make, weight, None, tuple(x.shape))
+    except Exception:  # noqa: BLE001 - an internal op missing or refusing: plain path
+        _ONEDNN["enabled"] = False
+        return None
+
+
+def _cpp_onednn(ext, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
+    """Prepacked oneDNN convolution, then the fused epilogue (csrc) in one pass; None when
+    the prepacked path is not available."""
+    pw = _onednn_weight(weight, x)
+    if pw is None:
+        return None
+    try:
+        xc = x.contiguous(memory_format=out_memory_format(x))
+        y = torch.ops.mkldnn._convolution_pointwise(xc, pw, None, [1, 1], [1, 1], [1, 1], 1,
+                                                    "none", [], "")
+    except Exception:  # noqa: BLE001
+        _ONEDNN["enabled"] = False
+        return None
+    sc = residual
+    if shortcut_input is not None:
+        cout, cs = weight.shape[0], shortcut_input.shape[1]
+        sw = _weight_as(shortcut_weight.reshape(cout, cs, 1, 1), x.dtype,
+                        out_memory_format(x))
+        sc = F.conv2d(shortcut_input.to(x.dtype), sw)
+    return ext.conv_epilogue(y, bias, sc, relu)
+
+
 def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
     ext = _ext(spec)
+    if spec is _CPU_EXT:
+        y = _cpp_onednn(ext, x, weight, bias, residual, shortcut_input, shortcut_weight, relu)
+        if y is not None:
+            return _as_out(y, x)
     # weight in x's layout: cuDNN / oneDNN otherwise reorder it (or the output) per call
     w = _weight_as(weight, x.dtype, out_memory_format(x))
     sw = shortcut_weight.to(x.dtype) if shortcut_weight is not None else None
