@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine: install, GPU parity tests, kernel benchmarks and the
 # end-to-end real-time benchmark. Everything lands in $OUT (or bench/results/gpu-<date>).
-#   bash bench/gpu_run.sh [quick]
+#   bash bench/gpu_run.sh [tests|bench]   (default: both)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu-$(date -u +%Y%m%d)}
@@ -15,9 +15,9 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 
 tests=(tests/test_models.py)
 for f in tests/test_attention_gate*.py tests/test_conv*.py tests/test_inference*.py; do [ -e "$f" ] && tests+=("$f"); done
-python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+[ "${1:-}" = bench ] || python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 
-[ "${1:-}" = quick ] && exit 0
+[ "${1:-}" = tests ] && exit 0
 [ -e bench/bench_attention_gate.py ] && python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
-[ -e bench/bench_conv.py ] && python3 bench/bench_conv.py --out "$OUT/conv.csv" 2>&1 | tee "$OUT/conv.txt" | tail -40
+[ -e bench/bench_conv.py ] && python3 bench/bench_conv.py --compile none --out "$OUT/conv.csv" 2>&1 | tee "$OUT/conv.txt" | tail -40
 python3 bench/realtime_inference.py --size 512 1024 --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30

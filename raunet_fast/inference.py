@@ -20,68 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import AttentionGate, ConvNormAct, PlainBlock, ResidualBlock
-from .fold import fold_conv_norm_act
 from .models import SegmentationUNet
-
-
-def _param(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
-    return nn.Parameter(t.to(dtype).contiguous(), requires_grad=False)
-
-
-class FusedBlock(nn.Module):
-    """A folded PlainBlock or ResidualBlock as two fused conv launches."""
-
-    def __init__(self, block: PlainBlock | ResidualBlock, dtype: torch.dtype, backend: str):
-        super().__init__()
-        self.backend = backend
-        self.residual = isinstance(block, ResidualBlock)
-        w1, b1 = fold_conv_norm_act(block.conv1)
-        w2, b2 = fold_conv_norm_act(block.conv2)
-        self.w1, self.b1 = _param(w1, dtype), _param(b1, dtype)
-        self.shortcut_weight = None
-        self.identity = False
-        if self.residual:
-            if isinstance(block.shortcut, ConvNormAct):
-                ws, bs = fold_conv_norm_act(block.shortcut)
-                self.shortcut_weight = _param(ws.flatten(1), dtype)
-                b2 = b2 + bs  # both biases land in the same accumulator
-            else:
-                self.identity = True
-        self.w2, self.b2 = _param(w2, dtype), _param(b2, dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import ops
-
-        h = ops.conv3x3_fused(x, self.w1, self.b1, relu=True, backend=self.backend)
-        if not self.residual:
-            return ops.conv3x3_fused(h, self.w2, self.b2, relu=True, backend=self.backend)
-        if self.identity:
-            return ops.conv3x3_fused(h, self.w2, self.b2, residual=x, relu=True,
-                                     backend=self.backend)
-        return ops.conv3x3_fused(h, self.w2, self.b2, shortcut_input=x,
-                                 shortcut_weight=self.shortcut_weight, relu=True,
-                                 backend=self.backend)
+from .ops import attention_gate
+from .ops.attention_gate import cast_gate_params, fold_attention_gate
+from .ops.fused_blocks import fuse_block
 
 
 class FusedGate(nn.Module):
-    """A folded AttentionGate as one fused launch."""
+    """A folded AttentionGate as one fused launch (parameters cast once)."""
 
-    def __init__(self, gate: AttentionGate, dtype: torch.dtype, backend: str):
+    def __init__(self, gate, dtype: torch.dtype, backend: str):
         super().__init__()
         self.backend = backend
-        wx, bx = fold_conv_norm_act(gate.w_x)
-        wg, bg = fold_conv_norm_act(gate.w_g)
-        wp, bp = fold_conv_norm_act(gate.psi)
-        self.w_x, self.w_g = _param(wx.flatten(1), dtype), _param(wg.flatten(1), dtype)
-        self.bias = _param(bx + bg, dtype)
-        self.w_psi, self.b_psi = _param(wp.flatten(), dtype), _param(bp.reshape(1), dtype)
+        params = cast_gate_params(fold_attention_gate(gate), dtype)
+        for name, t in params.items():
+            self.register_buffer(name, t)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor, return_alpha: bool = False):
-        from . import ops
-
-        return ops.attention_gate(x, g, self.w_x, self.w_g, self.bias, self.w_psi, self.b_psi,
-                                  return_alpha=return_alpha, backend=self.backend)
+        return attention_gate(x, g, self.w_x, self.w_g, self.bias, self.w_psi, self.b_psi,
+                              return_alpha=return_alpha, backend=self.backend)
 
 
 class InferenceUNet(nn.Module):
@@ -99,7 +56,7 @@ class InferenceUNet(nn.Module):
         self.in_channels, self.depth = model.in_channels, model.depth
         self.size_multiple = model.size_multiple
         self.dtype = dtype
-        self.encoder = nn.ModuleList(FusedBlock(b, dtype, backend) for b in model.encoder)
+        self.encoder = nn.ModuleList(fuse_block(b, dtype, backend) for b in model.encoder)
         self.ups = nn.ModuleList()
         self.gates = nn.ModuleList()
         self.blocks = nn.ModuleList()
@@ -109,7 +66,7 @@ class InferenceUNet(nn.Module):
             self.ups.append(up.to(dtype).requires_grad_(False))
             self.gates.append(FusedGate(level.gate, dtype, backend) if level.gate is not None
                               else nn.Identity())
-            self.blocks.append(FusedBlock(level.block, dtype, backend))
+            self.blocks.append(fuse_block(level.block, dtype, backend))
         head = nn.Conv2d(model.head.in_channels, model.head.out_channels, 1)
         head.load_state_dict(model.head.state_dict())
         self.head = head.to(dtype).requires_grad_(False)
