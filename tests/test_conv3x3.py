@@ -12,6 +12,7 @@ weights are scaled by ``1/sqrt(K)`` so outputs are O(1) and the tolerances mean 
 """
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -418,14 +419,25 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
+def use_backend(backend: str, monkeypatch) -> str:
+    """``cuda-epilogue``: the ``cuda`` backend with cuDNN's fusion off, so cuDNN + the csrc
+    epilogue kernel run even when ReLU is on; ``cuda`` then tests the cuDNN fusion path."""
+    if backend == "cuda-epilogue":
+        mod = importlib.import_module("raunet_fast.ops.conv3x3")
+        monkeypatch.setitem(mod.CUDNN_FUSION, "enabled", False)
+        backend = "cuda"
+    need_backend(backend)
+    return backend
+
+
 @requires_cuda
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda-epilogue"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_conv_gpu(no_tf32, monkeypatch, backend, dtype, shape):
     """Correctness of the default config of each layer (autotuning, which compiles every
     candidate, is exercised by test_fused_block_gpu)."""
-    need_backend(backend)
+    backend = use_backend(backend, monkeypatch)
     monkeypatch.setenv("RAUNET_FAST_AUTOTUNE", "0")
     *dims, cs = shape
     for i, epilogue in enumerate(EPILOGUES):
@@ -438,10 +450,10 @@ def test_conv_gpu(no_tf32, monkeypatch, backend, dtype, shape):
 
 
 @requires_cuda
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_conv_gpu_fp32_parity_with_cudnn(no_tf32, backend):
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda-epilogue"])
+def test_conv_gpu_fp32_parity_with_cudnn(no_tf32, monkeypatch, backend):
     """fp32 with TF32 off: the fused op agrees with cuDNN to fp32 rounding."""
-    need_backend(backend)
+    backend = use_backend(backend, monkeypatch)
     args, kw, k = make_case(2, 64, 96, 17, 19, "shortcut", device="cuda", channels_last=True)
     y = conv3x3_fused(*args, backend=backend, **kw)
     want = conv3x3_fused(*args, backend="torch", **kw)
@@ -449,10 +461,10 @@ def test_conv_gpu_fp32_parity_with_cudnn(no_tf32, backend):
 
 
 @requires_cuda
-@pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda-epilogue", "auto"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_fused_block_gpu(backend, dtype):
-    need_backend(backend)
+def test_fused_block_gpu(monkeypatch, backend, dtype):
+    backend = use_backend(backend, monkeypatch)
     for cin, cout in ((64, 128), (128, 128), (3, 64)):
         block = ResidualBlock(cin, cout)
         randomize_bn(block)
