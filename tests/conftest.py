@@ -57,6 +57,16 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                    reason="needs a CUDA device (none present on this machine)")
 
 
+@pytest.fixture
+def no_tf32():
+    """Exact fp32 in cuDNN and cuBLAS for the test (TF32 off), restored afterwards."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     """Fresh random inputs on every run; RAUNET_TEST_SEED=N replays a failing run."""

@@ -405,20 +405,11 @@ def _gpu_backend(name: str, monkeypatch, triton_config: int = 0) -> str:
     return name
 
 
-@pytest.fixture
-def exact_fp32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 @requires_cuda
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_gate_gpu(backend, dtype, shape, exact_fp32, monkeypatch):
+def test_gate_gpu(backend, dtype, shape, no_tf32, monkeypatch):
     backend = _gpu_backend(backend, monkeypatch)
     check(backend, *shape, dtype, "cuda", n=2, h=17, w=33)
 
@@ -435,7 +426,7 @@ def _triton_config_cases():
 
 @requires_cuda
 @pytest.mark.parametrize("index,dtype", _triton_config_cases())
-def test_gate_gpu_triton_every_config(index, dtype, exact_fp32, monkeypatch):
+def test_gate_gpu_triton_every_config(index, dtype, no_tf32, monkeypatch):
     backend = _gpu_backend("triton", monkeypatch, triton_config=index)
     check(backend, *AWKWARD, dtype, "cuda", n=2, h=17, w=33)             # masked tails
     check(backend, 64, 64, 32, dtype, "cuda", n=2, h=16, w=16)          # x in one chunk
@@ -444,7 +435,7 @@ def test_gate_gpu_triton_every_config(index, dtype, exact_fp32, monkeypatch):
 
 @requires_cuda
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gate_gpu_layouts_and_odd_sizes(backend, exact_fp32, monkeypatch):
+def test_gate_gpu_layouts_and_odd_sizes(backend, no_tf32, monkeypatch):
     backend = _gpu_backend(backend, monkeypatch)
     check(backend, *AWKWARD, torch.float16, "cuda", x_cl=False, g_cl=False)
     check(backend, *AWKWARD, torch.bfloat16, "cuda", x_cl=True, g_cl=False)
@@ -476,7 +467,7 @@ def test_gate_gpu_misaligned_pointers(backend, monkeypatch):
 
 
 @requires_cuda
-def test_gate_gpu_auto_matches_torch(exact_fp32):
+def test_gate_gpu_auto_matches_torch(no_tf32):
     x, g, p = make_inputs(64, 64, 32, torch.bfloat16, "cuda", n=2, h=32, w=32)
     a = ops.attention_gate(x, g, **p, backend="auto")
     b = ops.attention_gate(x, g, **p, backend="torch")

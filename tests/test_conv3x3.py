@@ -410,15 +410,6 @@ def need_backend(backend: str) -> None:
         raise
 
 
-@pytest.fixture
-def no_tf32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 def use_backend(backend: str, monkeypatch) -> str:
     """``cuda-epilogue``: the ``cuda`` backend with cuDNN's fusion off, so cuDNN + the csrc
     epilogue kernel run even when ReLU is on; ``cuda`` then tests the cuDNN fusion path."""

@@ -69,9 +69,7 @@ def test_builder_rejects_what_cannot_fold():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
 @pytest.mark.parametrize("cls", [UNet, RAUNet])
-def test_gpu_fused_model_matches_reference(cls, backend, dtype, tol):
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_gpu_fused_model_matches_reference(no_tf32, cls, backend, dtype, tol):
     model = trained_like(cls, device="cuda", base_channels=16, depth=4)
     fast = build_inference_model(model, dtype=dtype, backend=backend)
     x = torch.randn(2, 3, 67, 90, device="cuda")
