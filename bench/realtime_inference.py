@@ -5,6 +5,7 @@ Compares, in one run and on one device:
   eager-<dt>      reference model cast to <dt>, channels_last
   compile-<dt>    torch.compile of that (plain torch.compile: the baseline to beat)
   fused-<dt>      build_inference_model (folded BN, fused gate + conv kernels)
+  fused+graphs    the fused model captured as one CUDA graph per shape (GPU only)
   fused+compile   torch.compile around the fused model
 
 and reports ms per batch, images/s, speedup vs eager-<dt> and vs compile-<dt>, and the
@@ -102,6 +103,9 @@ def main(argv=None) -> int:
         clow = torch.compile(low)
         variants[f"compile-{args.dtype}"] = lambda x: clow(x.to(dt).contiguous(memory_format=torch.channels_last))
     variants[f"fused-{args.dtype}"] = lambda x: fused(x)
+    if device.type == "cuda":
+        graphed = build_inference_model(model, dtype=dt, backend=args.backend, cuda_graphs=True)
+        variants[f"fused+graphs-{args.dtype}"] = lambda x: graphed(x)
     if not args.no_compile:
         cfused = torch.compile(fused)
         variants[f"fused+compile-{args.dtype}"] = lambda x: cfused(x)
