@@ -21,40 +21,15 @@ import csv
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
 import raunet_fast
+from bench_attention_gate import Timer  # one timing method for every bench script
 from raunet_fast.inference import build_inference_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def time_fn(fn, device: torch.device, warmup: int, iters: int) -> float:
-    """Median milliseconds per call (CUDA events on GPU, perf_counter on CPU)."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(iters):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fn()
-                e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e))
-        else:
-            times = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -118,6 +93,7 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     rows = []
+    timer = Timer(device, args.warmup, args.iters)
     print(f"# {device_name(device)}  torch {torch.__version__}  triton {triton_v}  "
           f"{args.model} base {args.base_channels}  {args.dtype}  {stamp}")
     print(f"{'size':>6} {'batch':>5} {'variant':<24} {'ms':>9} {'img/s':>8} "
@@ -132,7 +108,7 @@ def main(argv=None) -> int:
                 try:
                     with torch.no_grad():
                         err = rel_l2(fn(x).float(), ref)
-                    ms = time_fn(lambda: fn(x), device, args.warmup, args.iters)
+                    ms = timer(lambda: fn(x))
                 except Exception as e:  # report, keep going with the other variants
                     print(f"{size:>6} {batch:>5} {name:<24} FAILED: {type(e).__name__}: {str(e)[:200]}")
                     continue
