@@ -306,6 +306,8 @@ def test_fused_residual_block_triton_interpreter():
     block.eval()
     fused = FusedResidualBlock.from_block(block, dtype=torch.float16, backend="triton")
     assert fused.conv2.packed.shape == (9 * 24 + 8, 24)
+    # other backends do not hold the Triton copy of the weights
+    assert FusedResidualBlock.from_block(block, torch.float16, "auto").conv2.packed is None
     x = torch.randn(1, 8, 6, 7)
     with torch.no_grad():
         want = block.double()(x.double())

@@ -33,6 +33,33 @@ class BackendUnavailable(RuntimeError):
     """A requested backend cannot run here; the message says why."""
 
 
+def eager_direct(*tensors) -> bool:
+    """Whether an op may run its implementation directly instead of through its
+    ``torch.library`` custom op (whose dispatch costs ~20-40 us of host time per call, more
+    than a small kernel: the batch-1 network is host-bound in eager mode).
+
+    True only in plain eager inference: not while ``torch.compile`` / ``torch.export`` or
+    ``torch.jit`` trace, no ``TorchDispatchMode`` active, every tensor a plain CPU or CUDA
+    ``torch.Tensor`` (no fake, meta or subclass tensors), and no tensor that would need
+    autograd. Otherwise the op is called and behaves exactly as registered.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if _get_current_dispatch_mode() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor or t.device.type not in ("cpu", "cuda"):
+            return False
+        if grad and t.requires_grad:
+            return False
+    return True
+
+
 def check_backend_name(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -34,7 +34,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ._backend import (BackendUnavailable, check_backend_name, load_extension,
+from ._backend import (BackendUnavailable, check_backend_name, eager_direct, load_extension,
                        triton_unavailable_reason, warn_fallback)
 
 __all__ = ["attention_gate", "fold_attention_gate", "cast_gate_params", "gate_bytes",
@@ -191,8 +191,7 @@ def _run_backend(name, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
 
 
 # ------------------------------------------------------------------- torch.library op
-@torch.library.custom_op("raunet_fast::attention_gate", mutates_args=())
-def _attention_gate_op(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: torch.Tensor,
+def _attention_gate_impl(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: torch.Tensor,
                        bias: torch.Tensor, w_psi: torch.Tensor, b_psi: torch.Tensor,
                        return_alpha: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     chain = _resolve(backend, x.device)
@@ -204,6 +203,11 @@ def _attention_gate_op(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g:
                 raise
             warn_fallback("attention_gate", name, chain[i + 1], str(e))
     raise AssertionError("unreachable")
+
+
+#: The opaque ``torch.ops.raunet_fast.attention_gate`` custom op.
+_attention_gate_op = torch.library.custom_op("raunet_fast::attention_gate", _attention_gate_impl,
+                                             mutates_args=())
 
 
 @_attention_gate_op.register_fake
@@ -261,6 +265,8 @@ def attention_gate(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: tor
             raise ValueError(f"{name} is on {t.device}, x on {x.device}: put all on one device")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
-    out, alpha = _attention_gate_op(x, g, w_x, w_g, bias, w_psi, b_psi.reshape(1),
-                                    return_alpha, backend)
+    args = (x, g, w_x, w_g, bias, w_psi, b_psi.reshape(1), return_alpha, backend)
+    # plain eager inference skips the custom op's dispatch cost (same implementation)
+    op = _attention_gate_impl if eager_direct(*args[:7]) else _attention_gate_op
+    out, alpha = op(*args)
     return (out, alpha) if return_alpha else out

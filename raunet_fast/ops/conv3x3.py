@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._backend import (BackendUnavailable, check_backend_name, load_extension,
+from ._backend import (BackendUnavailable, check_backend_name, eager_direct, load_extension,
                        triton_unavailable_reason, warn_fallback)
 
 __all__ = ["conv3x3_fused", "resolve_backend", "pack_weights"]
@@ -288,12 +288,13 @@ def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight,
     return _as_out(y, x)
 
 
-@torch.library.custom_op("raunet_fast::conv3x3_fused", mutates_args=())
-def _conv3x3_fused_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+def _conv3x3_fused_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       residual: Optional[torch.Tensor], shortcut_input: Optional[torch.Tensor],
                       shortcut_weight: Optional[torch.Tensor], packed: Optional[torch.Tensor],
                       relu: bool, backend: str) -> torch.Tensor:
-    """Opaque op; ``packed`` is the optional pre-packed Triton weight (inference modules)."""
+    """The op's implementation; ``packed`` is the optional pre-packed Triton weight
+    (inference modules). Called through :data:`_conv3x3_fused_op` (or directly in plain
+    eager inference, see :func:`conv3x3_call`)."""
     if backend == "auto" and cudnn_fusion_applies(x, relu):
         return _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight)
     be = resolve_backend(backend, x.device)
@@ -317,9 +318,25 @@ def _conv3x3_fused_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return _csrc_impl(_CPU_EXT, x, weight, bias, residual, shortcut_input, shortcut_weight, relu)
 
 
+#: The opaque ``torch.ops.raunet_fast.conv3x3_fused`` custom op.
+_conv3x3_fused_op = torch.library.custom_op("raunet_fast::conv3x3_fused", _conv3x3_fused_impl,
+                                            mutates_args=())
+
+
 @_conv3x3_fused_op.register_fake
 def _(x, weight, bias, residual, shortcut_input, shortcut_weight, packed, relu, backend):
     return _empty_out(x, weight.shape[0])
+
+
+def conv3x3_call(x, weight, bias, residual, shortcut_input, shortcut_weight, packed, relu,
+                 backend) -> torch.Tensor:
+    """Run the op on checked arguments: its implementation directly in plain eager inference
+    (no custom-op dispatch cost, :func:`~raunet_fast.ops._backend.eager_direct`), else the
+    registered op (compile, export, autograd, fake tensors)."""
+    args = (x, weight, bias, residual, shortcut_input, shortcut_weight, packed, relu, backend)
+    if eager_direct(x, weight, bias, residual, shortcut_input, shortcut_weight, packed):
+        return _conv3x3_fused_impl(*args)
+    return _conv3x3_fused_op(*args)
 
 
 # ------------------------------------------------------------------ public op
@@ -383,5 +400,5 @@ def conv3x3_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     _check(x, weight, bias, residual, shortcut_input, shortcut_weight)
     if shortcut_weight is not None:
         shortcut_weight = shortcut_weight.reshape(weight.shape[0], shortcut_input.shape[1])
-    return _conv3x3_fused_op(x, weight, bias, residual, shortcut_input, shortcut_weight, None,
-                             relu, backend)
+    return conv3x3_call(x, weight, bias, residual, shortcut_input, shortcut_weight, None, relu,
+                        backend)

@@ -5,7 +5,8 @@ weights are cast and packed once, at construction, into buffers (moved by ``.to(
 
 * ``weight`` ``Cout x Cin x 3 x 3`` (channels_last) and ``shortcut_weight`` ``Cout x Cs`` in
   the compute dtype (cuDNN / oneDNN backends), ``bias`` in fp32,
-* ``packed`` ``[9*Cin + Cs, Cout]`` (K-major) in the compute dtype (Triton backend).
+* ``packed`` ``[9*Cin + Cs, Cout]`` (K-major) in the compute dtype, held when the backend is
+  ``"triton"`` (``None`` otherwise: other backends do not read it).
 
 Nothing is re-folded or re-packed per call, and forward is plain tensor code (no caches
 mutated), so the modules trace cleanly under ``torch.compile(fullgraph=True)``.
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..blocks import PlainBlock, ResidualBlock
 from ..fold import fold_plain_block, fold_residual_block
-from .conv3x3 import _check, _conv3x3_fused_op, pack_weights
+from .conv3x3 import _check, conv3x3_call, pack_weights
 from ._backend import check_backend_name
 
 __all__ = ["FusedConv3x3", "FusedPlainBlock", "FusedResidualBlock", "fuse_block"]
@@ -49,7 +50,11 @@ class FusedConv3x3(nn.Module):
         sw = None if shortcut_weight is None else \
             shortcut_weight.detach().reshape(weight.shape[0], -1).to(dtype).contiguous()
         self.register_buffer("shortcut_weight", sw)
-        self.register_buffer("packed", pack_weights(weight, shortcut_weight, dtype))
+        # the Triton layout is held only where Triton is asked for by name: "auto" runs
+        # cuDNN / oneDNN on the network's layers (and packs once, cached, if it ever picks
+        # Triton), so a second copy of every weight would be dead memory
+        self.register_buffer("packed", pack_weights(weight, shortcut_weight, dtype)
+                             if backend == "triton" else None)
 
     def extra_repr(self) -> str:
         cs = "" if self.shortcut_weight is None else f", shortcut={self.shortcut_weight.shape[1]}"
@@ -61,8 +66,8 @@ class FusedConv3x3(nn.Module):
         if (shortcut_input is None) != (self.shortcut_weight is None):
             raise ValueError("FusedConv3x3: pass shortcut_input iff the layer has a shortcut_weight")
         _check(x, self.weight, self.bias, residual, shortcut_input, self.shortcut_weight)
-        return _conv3x3_fused_op(x, self.weight, self.bias, residual, shortcut_input,
-                                 self.shortcut_weight, self.packed, self.relu, self.backend)
+        return conv3x3_call(x, self.weight, self.bias, residual, shortcut_input,
+                            self.shortcut_weight, self.packed, self.relu, self.backend)
 
 
 class FusedPlainBlock(nn.Module):
