@@ -20,7 +20,8 @@ import triton.language as tl
 #: Shipped tuning space. ``BLOCK_P``: pixels per program (the GEMM's M tile);
 #: ``MAX_BLOCK_K``: largest channel chunk of x / g per tl.dot; ``MAX_BLOCK_F``: largest
 #: chunk of the F intermediate channels held in the fp32 accumulator (both halved for
-#: fp32 inputs); optional ``dtypes``: the input dtypes a config is used for (default all).
+#: fp32 inputs); optional ``dtypes``: the input dtypes a config is used for (default all);
+#: optional ``max_channels``: used only for gates with ``Cx, Cg <= max_channels``.
 #: Channel chunks are powers of two >= 16 (tl.dot's minimum), masked. Every entry builds
 #: for sm_80 and sm_90 without register spills (tests/test_attention_gate_aot.py).
 CONFIGS: list[dict] = [
@@ -32,6 +33,19 @@ CONFIGS: list[dict] = [
      "dtypes": ("float16", "bfloat16")},
     {"BLOCK_P": 256, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 8, "num_stages": 2,
      "dtypes": ("float16", "bfloat16")},
+    # Deep decoder levels (C = 256, 512; F = C/2): with F chunks of <= 64 every F chunk
+    # re-ran the K loops over x and g, and batch 1 at 64x64 gave only 64 programs of 64
+    # pixels (H200: 9.8% of copy bandwidth at 8x512x64x64). These hold all of F = 256 in
+    # one accumulator (x and g streamed once, the K loop software-pipelined), the first
+    # with 32-pixel tiles for twice the programs.
+    {"BLOCK_P": 32, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 256, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 256, "num_warps": 8, "num_stages": 3},
+    # Level 1 (C = 64: x and g in one chunk each, memory-bound): 512-pixel tiles, 16
+    # warps, 128 KiB of loads in flight per program. 16-bit, <= 64 channels only: with 16
+    # warps a thread gets 128 registers, and fp32 tiles or the K loops of wider gates spill
+    # on sm_80.
+    {"BLOCK_P": 512, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 16, "num_stages": 2,
+     "dtypes": ("float16", "bfloat16"), "max_channels": 64},
 ]
 #: The one config used in the interpreter: small tiles, and F chunks of 16 so that tests
 #: with F > 16 run the multi-chunk path.
@@ -51,10 +65,19 @@ def _config_from_env() -> dict | None:
 FORCE_CONFIG: dict | None = _config_from_env()
 
 
-def configs_for(dtype: torch.dtype) -> list[dict]:
-    """The entries of :data:`CONFIGS` used for inputs of ``dtype``."""
+def applies(cfg: dict, dtype: torch.dtype, cx: int | None = None, cg: int | None = None) -> bool:
+    """Whether config ``cfg`` is used for inputs of ``dtype`` (and ``cx``/``cg`` channels)."""
     name = str(dtype).replace("torch.", "")
-    return [c for c in CONFIGS if name in c.get("dtypes", (name,))]
+    if name not in cfg.get("dtypes", (name,)):
+        return False
+    cap = cfg.get("max_channels")
+    return cap is None or cx is None or max(cx, cg if cg is not None else cx) <= cap
+
+
+def configs_for(dtype: torch.dtype, cx: int | None = None, cg: int | None = None) -> list[dict]:
+    """The entries of :data:`CONFIGS` used for inputs of ``dtype`` (and, when given, a gate
+    of ``cx`` / ``cg`` channels)."""
+    return [c for c in CONFIGS if applies(c, dtype, cx, cg)]
 
 
 def _pow2_block(c: int, cap: int) -> int:
@@ -274,7 +297,7 @@ def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype, n: int):
     key = (cx, cg, f, dtype, n)
     if key not in _autotuned:
         seen, configs = set(), []
-        for cfg in configs_for(dtype):
+        for cfg in configs_for(dtype, cx, cg):
             kw = launch_meta(cfg, cx, cg, f, dtype)
             sig = (tuple(sorted(kw.items())), cfg["num_warps"], cfg["num_stages"])
             if sig not in seen:

@@ -218,15 +218,32 @@ def test_gate_triton_interpreter(dtype, cx, cg, f, x_cl, g_cl):
 
 
 @no_cuda_interpreter
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(8))
 def test_gate_triton_every_shipped_config_interpreted(index, monkeypatch):
     """Each GPU config's tiling (x in one chunk or looped, F chunks) in the interpreter."""
     pytest.importorskip("triton")
     from raunet_fast.kernels import attention_gate as kmod
 
-    assert len(kmod.CONFIGS) == 5, "update the parametrisation"
+    assert len(kmod.CONFIGS) == 8, "update the parametrisation"
     monkeypatch.setattr(kmod, "FORCE_CONFIG", kmod.CONFIGS[index])
     check("triton", 40, 72, 80, torch.float16, n=1, h=5, w=7)
+
+
+def test_gate_config_filters():
+    """The autotuner's candidates: ``dtypes`` and ``max_channels`` keep a config off the
+    inputs it spills registers on (the AOT test builds each config where it applies)."""
+    pytest.importorskip("triton")
+    from raunet_fast.kernels.attention_gate import CONFIGS, configs_for
+
+    capped = [c for c in CONFIGS if "max_channels" in c]
+    assert capped, "no capped config left: drop this test's premise"
+    for c in capped:
+        cap = c["max_channels"]
+        assert c in configs_for(torch.bfloat16, cap, cap)
+        assert c not in configs_for(torch.bfloat16, cap + 1, cap)
+        assert c not in configs_for(torch.bfloat16, cap, cap + 16)
+    for c in CONFIGS:
+        assert (c in configs_for(torch.float32)) == ("float32" in c.get("dtypes", ("float32",)))
 
 
 @no_cuda_interpreter

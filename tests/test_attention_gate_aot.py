@@ -56,10 +56,15 @@ def test_gate_aot_triton_configs_build_without_spills():
     # not on the channel count once the loops run: C=64 (one chunk), C=512 (the largest
     # loop) cover the model; the awkward shape covers masked tails.
     small, large, awkward = (64, 64, 32), (512, 512, 256), (48, 80, 24)
+    # each config at the shapes it is used for (``max_channels`` configs: small only)
+    from raunet_fast.kernels.attention_gate import applies
+
     bf16, fp32 = configs_for(torch.bfloat16), configs_for(torch.float32)
     jobs = [_job(CONFIGS.index(cfg), cfg, s, torch.bfloat16, a)
-            for cfg in bf16 for s in (small, large) for a in ARCHS]
-    jobs += [_job(CONFIGS.index(cfg), cfg, large, torch.float32, a)
+            for cfg in bf16 for s in (small, large) for a in ARCHS
+            if applies(cfg, torch.bfloat16, s[0], s[1])]
+    jobs += [_job(CONFIGS.index(cfg), cfg, large if applies(cfg, torch.float32, 512, 512)
+                  else small, torch.float32, a)
              for cfg in fp32 for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.bfloat16, a) for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.float16, a, x_cl=False, write_alpha=True)
