@@ -1,0 +1,67 @@
+"""The parity checker itself (conftest.assert_parity) must fail on wrong kernels.
+
+A correct kernel's 16-bit output (here the reference math run in fp32 and rounded, the
+"torch" backends) passes; the same output against a reference with a small deliberate bug
+(a weight 10% off, input channels dropped, a bias off by 0.1) must not, at the shapes where
+a sqrt(K)-scaled tolerance let such bugs through in bf16.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_parity
+from raunet_fast import ops
+from test_attention_gate import make_inputs, reference64
+from test_conv3x3 import make_case, reference
+
+BF16 = torch.bfloat16
+
+
+def _gate_mutations(p, cx):
+    def w_g_off(q):
+        return {**q, "w_g": q["w_g"] * 0.9}
+
+    def drop_x_channels(q):  # a masked-tail bug: the last channel(s) of x ignored
+        w = q["w_x"].clone()
+        w[:, cx - (1 if cx <= 64 else 4):] = 0  # one channel of 64; 4 of 512 (1 is noise)
+        return {**q, "w_x": w}
+
+    def b_psi_off(q):
+        return {**q, "b_psi": q["b_psi"] + 0.1}
+
+    return [w_g_off, drop_x_channels, b_psi_off]
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 32), (512, 512, 256)], ids=["K128", "K1024"])
+def test_gate_parity_catches_small_bugs_in_bf16(shape):
+    cx, cg, f = shape
+    x, g, p = make_inputs(cx, cg, f, BF16, n=2, h=9, w=11)
+    out, alpha = ops.attention_gate(x, g, **p, return_alpha=True, backend="torch")
+    ref_out, ref_alpha = reference64(x, g, p)
+    assert_parity(out, ref_out, BF16, k=cx + cg, roundings=2, what="correct out")
+    assert_parity(alpha, ref_alpha, BF16, k=cx + cg, roundings=2, what="correct alpha")
+    for mutate in _gate_mutations(p, cx):
+        bad_out, bad_alpha = reference64(x, g, mutate(p))
+        with pytest.raises(AssertionError):
+            assert_parity(alpha, bad_alpha, BF16, k=cx + cg, roundings=2, what=mutate.__name__)
+        with pytest.raises(AssertionError):
+            assert_parity(out, bad_out, BF16, k=cx + cg, roundings=2, what=mutate.__name__)
+
+
+@pytest.mark.parametrize("epilogue", ["residual", "shortcut"])
+def test_conv_parity_catches_a_dropped_channel_in_bf16(epilogue):
+    # K = 9 * 128 (+ 65): the GPU tests' deepest shapes
+    args, kw, k = make_case(2, 128, 40, 9, 11, epilogue, dtype=BF16, channels_last=True)
+    y = ops.conv3x3_fused(*args, backend="torch", **kw)
+    want, mag = reference(*args, parts=True, **kw)
+    assert_parity(y, want, BF16, k=k, scale=mag, roundings=3, what="correct")
+    x, w, b = args
+    w_bad = w.clone()
+    w_bad[:, -1] = 0  # the last input channel dropped
+    bad, _ = reference(x, w_bad, b, parts=True, **kw)
+    with pytest.raises(AssertionError):
+        assert_parity(y, bad, BF16, k=k, scale=mag, roundings=3, what="dropped channel")
+    bad_bias, _ = reference(x, w, b * 0.9, parts=True, **kw)
+    with pytest.raises(AssertionError):
+        assert_parity(y, bad_bias, BF16, k=k, scale=mag, roundings=3, what="bias 10% off")
