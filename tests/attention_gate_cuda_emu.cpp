@@ -344,8 +344,11 @@ int run_case(const char* tname, const Case& cs, bool mma, bool misalign, std::mt
   return bad;
 }
 
-int main() {
-  std::mt19937 rng(1234);
+int main(int argc, char** argv) {
+  // seed from the test (fresh per run, replayable with RAUNET_TEST_SEED)
+  const unsigned seed = argc > 1 ? static_cast<unsigned>(std::strtoul(argv[1], nullptr, 10)) : 1234u;
+  std::printf("seed %u\n", seed);
+  std::mt19937 rng(seed);
   // awkward channels, a model level, tiny channels, F over several chunks; P leaves a
   // partial last block
   const Case cases[] = {{48, 80, 24, 2 * 7 * 13}, {64, 64, 32, 150}, {3, 5, 1, 70},
