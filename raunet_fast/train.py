@@ -191,19 +191,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_problems(folder: Path, need_state: bool = False) -> list[str]:
+    """Why ``folder`` is not a complete checkpoint (empty list: it is one: marker present,
+    weights hash matches, training state present when ``need_state``)."""
+    if not folder.is_dir():
+        return [f"{folder} is missing"]
+    marker, weights = folder / CHECKPOINT_NAME, folder / WEIGHTS_NAME
+    try:
+        info = json.loads(marker.read_text())
+        expected = info["weights_sha256"]
+    except FileNotFoundError:
+        return [f"{marker} is missing"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{marker} is corrupt ({type(e).__name__}: {e})"]
+    try:
+        if _sha256(weights) != expected:
+            return [f"{weights} does not match the SHA-256 in {marker} (truncated or replaced)"]
+    except OSError as e:
+        return [f"{weights} cannot be read ({e.strerror or e})"]
+    if need_state and not (folder / STATE_NAME).is_file():
+        return [f"{folder / STATE_NAME} is missing"]
+    return []
+
+
 def checkpoint_ok(folder: Path, need_state: bool = False) -> bool:
     """Whether ``folder`` is a complete checkpoint (marker present, weights hash matches)."""
-    try:
-        info = json.loads((folder / CHECKPOINT_NAME).read_text())
-        if _sha256(folder / WEIGHTS_NAME) != info["weights_sha256"]:
-            return False
-        return not need_state or (folder / STATE_NAME).is_file()
-    except (OSError, ValueError, KeyError):
-        return False
+    return not checkpoint_problems(folder, need_state)
 
 
 def recover_checkpoint(run: Path, name: str, need_state: bool = False) -> Path | None:
-    """After a crash: make ``run/name`` the newest complete checkpoint, drop leftovers."""
+    """After a crash: make ``run/name`` the newest complete checkpoint, drop leftovers.
+
+    Returns None (and deletes nothing) when neither ``run/name`` nor a leftover
+    ``.name.tmp`` / ``.name.old`` is complete."""
     final, tmp, old = run / name, run / f".{name}.tmp", run / f".{name}.old"
     if not checkpoint_ok(final, need_state):
         for cand in (tmp, old):  # tmp is newer than old
@@ -212,10 +232,12 @@ def recover_checkpoint(run: Path, name: str, need_state: bool = False) -> Path |
                     shutil.rmtree(final)
                 os.replace(cand, final)
                 break
+    if not checkpoint_ok(final, need_state):
+        return None  # nothing usable: leave every file as it is for the user to inspect
     for leftover in (tmp, old):
         if leftover.exists():
             shutil.rmtree(leftover)
-    return final if checkpoint_ok(final, need_state) else None
+    return final
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:
@@ -311,16 +333,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.amp, device)
     progress = cfg.progress
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"--out {run} is a file, not a folder; choose another --out")
 
-    # ---- resume or fresh start
-    last = None
+    # ---- resume or fresh start (nothing in the run folder is written before this is settled)
+    last, state = None, None
     if cfg.resume:
-        last = recover_checkpoint(run, "last", need_state=True)
-        recover_checkpoint(run, "best")
+        last, state = _resume_point(run)
         if last is None:
-            _say(f"--resume: no complete checkpoint in {run}; starting a new run", progress)
+            _say(f"--resume: {run} is empty or missing; starting a new run", progress)
         else:
             _check_same_run(run, cfg)
+            recover_checkpoint(run, "best")
     elif (run / "last").exists() or (run / ".last.tmp").exists() or (run / "log.csv").exists():
         raise ValueError(f"{run} already holds a training run; pass --resume to continue it, or "
                          f"choose another --out")
@@ -360,8 +384,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     start_epoch, best_dice, best_epoch, bad_epochs, stopped = 0, -1.0, 0, 0, False
     rows: list[dict[str, Any]] = []
-    if last is not None:
-        state = load_training_state(last)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -513,6 +536,44 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"scheduler must be plateau, cosine or none, got {cfg.scheduler!r}")
     if cfg.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+
+
+#: what a training run writes into its folder (besides the .last.* / .best.* temporaries)
+_RUN_FILES = ("last", "best", "log.csv", "log.json", "run.json", "result.json")
+
+
+def _resume_point(run: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """``--resume``: the complete ``last/`` checkpoint of ``run`` and its training state, or
+    (None, None) when ``run`` is missing or empty (a new run starts). Anything else, a
+    folder with run files but no complete loadable checkpoint, is an error that names what
+    is broken: a fresh start there would overwrite ``best/``, ``log.csv`` and ``run.json``."""
+    if not run.exists() or not any(run.iterdir()):
+        return None, None
+    last = recover_checkpoint(run, "last", need_state=True)
+    hint = f"; remove {run} to start over there, or pass a new --out"
+    if last is None:
+        problems = checkpoint_problems(run / "last", need_state=True)
+        for leftover in (run / ".last.tmp", run / ".last.old"):
+            if leftover.exists():
+                problems += checkpoint_problems(leftover, need_state=True)
+        found = sorted(p.name for p in run.iterdir()
+                       if p.name in _RUN_FILES or p.name.startswith((".last.", ".best.")))
+        if not found:
+            raise ValueError(f"--resume: {run} holds no training run (it contains "
+                             f"{', '.join(sorted(p.name for p in run.iterdir())[:5])}){hint}")
+        if not (run / "last").exists() and not any(n.startswith(".last.") for n in found):
+            problems = [f"{run / 'last'} is missing (found {', '.join(found)}; did the run stop "
+                        f"before its first epoch ended?)"]
+        raise ValueError(f"--resume: {run} holds no complete checkpoint to continue from: "
+                         f"{'; '.join(problems)}{hint}")
+    try:
+        from .hub import read_config
+
+        read_config(last)
+        state = load_training_state(last)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume: the checkpoint {last} cannot be loaded: {e}{hint}") from e
+    return last, state
 
 
 def _check_same_run(run: Path, cfg: TrainConfig) -> None:

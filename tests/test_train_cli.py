@@ -287,3 +287,50 @@ def test_train_errors(isic_root, tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert cli.main(isic_train_args(isic_root, tmp_path / "r3", 0)) == 2
     assert "epochs" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_broken_run_folder(isic_root, tmp_path, capsys):
+    import shutil
+
+    done = tmp_path / "done"
+    assert cli.main(isic_train_args(isic_root, done, 1)) == 0
+    keep = ("run.json", "log.csv", "best/model.safetensors", "best/checkpoint.json")
+
+    def snapshot(run):
+        return {k: (run / k).read_bytes() for k in keep}
+
+    def corrupt_weights(run):
+        w = run / "last" / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+    def corrupt_marker(run):
+        (run / "last" / CHECKPOINT_NAME).write_text('{"epoch": 1, "weights_sha')
+
+    def drop_last(run):
+        shutil.rmtree(run / "last")
+
+    for name, damage, named in (("weights", corrupt_weights, "model.safetensors"),
+                                ("marker", corrupt_marker, CHECKPOINT_NAME),
+                                ("nolast", drop_last, "last")):
+        run = tmp_path / name
+        shutil.copytree(done, run)
+        damage(run)
+        before = snapshot(run)
+        capsys.readouterr()
+        assert cli.main(isic_train_args(isic_root, run, 2, "--resume")) == 2, name
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert named in err and "--out" in err and "remove" in err, err
+        assert snapshot(run) == before, f"{name}: the run folder was modified"
+
+    # a folder that holds something else entirely is not taken over either
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert cli.main(isic_train_args(isic_root, other, 1, "--resume")) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    # missing or empty: a new run starts
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(isic_train_args(isic_root, empty, 1, "--resume")) == 0
+    assert checkpoint_ok(empty / "last")
