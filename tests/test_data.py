@@ -270,3 +270,42 @@ def test_generation_is_seeded(tmp_path):
     assert fa == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.*"))
     for p in fa:
         assert (tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes()
+
+
+def _isic_ids(root: Path) -> dict[str, set[str]]:
+    return {s: {p.stem for p in (root / f"ISIC2018_Task1-2_{n}_Input").glob("*.jpg")}
+            for s, n in (("train", "Training"), ("val", "Validation"), ("test", "Test"))}
+
+
+def test_make_data_refuses_a_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "isic"
+    args = ["make-data", "--kind", "isic2018", "--out", str(out), "--shape", "12x12"]
+    assert cli.main(args + ["--cases", "5", "--seed", "1"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(args + ["--cases", "9", "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # --overwrite replaces the data set: only the new cases, no id in two splits
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(args + ["--cases", "9", "--seed", "2", "--overwrite"]) == 0
+    ids = _isic_ids(out)
+    assert sum(len(v) for v in ids.values()) == 9
+    assert len(set().union(*ids.values())) == 9
+    masks = {p.stem.replace("_segmentation", "") for p in out.glob("*GroundTruth/*.png")}
+    assert masks == set().union(*ids.values())
+    assert (out / "notes.txt").read_text() == "mine"
+    fresh = tmp_path / "fresh"
+    make_isic2018(fresh, 9, (12, 12), seed=2)
+    assert _isic_ids(fresh) == ids
+
+    # BraTS: the case folders of the earlier set are removed too
+    bout = tmp_path / "brats"
+    bargs = ["make-data", "--kind", "brats2021", "--out", str(bout), "--shape", "8x8x8"]
+    assert cli.main(bargs + ["--cases", "3"]) == 0
+    assert cli.main(bargs + ["--cases", "1", "--seed", "3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert len(list(bout.iterdir())) == 3
+    assert cli.main(bargs + ["--cases", "1", "--seed", "3", "--overwrite"]) == 0
+    assert len(list(bout.iterdir())) == 1

@@ -9,6 +9,7 @@ CLI: ``raunet-fast make-data --kind isic2018|brats2021 --out DIR --cases N``.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +55,27 @@ def _unique_ids(rng: np.random.Generator, n: int, digits: int) -> list[str]:
     if ids[-1] >= 10 ** digits:
         raise ValueError(f"cannot make {n} distinct {digits}-digit ids")
     return [f"{i:0{digits}d}" for i in ids]
+
+
+def _prepare_out(out: Path, owned: list[Path], overwrite: bool) -> None:
+    """Refuse to write into a non-empty ``out`` (old and new cases would mix, a case id could
+    end up in two splits) unless ``overwrite``, which first removes the dataset folders
+    ``owned`` (those this generator writes); other files in ``out`` are kept."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if overwrite:
+        for d in owned:
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d)
+            elif d.exists() or d.is_symlink():
+                d.unlink()
+    elif out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty; its old cases would mix with the new ones. "
+                         f"Choose an empty or new folder, or pass --overwrite to replace the "
+                         f"generated data set there")
+    out.mkdir(parents=True, exist_ok=True)
 
 
 # ------------------------------------------------------------------------- ISIC 2018
@@ -115,13 +137,14 @@ def synth_lesion(rng: np.random.Generator, height: int, width: int) -> tuple[np.
 
 
 def make_isic2018(out: str | Path, cases: int, shape: tuple[int, int] = (192, 256), seed: int = 0,
-                  fractions: Sequence[float] = ISIC_FRACTIONS, size_jitter: float = 0.125
-                  ) -> dict[str, int]:
+                  fractions: Sequence[float] = ISIC_FRACTIONS, size_jitter: float = 0.125,
+                  overwrite: bool = False) -> dict[str, int]:
     """Write ``cases`` synthetic lesions into the official ISIC 2018 task 1 folders under
     ``out`` (training / validation / test, each with ground truth), ``.txt`` files included.
 
     Image sizes vary by up to ``size_jitter`` around ``shape`` (H, W), as real ISIC images
-    vary. Returns the number of cases per split.
+    vary. ``out`` must be empty or missing, unless ``overwrite``: then the six ISIC folders
+    in it are removed first. Returns the number of cases per split.
     """
     from PIL import Image
 
@@ -130,6 +153,8 @@ def make_isic2018(out: str | Path, cases: int, shape: tuple[int, int] = (192, 25
     if min(shape) < 8:
         raise ValueError(f"ISIC shape must be at least 8x8, got {shape}")
     out = Path(out)
+    _prepare_out(out, [out / f(split) for split in SPLIT_NAMES
+                       for f in (input_dir_name, truth_dir_name)], overwrite)
     rng = np.random.default_rng(seed)
     n_val = max(1, round(fractions[1] * cases))
     n_test = max(1, round(fractions[2] * cases))
@@ -212,20 +237,28 @@ def synth_brain(rng: np.random.Generator, shape: tuple[int, int, int], with_et: 
 
 def make_brats2021(out: str | Path, cases: int, shape: tuple[int, int, int] = (240, 240, 155),
                    seed: int = 0, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                   no_et_fraction: float = 0.15) -> dict[str, int]:
+                   no_et_fraction: float = 0.15, overwrite: bool = False) -> dict[str, int]:
     """Write ``cases`` synthetic BraTS 2021 cases (``BraTS2021_<id>/BraTS2021_<id>_*.nii.gz``)
     under ``out``: flair, t1, t1ce, t2 (int16) and seg (uint8, labels 0/1/2/4); about
-    ``no_et_fraction`` of the cases have no enhancing tumour, as in real low-grade cases."""
+    ``no_et_fraction`` of the cases have no enhancing tumour, as in real low-grade cases.
+    ``out`` must be empty or missing, unless ``overwrite``: then the ``BraTS2021_<id>``
+    case folders in it are removed first."""
     import nibabel as nib
+
+    from .brats import CASE_RE
 
     if cases < 1:
         raise ValueError(f"--cases must be at least 1, got {cases}")
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"BraTS shape must be three sizes >= 8, got {shape}")
+    spacing = tuple(float(v) for v in spacing)
+    if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise ValueError(f"BraTS spacing must be three positive sizes in mm, got {spacing}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    owned = sorted(p for p in out.iterdir() if CASE_RE.match(p.name)) if out.is_dir() else []
+    _prepare_out(out, owned, overwrite)
     rng = np.random.default_rng(seed)
-    sx, sy, sz = (float(v) for v in spacing)
+    sx, sy, sz = spacing
     # orientation of the real release: x and y flipped (LPS-like), origin at the far corner
     affine = np.array([[-sx, 0, 0, 0], [0, -sy, 0, (shape[1] - 1) * sy], [0, 0, sz, 0],
                        [0, 0, 0, 1]], dtype=np.float64)
@@ -262,13 +295,14 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
             shape = shape * 2
         if len(shape) != 2:
             raise ValueError(f"--shape for isic2018 is HxW, got {'x'.join(map(str, shape))}")
-        counts = make_isic2018(args.out, args.cases, shape, args.seed)
+        counts = make_isic2018(args.out, args.cases, shape, args.seed, overwrite=args.overwrite)
     else:
         shape = args.shape or (240, 240, 155)
         if len(shape) != 3:
             raise ValueError(f"--shape for brats2021 is XxYxZ, got {'x'.join(map(str, shape))}")
         spacing = args.spacing or (1.0, 1.0, 1.0)
-        counts = make_brats2021(args.out, args.cases, shape, args.seed, spacing)
+        counts = make_brats2021(args.out, args.cases, shape, args.seed, spacing,
+                                overwrite=args.overwrite)
     print(f"wrote {args.kind} data to {args.out}: " +
           ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
@@ -280,7 +314,8 @@ def add_cli(sub) -> None:
                                    "and file formats of ISIC 2018 task 1 or BraTS 2021, for tests, "
                                    "demos and smoke runs.")
     p.add_argument("--kind", required=True, choices=["isic2018", "brats2021"])
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created; must be empty unless --overwrite)")
     p.add_argument("--cases", required=True, type=int,
                    help="number of cases (ISIC: split 60/20/20 over training/validation/test)")
     p.add_argument("--shape", type=_parse_shape, default=None,
@@ -289,4 +324,8 @@ def add_cli(sub) -> None:
     p.add_argument("--spacing", type=lambda s: tuple(float(v) for v in s.split("x")), default=None,
                    help="BraTS voxel spacing in mm as XxYxZ (default 1x1x1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out may hold an earlier generated data set: its data set folders "
+                        "(ISIC split folders / BraTS2021_<id> case folders) are removed first "
+                        "(without it a non-empty --out is refused)")
     p.set_defaults(func=_cmd_make_data)
