@@ -9,7 +9,9 @@ For every (batch, level) it times, on one device:
   cudnn-fused  (GPU) cuDNN's own fusion: torch.cudnn_convolution_relu, then
                torch.cudnn_convolution_add_relu with the (1x1-projected) shortcut
   fused-<be>   FusedResidualBlock (folded, packed once) for each available backend:
-               triton / cuda on a GPU, cpp / torch on the CPU (torch = folded reference math)
+               triton / cuda on a GPU, cpp / torch on the CPU (torch = folded reference math);
+               at level 1 (narrow input, fused_blocks.carry_candidate) also fused-<be>-carry:
+               the input carried through conv1, no separate 1x1 projection conv
 
 and reports ms, TFLOP/s (2 * multiply-adds of the two 3x3 convs and the 1x1 projection),
 speedup over eager, ratio to the cuDNN floor and the max relative error against eager.
@@ -40,7 +42,7 @@ import torch
 
 from raunet_fast.blocks import ResidualBlock
 from raunet_fast.fold import fold_residual_block
-from raunet_fast.ops.fused_blocks import FusedResidualBlock
+from raunet_fast.ops.fused_blocks import FusedResidualBlock, carry_candidate
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # (Cin, Cout, size / 512) of the encoder's residual blocks at base width 64
@@ -156,6 +158,10 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
     for be in backends:
         fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
         out[f"fused-{be}"] = lambda fused=fused: fused(x)
+        if ws is not None and be != "triton" and carry_candidate(block.conv1.conv.in_channels,
+                                                                 block.conv1.conv.out_channels):
+            carry = FusedResidualBlock.from_block(block, dtype=dtype, backend=be, carry_input=True)
+            out[f"fused-{be}-carry"] = lambda carry=carry: carry(x)
     return out
 
 

@@ -67,3 +67,41 @@ def fold_residual_block(block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     elif not isinstance(block.shortcut, nn.Identity):
         raise ValueError(f"cannot fold a residual shortcut of type {type(block.shortcut).__name__}")
     return w1, b1, w2, b2, ws
+
+
+def carry_input_through(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                        ws: torch.Tensor, multiple: int = 8
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rewrite a projection-shortcut residual block as two plain conv + bias + ReLU layers.
+
+    ``h = relu(conv3x3(x, w1) + b1)``, ``y = relu(conv3x3(h, w2) + b2 + conv1x1(x, ws))``
+    becomes ``h' = relu(conv3x3(x, w1') + b1')``, ``y = relu(conv3x3(h', w2') + b2)`` where
+    ``h'`` carries the block input along: its channels are ``[h, relu(x), relu(-x), 0...]``
+    (``w1'`` has +-1 at the centre tap for the carried channels, zero-padded to a multiple
+    of ``multiple`` channels for tensor-core friendly shapes), and ``w2'`` puts ``ws`` and
+    ``-ws`` at the centre tap on them: ``ws relu(x) - ws relu(-x) = ws x``. Exact: the
+    carried channels are copies of x (one of relu(x), relu(-x) is 0), nothing is rounded
+    that was not before. Same ``b2``.
+
+    Worth it when Cin is small next to the block's width (RA-U-Net's first block, 3 or 4
+    -> 64): the shortcut then rides in conv2's K loop (+2 Cin channels, 1/9 of them
+    non-zero) instead of a separate 1x1 convolution whose Cout-channel output is written
+    and read back at full resolution. Returns float64 ``(w1', b1', w2')``.
+    """
+    cmid, cin = w1.shape[0], w1.shape[1]
+    cout = w2.shape[0]
+    width = -(-(cmid + 2 * cin) // multiple) * multiple
+    d = torch.float64
+    w1c = torch.zeros(width, cin, 3, 3, dtype=d, device=w1.device)
+    w1c[:cmid] = w1.to(d)
+    eye = torch.arange(cin, device=w1.device)
+    w1c[cmid + eye, eye, 1, 1] = 1.0
+    w1c[cmid + cin + eye, eye, 1, 1] = -1.0
+    b1c = torch.zeros(width, dtype=d, device=w1.device)
+    b1c[:cmid] = b1.to(d)
+    w2c = torch.zeros(cout, width, 3, 3, dtype=d, device=w2.device)
+    w2c[:, :cmid] = w2.to(d)
+    wsd = ws.reshape(cout, cin).to(d)
+    w2c[:, cmid:cmid + cin, 1, 1] = wsd
+    w2c[:, cmid + cin:cmid + 2 * cin, 1, 1] = -wsd
+    return w1c, b1c, w2c

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..blocks import PlainBlock, ResidualBlock
-from ..fold import fold_plain_block, fold_residual_block
+from ..fold import carry_input_through, fold_plain_block, fold_residual_block
 from .conv3x3 import _check, conv3x3_call, pack_weights
 from ._backend import check_backend_name
 
@@ -89,28 +89,57 @@ class FusedPlainBlock(nn.Module):
         return self.conv2(self.conv1(x))
 
 
+def carry_candidate(cin: int, cmid: int) -> bool:
+    """Whether carrying the input through conv1 (``carry_input``) is worth timing: the
+    carried channels (2 Cin, padded to 8) add at most a quarter to conv2's width, i.e.
+    RA-U-Net's first block (3 or 4 -> 64). Off by default: on 2 CPU cores (cpp, fp32,
+    1 x 3 x 256 x 256 -> 64) it was no faster than projection + epilogue (conv2's extra K
+    costs what the skipped 1x1 conv saves); on a GPU, where level 1 is memory-bound, it is
+    benchmarked (bench/bench_conv.py, ``fused-<be>-carry``) but not yet measured."""
+    return 4 * (-(-2 * cin // 8) * 8) <= cmid
+
+
 class FusedResidualBlock(nn.Module):
     """Folded :class:`~raunet_fast.blocks.ResidualBlock`: two launches.
 
     conv1: conv3x3 + bias + ReLU. conv2: conv3x3 whose K loop also runs the 1x1 projection
     shortcut on the block input (or adds the identity residual), + summed bias, + ReLU.
+    With ``carry_input`` (a projection block whose input is narrow) conv1 also passes the
+    input on as ``relu(x), relu(-x)`` channels and conv2's weights apply the projection to
+    them (:func:`~raunet_fast.fold.carry_input_through`): two plain conv + bias + ReLU
+    layers, no separate shortcut.
     """
 
-    def __init__(self, conv1: FusedConv3x3, conv2: FusedConv3x3):
+    def __init__(self, conv1: FusedConv3x3, conv2: FusedConv3x3, carry_input: bool = False):
         super().__init__()
         self.conv1, self.conv2 = conv1, conv2
-        self.identity = conv2.shortcut_weight is None
+        self.carry_input = carry_input
+        self.identity = conv2.shortcut_weight is None and not carry_input
 
     @classmethod
     def from_block(cls, block: ResidualBlock, dtype: torch.dtype = torch.float16,
-                   backend: str = "auto") -> "FusedResidualBlock":
+                   backend: str = "auto", carry_input: bool = False
+                   ) -> "FusedResidualBlock":
+        """``carry_input=True`` (projection blocks only): see the class doc and
+        :func:`carry_candidate`."""
         w1, b1, w2, b2, ws = fold_residual_block(block)
         dev = block.conv1.conv.weight.device
+        if carry_input:
+            if ws is None:
+                raise ValueError("carry_input needs a block with a 1x1 projection shortcut")
+            w1, b1, w2 = carry_input_through(w1, b1, w2, ws)
+            return cls(FusedConv3x3(w1, b1, None, True, dtype, backend),
+                       FusedConv3x3(w2, b2, None, True, dtype, backend), True).to(dev)
         return cls(FusedConv3x3(w1, b1, None, True, dtype, backend),
                    FusedConv3x3(w2, b2, ws, True, dtype, backend)).to(dev)
 
+    def extra_repr(self) -> str:
+        return "carry_input=True" if self.carry_input else ""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(x)
+        if self.carry_input:
+            return self.conv2(h)
         if self.identity:
             return self.conv2(h, residual=x)
         return self.conv2(h, shortcut_input=x)
