@@ -309,3 +309,32 @@ def test_make_data_refuses_a_non_empty_folder(tmp_path, capsys):
     assert len(list(bout.iterdir())) == 3
     assert cli.main(bargs + ["--cases", "1", "--seed", "3", "--overwrite"]) == 0
     assert len(list(bout.iterdir())) == 1
+
+
+def test_masks_stored_as_0_1_or_0_255(tmp_path):
+    root = tmp_path / "isic"
+    make_isic2018(root, 3, (16, 20), seed=7)
+    gt = root / "ISIC2018_Task1_Training_GroundTruth"
+    path = sorted(gt.glob("*.png"))[0]
+    truth = np.asarray(Image.open(path)) == 255  # generated as 0/255
+    assert truth.any() and not truth.all()
+    ref = ISIC2018(root, "train", image_size=(8, 8))[0]["mask"]
+    # the same mask stored as 0/1 (common in folder data sets) reads the same, not empty
+    Image.fromarray(truth.astype(np.uint8)).save(path)
+    assert np.asarray(Image.open(path)).max() == 1
+    ds = ISIC2018(root, "train", image_size=(8, 8))
+    np.testing.assert_array_equal(ds.load_case(0)[1], truth)
+    assert torch.equal(ds[0]["mask"], ref)
+    # a resampled 0/255 mask: anything above 127 is foreground
+    rng = np.random.default_rng(torch.randint(0, 2**31, ()).item())
+    vals = rng.choice(np.array([0, 1, 64, 127, 128, 200, 255], np.uint8), truth.shape)
+    vals[0, 0] = 255
+    Image.fromarray(vals).save(path)
+    np.testing.assert_array_equal(ds.load_case(0)[1], np.isin(vals, [128, 200, 255]))
+    # all background: an empty mask
+    Image.fromarray(np.zeros_like(vals)).save(path)
+    assert not ds.load_case(0)[1].any()
+    # a small maximum other than 1 (label map, scaled mask) is ambiguous: an error naming it
+    Image.fromarray((truth * 2).astype(np.uint8)).save(path)
+    with pytest.raises(ValueError, match=re.escape(path.name) + r".*\{0, 2\}"):
+        ds[0]

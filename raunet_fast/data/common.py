@@ -38,10 +38,25 @@ def read_image(path: str | Path, mode: str = "RGB",
     return arr, full
 
 
-def read_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
-    """Read an 8-bit mask as ``H x W`` bool (``value > threshold``)."""
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read an 8-bit binary mask as ``H x W`` bool.
+
+    Two encodings are accepted: 0/1 masks (maximum value 1: foreground is 1) and 0/255
+    masks (maximum above 127: foreground is ``value > 127``, which also covers masks that
+    were resampled and hold values in between). A mask whose maximum is 2..127 is
+    ambiguous (a label map, or a scaled mask?) and raises a ValueError naming the file and
+    its values; an all-zero mask is empty.
+    """
     arr, _ = read_image(path, mode="L")
-    return arr > threshold
+    top = int(arr.max()) if arr.size else 0
+    if top <= 1:
+        return arr == 1
+    if top > 127:
+        return arr > 127
+    values = np.unique(arr)
+    shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    raise ValueError(f"mask {path} holds values {{{shown}}} (maximum {top}); a binary mask is "
+                     f"0/1 (foreground 1) or 0/255 (foreground > 127)")
 
 
 def check_same_size(image_hw: tuple[int, int], mask_hw: tuple[int, int], image_path: Path,

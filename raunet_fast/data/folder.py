@@ -8,7 +8,8 @@ or explicit splits::
 
     ROOT/train/images/...  ROOT/train/masks/...   (and val/, test/)
 
-Masks are 8-bit, foreground > 128, and must have the size of their image.
+Masks are 8-bit, 0/255 (foreground > 127) or 0/1 (foreground 1; see
+:func:`~raunet_fast.data.common.read_mask`), and must have the size of their image.
 """
 from __future__ import annotations
 

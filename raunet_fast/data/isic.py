@@ -7,7 +7,8 @@
     ...Validation... and ...Test... likewise
 
 Each folder may also sit one or two levels deeper, or be nested in a copy of itself
-(``X/X/*.jpg``), as some mirrors produce. Masks are thresholded at > 128.
+(``X/X/*.jpg``), as some mirrors produce. Masks are read by
+:func:`~raunet_fast.data.common.read_mask` (0/255: foreground > 127; 0/1 also accepted).
 """
 from __future__ import annotations
 
