@@ -227,7 +227,23 @@ def run_table(device: torch.device, dtypes: list[torch.dtype], levels, batches, 
                 w.writeheader()
             w.writerows(rows)
         print(f"# appended {len(rows)} rows to {out_csv}")
+    print_autotune_choices()
     return rows
+
+
+def print_autotune_choices() -> None:
+    """Which Triton config the autotuner picked per gate shape (which entries of CONFIGS
+    earn their place; tuning data for the next change of the config list)."""
+    import sys
+
+    kmod = sys.modules.get("raunet_fast.kernels.attention_gate")
+    if kmod is None or not kmod._autotuned:
+        return
+    print("# triton autotune choices: (Cx, Cg, F, dtype, N) H*W -> config")
+    for key, tuner in kmod._autotuned.items():
+        for hw_key, cfg in getattr(tuner, "cache", {}).items():
+            print(f"#   {key[:3]} {str(key[3]).replace('torch.', '')} N={key[4]} "
+                  f"{hw_key[0] if hw_key else ''} -> {cfg}")
 
 
 def main(argv=None) -> int:

@@ -14,10 +14,11 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_EXTENSIONS_DIR=${TORCH_
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 
 tests=(tests/test_models.py)
-for f in tests/test_attention_gate*.py tests/test_conv*.py tests/test_inference*.py; do [ -e "$f" ] && tests+=("$f"); done
+for f in tests/test_attention_gate*.py tests/test_conv*.py tests/test_inference*.py tests/test_eager_direct.py tests/test_parity_model.py; do [ -e "$f" ] && tests+=("$f"); done
 [ "${1:-}" = bench ] || python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 
 [ "${1:-}" = tests ] && exit 0
 [ -e bench/bench_attention_gate.py ] && python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
 [ -e bench/bench_conv.py ] && python3 bench/bench_conv.py --compile none --out "$OUT/conv.csv" 2>&1 | tee "$OUT/conv.txt" | tail -40
+[ -e bench/conv_block_throughput.py ] && python3 bench/conv_block_throughput.py 2>&1 | tee "$OUT/conv_block_throughput.txt" | tail -8
 python3 bench/realtime_inference.py --size 512 1024 --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
