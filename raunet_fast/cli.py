@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 #: module that defines ``add_cli(subparsers)`` for each group of subcommands
@@ -70,16 +71,41 @@ def add_cli(sub) -> None:
     p.set_defaults(func=_cmd_summary)
 
 
+EPILOG = ("Errors in the input (bad paths, files, options) are reported in one line; set "
+          "RAUNET_DEBUG=1 to see the full traceback of any error.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="raunet-fast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="raunet-fast", description=__doc__.splitlines()[0],
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"raunet-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in SUBCOMMANDS:
         importlib.import_module(module).add_cli(sub)
+    for p in sub.choices.values():
+        if p.epilog is None:
+            p.epilog = EPILOG
     return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a mistake in the input, printed as one line by :func:`main`.
+
+    ValueError (bad values, corrupt files), OSError (missing files, a file where a folder is
+    needed, permissions, ...) and the TypeErrors the package raises on purpose for wrong
+    input types (:class:`~raunet_fast.errors.InputTypeError`). Any other TypeError is a bug
+    and shows its traceback."""
+    from .errors import InputTypeError
+
+    return (ValueError, OSError, InputTypeError)
+
+
+def debug_enabled() -> bool:
+    """``RAUNET_DEBUG=1`` (any value but empty / 0): re-raise every error with its traceback."""
+    return os.environ.get("RAUNET_DEBUG", "").strip() not in ("", "0")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except user_errors() as e:
+        if debug_enabled():
+            raise
         # user errors (bad paths, bad shapes, bad options): one clear line, no traceback
-        print(f"raunet-fast {args.command}: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"raunet-fast {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -91,6 +91,14 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     from .hub import from_pretrained
 
     checkpoint = Path(checkpoint)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if crop is not None and crop < 1:
+        raise ValueError(f"crop must be >= 1, got {crop}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {image_size}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     prep = read_preprocessing(checkpoint)
     if prep.get("dataset") and prep["dataset"] != dataset:
         raise ValueError(f"{checkpoint} was trained on {prep['dataset']!r}, not {dataset!r}")

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .errors import InputTypeError
+
 #: HD / HD95 (mm) that the BraTS challenge gives when exactly one of prediction and
 #: truth is empty: the diagonal of the 240 x 240 x 155 mm volume.
 BRATS_EMPTY_DISTANCE = 373.13
@@ -58,7 +60,7 @@ def as_bool_array(x: Any, name: str = "mask") -> np.ndarray:
     a = np.asarray(x)
     if a.dtype != np.bool_:
         if not (np.issubdtype(a.dtype, np.number)):
-            raise TypeError(f"{name} must be a boolean or numeric array, got dtype {a.dtype}")
+            raise InputTypeError(f"{name} must be a boolean or numeric array, got dtype {a.dtype}")
         a = a != 0
     return a
 

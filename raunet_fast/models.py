@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import NORMS, AttentionGate, PlainBlock, ResidualBlock
+from .errors import InputTypeError
 from .hub import PretrainedMixin
 
 
@@ -152,7 +153,7 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
         """Raise a clear error for inputs the network cannot take."""
         name = type(self).__name__
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             hint = (f"; add a batch dimension with x.unsqueeze(0) -> (1, {', '.join(map(str, x.shape))})"
                     if x.dim() == 3 else "")
@@ -163,7 +164,7 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
                              f"N x {self.in_channels} x H x W, got {x.shape[1]} channels "
                              f"(shape {tuple(x.shape)})")
         if not x.is_floating_point():
-            raise TypeError(f"{name} expects a floating-point input (float32/float16/bfloat16), "
+            raise InputTypeError(f"{name} expects a floating-point input (float32/float16/bfloat16), "
                             f"got {x.dtype}; convert with x.float() (and scale to your "
                             f"training range)")
         if x.numel() == 0:

@@ -536,6 +536,13 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"scheduler must be plateau, cosine or none, got {cfg.scheduler!r}")
     if cfg.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.crop is not None and cfg.crop < 1:
+        raise ValueError(f"crop must be >= 1 (pixels of the BraTS axial crop), got {cfg.crop}")
+    if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 1):
+        raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {cfg.image_size}")
+    if not (cfg.tumour_weight > 0 and math.isfinite(cfg.tumour_weight)):
+        raise ValueError(f"tumour_weight must be a positive number (1 = uniform sampling), "
+                         f"got {cfg.tumour_weight}")
 
 
 #: what a training run writes into its folder (besides the .last.* / .best.* temporaries)

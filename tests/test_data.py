@@ -338,3 +338,26 @@ def test_masks_stored_as_0_1_or_0_255(tmp_path):
     Image.fromarray((truth * 2).astype(np.uint8)).save(path)
     with pytest.raises(ValueError, match=re.escape(path.name) + r".*\{0, 2\}"):
         ds[0]
+
+
+def test_make_data_bad_out_and_spacing(tmp_path, capsys):
+    file = tmp_path / "a-file"
+    file.write_text("keep")
+    for kind in ("isic2018", "brats2021"):
+        assert cli.main(["make-data", "--kind", kind, "--out", str(file), "--cases", "3",
+                         "--shape", "8x8x8" if kind == "brats2021" else "8x8"]) == 2
+        err = capsys.readouterr().err
+        assert "a-file" in err and len(err.strip().splitlines()) == 1, err
+    assert file.read_text() == "keep"
+    for spacing in ("0x1x-1", "1x1", "1x1x1x1", "1xnanx1", "axbxc"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["make-data", "--kind", "brats2021", "--out", str(tmp_path / "b"),
+                      "--cases", "1", "--shape", "8x8x8", "--spacing", spacing])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "--spacing" in err and "three positive" in err and "Traceback" not in err, err
+    assert not (tmp_path / "b").exists()
+    assert cli.main(["make-data", "--kind", "brats2021", "--out", str(tmp_path / "b"),
+                     "--cases", "1", "--shape", "8x8x8", "--spacing", "0.5x1x2.5"]) == 0
+    seg = next((tmp_path / "b").glob("*/*_seg.nii.gz"))
+    assert nib.load(str(seg)).header.get_zooms() == (0.5, 1.0, 2.5)

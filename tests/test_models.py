@@ -11,6 +11,7 @@ from torch import nn
 
 import raunet_fast
 from raunet_fast import AttentionUNet, RAUNet, ResUNet, UNet
+from raunet_fast.errors import InputTypeError
 
 ALL = [UNet, AttentionUNet, ResUNet, RAUNet]
 SMALL = dict(base_channels=4, depth=4)
@@ -169,8 +170,10 @@ def test_attention_maps(cls):
     (torch.randn(3, 16, 16), ValueError, "4-D"),
     (torch.randn(1, 1, 3, 16, 16), ValueError, "4-D"),
     (torch.randn(1, 4, 16, 16), ValueError, "in_channels=3"),
-    (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), TypeError, "floating"),
-    (torch.zeros(1, 3, 16, 16, dtype=torch.int64), TypeError, "floating"),
+    # InputTypeError (a TypeError): the CLI reports it as a user error, not a bug
+    (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), InputTypeError, "floating"),
+    (torch.zeros(1, 3, 16, 16, dtype=torch.int64), InputTypeError, "floating"),
+    ([[1.0]], InputTypeError, "torch.Tensor"),
     (torch.randn(0, 3, 16, 16), ValueError, "empty"),
     (torch.randn(1, 3, 0, 16), ValueError, "empty"),
 ])

@@ -334,3 +334,71 @@ def test_resume_refuses_a_broken_run_folder(isic_root, tmp_path, capsys):
     empty.mkdir()
     assert cli.main(isic_train_args(isic_root, empty, 1, "--resume")) == 0
     assert checkpoint_ok(empty / "last")
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+def test_bad_options_are_one_line_errors(isic_root, brats_root, tmp_path, capsys):
+    from raunet_fast.models import build_model
+
+    file = tmp_path / "a-file"
+    file.write_text("keep")
+    assert cli.main(isic_train_args(isic_root, file, 1)) == 2
+    _one_line_error(capsys, "a-file")
+    assert cli.main(isic_train_args(isic_root, file / "run", 1)) == 2  # a file as parent folder
+    _one_line_error(capsys)
+    assert file.read_text() == "keep"
+    brats = ["train", "--model", "unet", "--dataset", "brats2021", "--data-root", str(brats_root),
+             "--epochs", "1", "--batch-size", "4", *TINY]
+    for extra, word in ((["--crop", "0"], "crop"), (["--crop", "-5"], "crop"),
+                        (["--tumour-weight", "-1"], "tumour_weight"),
+                        (["--tumour-weight", "0"], "tumour_weight")):
+        run = tmp_path / f"r{extra[1]}"
+        assert cli.main(brats + ["--out", str(run), *extra]) == 2, extra
+        _one_line_error(capsys, word)
+        assert not run.exists()
+
+    ck = tmp_path / "ck"
+    build_model("unet", in_channels=3, out_channels=1, base_channels=4, depth=3).save_pretrained(ck)
+    (ck / "preprocessing.json").write_text(json.dumps({"dataset": "isic2018", "image_size": [16, 16]}))
+    ev = ["evaluate", "--checkpoint", str(ck), "--dataset", "isic2018", "--data-root",
+          str(isic_root), "--no-progress", "--device", "cpu"]
+    assert cli.main(ev + ["--out", str(tmp_path / "ev"), "--batch-size", "0"]) == 2
+    _one_line_error(capsys, "batch_size")
+    assert cli.main(ev + ["--out", str(file)]) == 2
+    _one_line_error(capsys, "a-file")
+    assert cli.main(ev + ["--out", str(tmp_path / "ev")]) == 0  # the checkpoint itself is fine
+
+
+def test_cli_error_classes_and_debug(monkeypatch, capsys):
+    from raunet_fast.errors import InputTypeError
+
+    def raising(exc):
+        def cmd(args):
+            raise exc
+        return cmd
+
+    argv = ["summary", "--base-channels", "4", "--depth", "3"]
+    for exc in (InputTypeError("x must be a tensor"), NotADirectoryError(20, "Not a directory"),
+                PermissionError(13, "Permission denied"), ValueError("bad\nvalue")):
+        monkeypatch.setattr(cli, "_cmd_summary", raising(exc))
+        monkeypatch.delenv("RAUNET_DEBUG", raising=False)
+        assert cli.main(argv) == 2
+        _one_line_error(capsys, "raunet-fast summary: error:")
+        monkeypatch.setenv("RAUNET_DEBUG", "1")  # everything re-raised, with its traceback
+        with pytest.raises(type(exc)):
+            cli.main(argv)
+    # a TypeError the package did not raise on purpose is a bug: traceback, not a user error
+    monkeypatch.delenv("RAUNET_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "_cmd_summary", raising(TypeError("unsupported operand type(s)")))
+    with pytest.raises(TypeError, match="unsupported operand"):
+        cli.main(argv)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "RAUNET_DEBUG=1" in capsys.readouterr().out

@@ -288,6 +288,18 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return parts
 
 
+def _parse_spacing(text: str) -> tuple[float, float, float]:
+    """``"1x1x2.5"`` -> (1.0, 1.0, 2.5): exactly three positive, finite sizes in mm."""
+    try:
+        parts = tuple(float(p) for p in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not all(math.isfinite(v) and v > 0 for v in parts):
+        raise argparse.ArgumentTypeError(f"spacing must be three positive sizes in mm like "
+                                         f"1x1x1 or 0.9x0.9x2.5, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
 def _cmd_make_data(args: argparse.Namespace) -> int:
     if args.kind == "isic2018":
         shape = args.shape or (192, 256)
@@ -321,7 +333,7 @@ def add_cli(sub) -> None:
     p.add_argument("--shape", type=_parse_shape, default=None,
                    help="image size HxW for ISIC (default 192x256, jittered per image) or volume "
                         "XxYxZ for BraTS (default 240x240x155)")
-    p.add_argument("--spacing", type=lambda s: tuple(float(v) for v in s.split("x")), default=None,
+    p.add_argument("--spacing", type=_parse_spacing, default=None, metavar="XxYxZ",
                    help="BraTS voxel spacing in mm as XxYxZ (default 1x1x1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true",
