@@ -45,13 +45,31 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def read_preprocessing(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's ``preprocessing.json`` ({} when it has none)."""
     path = Path(checkpoint) / PREPROCESSING_NAME
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        prep = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(prep, dict):
+        raise ValueError(f"{path} holds a JSON {type(prep).__name__}, not an object with the "
+                         f"preprocessing settings (dataset, image_size, ...)")
+    return prep
+
+
+def check_checkpoint_folder(checkpoint: Path) -> None:
+    """A clear error when ``checkpoint`` is not a folder written by training / save_pretrained."""
+    from .hub import CONFIG_NAME
+
+    what = "a checkpoint folder written by training or save_pretrained (e.g. RUN_DIR/best)"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass {what}")
+    if not checkpoint.is_dir():
+        raise ValueError(f"checkpoint {checkpoint} is a file, not a folder; pass {what}")
+    if not (checkpoint / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} has no {CONFIG_NAME}; pass {what}")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -99,6 +117,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {image_size}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    if model is None:
+        check_checkpoint_folder(checkpoint)
     prep = read_preprocessing(checkpoint)
     if prep.get("dataset") and prep["dataset"] != dataset:
         raise ValueError(f"{checkpoint} was trained on {prep['dataset']!r}, not {dataset!r}")

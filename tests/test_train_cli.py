@@ -402,3 +402,28 @@ def test_cli_error_classes_and_debug(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "RAUNET_DEBUG=1" in capsys.readouterr().out
+
+
+def test_evaluate_names_a_bad_checkpoint(isic_root, tmp_path, capsys):
+    from raunet_fast.models import build_model
+
+    def evaluate(ck):
+        capsys.readouterr()
+        code = cli.main(["evaluate", "--checkpoint", str(ck), "--dataset", "isic2018", "--data-root",
+                         str(isic_root), "--out", str(tmp_path / "ev"), "--no-progress",
+                         "--device", "cpu"])
+        return code, capsys.readouterr().err
+
+    code, err = evaluate(tmp_path / "nope")
+    assert code == 2 and "nope does not exist" in err and "preprocessing" not in err, err
+    (tmp_path / "empty").mkdir()
+    code, err = evaluate(tmp_path / "empty")
+    assert code == 2 and "config.json" in err and "preprocessing" not in err, err
+    ck = tmp_path / "ck"
+    build_model("unet", in_channels=3, out_channels=1, base_channels=4, depth=3).save_pretrained(ck)
+    for text in ("[1]", '"isic2018"', "3"):
+        (ck / "preprocessing.json").write_text(text)
+        code, err = evaluate(ck)
+        assert code == 2 and "preprocessing.json" in err and len(err.strip().splitlines()) == 1, err
+    (ck / "preprocessing.json").write_text('{"dataset": "isic2018", "image_size": [16, 16]}')
+    assert evaluate(ck)[0] == 0
