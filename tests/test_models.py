@@ -34,6 +34,15 @@ def test_parameter_counts_match_design(cls, in_ch, out_ch, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
+def test_resunet_count_is_unet_plus_the_residual_shortcuts():
+    """ResUNet = UNet + 1x1 projection shortcuts; RAUNet = AttentionUNet + the same
+    shortcuts. So ResUNet - UNet == RAUNet - AttentionUNet (the README's 32,436,353)."""
+    with torch.device("meta"):
+        n = {cls.__name__: sum(p.numel() for p in cls(3, 1).parameters()) for cls in ALL}
+    assert n["ResUNet"] - n["UNet"] == n["RAUNet"] - n["AttentionUNet"] > 0
+    assert n["ResUNet"] == 32_436_353
+
+
 def test_switches():
     assert (UNet.residual, UNet.attention) == (False, False)
     assert (AttentionUNet.residual, AttentionUNet.attention) == (False, True)
@@ -197,7 +206,7 @@ def test_bad_constructor_arguments(kw, msg):
 @pytest.mark.parametrize("cls", ALL)
 def test_save_load_round_trip(cls, tmp_path):
     model = small(cls, norm="group", dropout=0.1)
-    model.train()(torch.randn(2, 3, 16, 16))  # move BN stats off their defaults
+    model.train()(torch.randn(2, 3, 16, 16))  # a training-mode forward (dropout on) first
     model.eval()
     model.save_pretrained(tmp_path / "ckpt")
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["architecture"] == cls.__name__
