@@ -358,6 +358,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError("training and validation need ground-truth masks")
     in_ch, out_ch = train_ds.channels, len(train_ds.region_names)
     prep = preprocessing_info(cfg, train_ds)
+    if cfg.cache_images:
+        # filled here, in the main process: a cache filled lazily in DataLoader workers dies
+        # with them at the end of every epoch; this one is inherited by all workers
+        for split, ds in (("train", train_ds), ("val", val_ds)):
+            if hasattr(ds, "fill_cache"):
+                ds.fill_cache(progress, desc=f"caching {split} images")
 
     if last is not None:
         model = from_pretrained(last, map_location="cpu", dropout=cfg.dropout,

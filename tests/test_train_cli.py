@@ -427,3 +427,24 @@ def test_evaluate_names_a_bad_checkpoint(isic_root, tmp_path, capsys):
         assert code == 2 and "preprocessing.json" in err and len(err.strip().splitlines()) == 1, err
     (ck / "preprocessing.json").write_text('{"dataset": "isic2018", "image_size": [16, 16]}')
     assert evaluate(ck)[0] == 0
+
+
+def test_cache_images_reads_each_image_once_with_workers(isic_root, tmp_path, monkeypatch):
+    from raunet_fast.data import isic
+
+    log = tmp_path / "reads.txt"
+    real = isic.read_image
+
+    def counting(path, *a, **kw):  # runs in the DataLoader workers too (a file, not a counter)
+        with open(log, "a") as f:
+            f.write(f"{Path(path).name}\n")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(isic, "read_image", counting)
+    images = [p.name for split in ("Training", "Validation")
+              for p in (isic_root / f"ISIC2018_Task1-2_{split}_Input").glob("*.jpg")]
+    run = tmp_path / "run"
+    assert cli.main(isic_train_args(isic_root, run, 2, "--cache-images", "--num-workers", "2",
+                                    "--max-steps-per-epoch", "1")) == 0
+    reads = log.read_text().split()
+    assert sorted(reads) == sorted(images), "each train/val image should be decoded once"

@@ -76,6 +76,21 @@ class SegmentationFolder2D(Dataset):
                                    image.shape[:2])[0][0].numpy() > 0.5
         return image, mask
 
+    def fill_cache(self, progress: bool = False, desc: str = "caching images") -> None:
+        """Decode and resize every item into the in-memory cache now (``cache=True``).
+
+        Call it in the main process before building DataLoaders: items cached lazily inside
+        DataLoader worker processes are lost when the workers exit (every epoch), while a
+        cache filled here is inherited by every worker, once, for the whole run."""
+        if not self.cache:
+            return
+        from tqdm import tqdm
+
+        for i in tqdm(range(len(self)), desc=desc, unit="image", leave=False,
+                      disable=not progress, dynamic_ncols=True):
+            if i not in self._cache:
+                self._cache[i] = resize_pair(*self.load_case(i, self.image_size), self.image_size)
+
     def __getitem__(self, i: int) -> dict:
         if i < 0 or i >= len(self):
             raise IndexError(i)
