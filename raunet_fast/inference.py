@@ -63,13 +63,14 @@ class InferenceUNet(nn.Module):
         for level in model.decoder:
             up = nn.ConvTranspose2d(level.up.in_channels, level.up.out_channels, 2, stride=2)
             up.load_state_dict(level.up.state_dict())
-            self.ups.append(up.to(dtype).requires_grad_(False))
+            # weights in the activations' layout: else the conv converts them every call
+            self.ups.append(up.to(dtype, memory_format=torch.channels_last).requires_grad_(False))
             self.gates.append(FusedGate(level.gate, dtype, backend) if level.gate is not None
                               else nn.Identity())
             self.blocks.append(fuse_block(level.block, dtype, backend))
         head = nn.Conv2d(model.head.in_channels, model.head.out_channels, 1)
         head.load_state_dict(model.head.state_dict())
-        self.head = head.to(dtype).requires_grad_(False)
+        self.head = head.to(dtype, memory_format=torch.channels_last).requires_grad_(False)
         self.attention = model.attention
         self.to(next(model.parameters()).device)
 
