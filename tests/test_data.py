@@ -15,7 +15,7 @@ from PIL import Image
 from raunet_fast import cli
 from raunet_fast.data import (BraTS2021, ISIC2018, ImageMaskFolder, labels_to_regions,
                               make_brats2021, make_isic2018, regions_to_labels)
-from raunet_fast.data.brats import crop_or_pad, uncrop
+from raunet_fast.data.brats import crop_or_pad, load_case, uncrop
 from raunet_fast.data.common import split_names
 
 BRATS_SHAPE = (30, 28, 12)
@@ -216,8 +216,9 @@ def test_brats_patient_split_and_oversampling(brats_root, tmp_path):
     again = BraTS2021(brats_root, "train", crop=None, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache").glob("*_image.npy"))
     for k in (0, len(train) - 1):
+        torch.testing.assert_close(cached[k]["image"], train[k]["image"])
         torch.testing.assert_close(again[k]["image"], train[k]["image"])
-        assert torch.equal(cached[k]["mask"], train[k]["mask"])
+        assert torch.equal(again[k]["mask"], train[k]["mask"])
 
 
 def test_crop_roundtrip():
@@ -361,3 +362,32 @@ def test_make_data_bad_out_and_spacing(tmp_path, capsys):
                      "--cases", "1", "--shape", "8x8x8", "--spacing", "0.5x1x2.5"]) == 0
     seg = next((tmp_path / "b").glob("*/*_seg.nii.gz"))
     assert nib.load(str(seg)).header.get_zooms() == (0.5, 1.0, 2.5)
+
+
+def test_brats_cache_is_rebuilt_when_its_sources_change(brats_root, tmp_path):
+    cache = tmp_path / "cache"
+    root = tmp_path / "other-root"
+    shutil.copytree(brats_root, root)
+    a, b = sorted(p.name for p in root.iterdir())[:2]
+
+    def assert_fresh(ds):
+        refs = [load_case(folder) for folder in ds.folders]  # what the files on disk hold now
+        for i, ref in enumerate(refs):
+            np.testing.assert_array_equal(np.asarray(ds.case(i)["image"]), ref["image"])
+            np.testing.assert_array_equal(np.asarray(ds.case(i)["seg"]), ref["seg"])
+        # the slice index (cached too) says which slices hold tumour
+        assert ds.tumour == [bool(refs[i]["seg"][z].any()) for i, z in ds.index]
+
+    BraTS2021(brats_root, "all", crop=None, cache_dir=cache)
+    # another data root with the same case names but other contents: case a holds case b's
+    # volumes there
+    for kind in ("flair", "t1", "t1ce", "t2", "seg"):
+        shutil.copy(root / b / f"{b}_{kind}.nii.gz", root / a / f"{a}_{kind}.nii.gz")
+    assert_fresh(BraTS2021(root, "all", crop=None, cache_dir=cache))
+    # a file replaced in place under the same root
+    shutil.copy(brats_root / a / f"{a}_t1ce.nii.gz", root / a / f"{a}_t1ce.nii.gz")
+    shutil.copy(brats_root / a / f"{a}_seg.nii.gz", root / b / f"{b}_seg.nii.gz")
+    ds = BraTS2021(root, "all", crop=None, cache_dir=cache)
+    assert_fresh(ds)
+    # unchanged sources: served from the cache (memory-mapped), not rebuilt
+    assert isinstance(BraTS2021(root, "all", crop=None, cache_dir=cache).case(0)["image"], np.memmap)

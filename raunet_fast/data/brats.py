@@ -173,7 +173,10 @@ class BraTS2021(Dataset):
 
     Volumes are preprocessed once per case. Without ``cache_dir`` they stay in memory
     (at most ``memory_cases`` at a time); for the real data set pass ``cache_dir``, where
-    they are written once as ``.npy`` files and memory-mapped afterwards.
+    they are written once as ``.npy`` files and memory-mapped afterwards. The cache's
+    ``<case>_meta.json`` / ``<case>_index.json`` record the path, size and mtime of every
+    source NIfTI file; a cached case whose sources differ (another data root, a replaced
+    file) is rebuilt, never served stale.
     """
 
     channels = 4
@@ -227,10 +230,37 @@ class BraTS2021(Dataset):
             raise ValueError(f"BraTS split {split!r} under {root} has no slices with brain")
 
     # --------------------------------------------------------------- caching
+    def _sources(self, i: int) -> dict[str, dict]:
+        """Path, size and mtime of the NIfTI files case ``i`` is built from (the cache key)."""
+        out = {}
+        for kind, f in case_files(self.folders[i]).items():
+            if kind == "seg" and not self.has_masks:
+                continue
+            st = f.stat()
+            out[kind] = {"path": str(f.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return out
+
+    @staticmethod
+    def _read_cached_json(path: Path, sources: dict[str, dict]) -> dict | None:
+        """A cache JSON file when it was written from exactly ``sources``, else None."""
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        stored = data.get("sources") if isinstance(data, dict) else None
+        if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in sources.items()):
+            return None
+        return data
+
     def _slice_info(self, i: int) -> dict:
         path = None if self.cache_dir is None else self.cache_dir / f"{self.names[i]}_index.json"
-        if path is not None and path.is_file():
-            return json.loads(path.read_text())
+        if path is not None:
+            sources = self._sources(i)
+            info = self._read_cached_json(path, sources)
+            if info is not None:
+                return info
         case = self.case(i)
         img, seg = case["image"], case["seg"]
         info = {"shape": case["shape"], "spacing": case["spacing"],
@@ -239,7 +269,7 @@ class BraTS2021(Dataset):
                            else [False] * img.shape[0])}
         if path is not None:
             from ..hub import atomic_write_json
-            atomic_write_json(path, info)
+            atomic_write_json(path, dict(info, sources=sources))
         return info
 
     def case(self, i: int) -> dict:
@@ -247,27 +277,28 @@ class BraTS2021(Dataset):
         if i in self._mem:
             self._mem.move_to_end(i)
             return self._mem[i]
-        case = None
+        case, sources = None, None
         if self.cache_dir is not None:
             stem = self.cache_dir / self.names[i]
+            sources = self._sources(i)
             files = [Path(f"{stem}_image.npy"), Path(f"{stem}_meta.json")]
             if self.has_masks:
                 files.append(Path(f"{stem}_seg.npy"))
-            if all(f.is_file() for f in files):
-                meta = json.loads(files[1].read_text())
+            meta = self._read_cached_json(files[1], sources)
+            if meta is not None and all(f.is_file() for f in files):
                 case = {"image": np.load(files[0], mmap_mode="r"),
                         "seg": np.load(files[2], mmap_mode="r") if self.has_masks else None,
                         "spacing": tuple(meta["spacing"]), "shape": tuple(meta["shape"])}
         if case is None:
             case = load_case(self.folders[i], with_seg=self.has_masks)
             if self.cache_dir is not None:
-                self._write_cache(i, case)
+                self._write_cache(i, case, sources)
         self._mem[i] = case
         while len(self._mem) > self.memory_cases:
             self._mem.popitem(last=False)
         return case
 
-    def _write_cache(self, i: int, case: dict) -> None:
+    def _write_cache(self, i: int, case: dict, sources: dict[str, dict]) -> None:
         from ..hub import atomic_write_json
 
         stem = self.cache_dir / self.names[i]
@@ -277,8 +308,10 @@ class BraTS2021(Dataset):
             tmp = Path(f"{stem}_{key}.tmp{os.getpid()}.npy")
             np.save(tmp, case[key])
             os.replace(tmp, f"{stem}_{key}.npy")
+        # written last: it vouches for the .npy files above
         atomic_write_json(f"{stem}_meta.json", {"spacing": list(case["spacing"]),
-                                                "shape": list(case["shape"])})
+                                                "shape": list(case["shape"]),
+                                                "sources": sources})
 
     # --------------------------------------------------------------- slices
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
