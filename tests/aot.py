@@ -16,7 +16,8 @@ Optional ``"divisible_by_16": ["x_ptr", "n", ...]``: arguments Triton's runtime 
 specialise as 16-divisible (aligned pointers, ints % 16 == 0), as a real launch does.
 
 Its report adds ``registers``, ``spill_stores``, ``spill_loads``, ``stack``,
-``shared`` (bytes of shared memory from the compiled metadata) and ``ptxas_log``.
+``shared`` (bytes of shared memory from the compiled metadata), ``ptxas_log`` and
+``ptx_ops`` (counts of wgmma / mma.sync / cp.async / TMA instructions in the PTX).
 """
 from __future__ import annotations
 
@@ -76,7 +77,12 @@ for job in json.load(sys.stdin):
                     spill_loads=num(r"(\d+) bytes spill loads"),
                     stack=num(r"(\d+) bytes stack frame"),
                     shared=int(compiled.metadata.shared), ptxas_ok=r.returncode == 0,
-                    ptxas_log=log[-3000:]))
+                    ptxas_log=log[-3000:],
+                    # which matrix instructions and async copies the code generator chose
+                    ptx_ops={"wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+                             "mma.sync": len(re.findall(r"\bmma\.sync", ptx)),
+                             "cp.async": len(re.findall(r"cp\.async\.(?:ca|cg)", ptx)),
+                             "tma": len(re.findall(r"cp\.async\.bulk\.tensor", ptx))}))
 json.dump(out, sys.stdout)
 '''
 

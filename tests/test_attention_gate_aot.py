@@ -73,9 +73,9 @@ def test_gate_aot_triton_configs_build_without_spills():
     halves = [jobs[0::2], jobs[1::2]]
     with ThreadPoolExecutor(2) as pool:
         reports = [r for part in pool.map(aot_reports, halves) for r in part]
-    print("\nconfig shape dtype arch: registers spill_stores shared_bytes")
+    print("\nconfig shape dtype arch: registers spill_stores shared_bytes ptx_ops")
     for r in sorted(reports, key=lambda r: r["tag"]):
-        print(f"  {r['tag']}: {r['registers']} {r['spill_stores']} {r['shared']}")
+        print(f"  {r['tag']}: {r['registers']} {r['spill_stores']} {r['shared']} {r['ptx_ops']}")
     broken = [r["tag"] + "\n" + r["ptxas_log"] for r in reports if not r["ptxas_ok"]]
     assert not broken, "ptxas failed:\n" + "\n".join(broken)
     spilling = [f"{r['tag']}: {r['spill_stores']} bytes" for r in reports

@@ -79,10 +79,15 @@ def test_conv_aot_triton_configs(record_property, capsys):
                      f"{c['XA']}/{c['SA']}/{c['YA']}{'' if c['CHANNELS_LAST'] else ' cf'}",
                      epi, r["arch"],
                      c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], r["num_warps"], r["num_stages"],
-                     r["registers"], r["spill_stores"], r["shared"]))
-    table = ["dtype prec align    epi    sm  BM  BN  BK warps stages regs spills shared"] + [
-        f"{d:5} {p:4} {al:8} {e:6} {a}  {bm:3} {bn:3} {bk:3} {w:5} {s:6} {reg!s:4} {sp!s:6} {sh}"
-        for d, p, al, e, a, bm, bn, bk, w, s, reg, sp, sh in rows]
+                     r["registers"], r["spill_stores"], r["shared"],
+                     "wgmma" if r["ptx_ops"]["wgmma"] else
+                     "mma.sync" if r["ptx_ops"]["mma.sync"] else "fma",
+                     r["ptx_ops"]["cp.async"]))
+    table = ["dtype prec align    epi    sm  BM  BN  BK warps stages regs spills shared"
+             "  mma      cp.async"] + [
+        f"{d:5} {p:4} {al:8} {e:6} {a}  {bm:3} {bn:3} {bk:3} {w:5} {s:6} {reg!s:4} {sp!s:6} "
+        f"{sh:<7} {mma:8} {cpa}"
+        for d, p, al, e, a, bm, bn, bk, w, s, reg, sp, sh, mma, cpa in rows]
     record_property("aot_table", "\n".join(table))
     with capsys.disabled():
         print("\nconv3x3_fused Triton AOT builds:\n" + "\n".join(table))
