@@ -569,3 +569,16 @@ def test_conv_gpu_opcheck():
         packed = pack_weights(w, kw["shortcut_weight"], x.dtype)
         torch.library.opcheck(_conv3x3_fused_op, (x, w, b, None, kw["shortcut_input"],
                                                   kw["shortcut_weight"], packed, True, backend))
+
+
+def test_conv_weights_made_in_inference_mode():
+    """Inference-mode tensors have no version counter: the weight caches must not need one
+    (this raised 'Inference tensors do not track version counter')."""
+    with torch.inference_mode():
+        args, kw, k = make_case(1, 5, 6, 4, 7, "shortcut")
+        x, w, b = args
+        w64 = w.double()  # a dtype the op must cast (through the cache)
+        for backend in ("torch", "cpp"):
+            y = conv3x3_fused(x, w64, b, backend=backend, **kw)
+            assert_close_report(y, reference(x, w64.float(), b, **kw),
+                                *tolerance(torch.float32, k), f"inference mode {backend}")

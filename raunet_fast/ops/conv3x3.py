@@ -93,7 +93,12 @@ _CACHE: dict[tuple, tuple] = {}
 
 def _cached(kind: str, make, a: torch.Tensor, b: Optional[torch.Tensor], *key) -> torch.Tensor:
     """``make()`` for these exact tensors ``a`` (and ``b``), cached while they live unmodified
-    (weak references + version counters)."""
+    (weak references + version counters; inference-mode tensors have none and are not
+    cached)."""
+    if a.is_inference() or (b is not None and b.is_inference()):
+        # inference-mode tensors keep no version counter, so an in-place update could not
+        # be seen: derive afresh on every call
+        return make()
     full = (kind, id(a), id(b), *key)
     ver = (a._version, None if b is None else b._version)
     hit = _CACHE.get(full)
