@@ -49,6 +49,9 @@ class InferenceUNet(nn.Module):
         super().__init__()
         if model.training:
             raise ValueError("build the inference model from an eval-mode model (call model.eval())")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"inference dtype must be torch.float32, torch.float16 or "
+                             f"torch.bfloat16, got {dtype}")
         if model.norm != "batch":
             raise ValueError(f"only norm='batch' folds into the convolutions; this model uses "
                              f"norm={model.norm!r}: run it as is (optionally under torch.compile)")
@@ -75,8 +78,9 @@ class InferenceUNet(nn.Module):
         self.to(next(model.parameters()).device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected N x {self.in_channels} x H x W, got {tuple(x.shape)}")
+        # the reference model's input checks and messages (shape, channels, integer dtype,
+        # empty): an image batch that is wrong for one is wrong for the other
+        SegmentationUNet.check_input(self, x)
         h, w = x.shape[-2], x.shape[-1]
         m = self.size_multiple
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)

@@ -58,6 +58,22 @@ def test_triton_backend_in_interpreter_matches_reference():
         assert rel_l2(fast(x), model(x)) < 1e-4
 
 
+def test_fused_model_rejects_bad_inputs_like_the_reference():
+    model = trained_like(RAUNet)
+    fast = build_inference_model(model, dtype=torch.float32, backend="torch")
+    bad = {"3-D": torch.randn(3, 16, 16), "channels": torch.randn(1, 4, 16, 16),
+           "integer": torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8),
+           "empty": torch.randn(0, 3, 16, 16)}
+    for name, x in bad.items():
+        with pytest.raises((ValueError, TypeError)) as ref_err:
+            model(x)
+        with pytest.raises(type(ref_err.value)) as err:
+            fast(x)
+        assert str(err.value).split(" ", 1)[1] == str(ref_err.value).split(" ", 1)[1], name
+    with pytest.raises(ValueError, match="float32, torch.float16 or torch.bfloat16"):
+        build_inference_model(model, dtype=torch.float64)
+
+
 def test_builder_rejects_what_cannot_fold():
     with pytest.raises(ValueError, match="norm='batch'"):
         build_inference_model(RAUNet(base_channels=4, depth=3, norm="group").eval())
