@@ -96,13 +96,18 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
              out: str | Path | None = None, device: str = "auto", batch_size: int = 8,
              image_size: tuple[int, int] | None = None, crop: int | None = None,
              threshold: float | None = None, split_seed: int | None = None, amp: str = "none",
-             save_predictions: bool = False,
+             save_predictions: bool = False, cache_dir: str | Path | None = None,
              progress: bool = True, model=None) -> dict[str, Any]:
     """Score ``checkpoint`` (a folder written by training / ``save_pretrained``) on a split.
 
     ``image_size`` / ``crop`` / ``threshold`` default to the values training stored in the
     checkpoint's ``preprocessing.json``. Writes ``out/cases.csv`` and ``out/summary.json``
     (when ``out`` is given) and returns the summary.
+
+    BraTS: each case's NIfTI files are read once per run (the slice index, which scoring
+    does not need, is never built), one case in memory at a time; ``cache_dir`` is the
+    preprocessed ``.npy`` cache of training's ``--cache-dir`` (read when it matches the
+    source files, written otherwise). Other data sets ignore it.
     """
     from tqdm import tqdm
 
@@ -153,7 +158,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         from .data.brats import REGIONS, BraTS2021, case_files, labels_to_regions, regions_to_labels
 
         ds = BraTS2021(data_root, split, crop=crop, image_size=image_size, skip_empty=False,
-                       memory_cases=1, seed=split_seed)
+                       memory_cases=1, seed=split_seed, cache_dir=cache_dir, index_slices=False)
         _check_channels(model, ds.channels, len(REGIONS), checkpoint)
         for i in tqdm(range(len(ds.names)), desc=f"evaluate {split}", unit="case",
                       disable=not progress):
@@ -255,8 +260,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate(args.checkpoint, args.dataset, args.data_root, args.split, args.out,
                        device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                        crop=args.crop, threshold=args.threshold, split_seed=args.split_seed,
-                       amp=args.amp,
-                       save_predictions=args.save_predictions, progress=args.progress)
+                       amp=args.amp, save_predictions=args.save_predictions,
+                       cache_dir=args.cache_dir, progress=args.progress)
     print(format_summary(summary))
     print(f"per-case scores in {Path(args.out) / 'cases.csv'}, summary in "
           f"{Path(args.out) / 'summary.json'}")
@@ -286,5 +291,8 @@ def add_cli(sub) -> None:
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--save-predictions", action="store_true",
                    help="also write the predicted masks (PNG / NIfTI) to EVAL_DIR/predictions/")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="BraTS: keep preprocessed volumes here as .npy (as in train; the same "
+                        "folder can be shared with training)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_cmd_evaluate)

@@ -221,6 +221,24 @@ def test_brats_patient_split_and_oversampling(brats_root, tmp_path):
         assert torch.equal(again[k]["mask"], train[k]["mask"])
 
 
+def test_brats_lazy_index_reads_nothing_until_needed(brats_root, monkeypatch):
+    from raunet_fast.data import brats
+
+    eager = BraTS2021(brats_root, "train", crop=None)
+    reads = []
+    real = brats._load_nifti
+    monkeypatch.setattr(brats, "_load_nifti", lambda path: (reads.append(path), real(path))[1])
+    lazy = BraTS2021(brats_root, "train", crop=None, index_slices=False)
+    assert reads == [] and lazy.names == eager.names
+    lazy.case(0)
+    assert len(reads) == 5  # four modalities and the segmentation of one case
+    # the index is built on first use and equals the eager one
+    assert (lazy.index, lazy.tumour, lazy.shapes, lazy.spacings) == \
+        (eager.index, eager.tumour, eager.shapes, eager.spacings)
+    assert len(lazy) == len(eager)
+    torch.testing.assert_close(lazy[len(lazy) - 1]["image"], eager[len(eager) - 1]["image"])
+
+
 def test_crop_roundtrip():
     x = torch.arange(2 * 9 * 11, dtype=torch.float32).reshape(2, 9, 11)
     for size in [(4, 6), (9, 11), (12, 14), (5, 13)]:

@@ -429,6 +429,64 @@ def test_evaluate_names_a_bad_checkpoint(isic_root, tmp_path, capsys):
     assert evaluate(ck)[0] == 0
 
 
+@pytest.fixture
+def brats_checkpoint(tmp_path) -> Path:
+    """An untrained tiny BraTS model with the preprocessing training would store."""
+    from raunet_fast.models import build_model
+
+    ck = tmp_path / "ck"
+    build_model("unet", in_channels=4, out_channels=3, base_channels=4, depth=3).save_pretrained(ck)
+    (ck / "preprocessing.json").write_text(json.dumps({"dataset": "brats2021", "crop": 24,
+                                                       "image_size": [16, 16]}))
+    return ck
+
+
+def _count_brats_reads(monkeypatch) -> list[str]:
+    """Record every NIfTI volume the BraTS loader reads (file names, in order)."""
+    from raunet_fast.data import brats
+
+    reads: list[str] = []
+    real = brats._load_nifti
+
+    def counting(path):
+        reads.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(brats, "_load_nifti", counting)
+    return reads
+
+
+def _evaluate_brats(ck: Path, root: Path, out: Path, *extra: str) -> list[dict[str, str]]:
+    assert cli.main(["evaluate", "--checkpoint", str(ck), "--dataset", "brats2021", "--data-root",
+                     str(root), "--split", "train", "--out", str(out), "--no-progress",
+                     "--device", "cpu", *extra]) == 0
+    return read_csv(out / "cases.csv")
+
+
+def test_brats_evaluate_reads_each_volume_once(brats_root, brats_checkpoint, tmp_path, monkeypatch):
+    reads = _count_brats_reads(monkeypatch)
+    rows = _evaluate_brats(brats_checkpoint, brats_root, tmp_path / "ev")
+    names = [r["case"] for r in rows]
+    assert len(names) == 3  # the train split of the 5 cases
+    expected = sorted(f"{n}_{k}.nii.gz" for n in names for k in ("flair", "t1", "t1ce", "t2", "seg"))
+    assert sorted(reads) == expected  # every volume read exactly once (it used to be twice)
+
+
+def test_brats_evaluate_uses_cache_dir(brats_root, brats_checkpoint, tmp_path, monkeypatch):
+    plain = _evaluate_brats(brats_checkpoint, brats_root, tmp_path / "ev0")
+    reads = _count_brats_reads(monkeypatch)
+    cache = tmp_path / "cache"
+    first = _evaluate_brats(brats_checkpoint, brats_root, tmp_path / "ev1", "--cache-dir", str(cache))
+    names = [r["case"] for r in first]
+    assert len(reads) == 5 * len(names)  # filled from the NIfTI files, each read once
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"{n}_{k}" for n in names for k in ("image.npy", "seg.npy", "meta.json"))
+    reads.clear()
+    second = _evaluate_brats(brats_checkpoint, brats_root, tmp_path / "ev2", "--cache-dir", str(cache))
+    assert reads == []  # served from the cache
+    assert plain == first == second
+
+
 def test_cache_images_reads_each_image_once_with_workers(isic_root, tmp_path, monkeypatch):
     from raunet_fast.data import isic
 

@@ -177,6 +177,11 @@ class BraTS2021(Dataset):
     ``<case>_meta.json`` / ``<case>_index.json`` record the path, size and mtime of every
     source NIfTI file; a cached case whose sources differ (another data root, a replaced
     file) is rebuilt, never served stale.
+
+    The slice index (:attr:`index`, :attr:`tumour`, :attr:`shapes`, :attr:`spacings`) needs
+    every case once. By default it is built in the constructor; with ``index_slices=False``
+    it is built on first use instead, so per-case users (:meth:`case`, :meth:`prepare`,
+    :meth:`restore`, as in evaluation) read each volume only when they ask for it.
     """
 
     channels = 4
@@ -185,7 +190,8 @@ class BraTS2021(Dataset):
     def __init__(self, root: str | Path, split: str = "train", crop: int | tuple[int, int] | None = 192,
                  image_size: tuple[int, int] | None = None, fractions: tuple[float, float] = (0.15, 0.15),
                  seed: int = 0, skip_empty: bool | None = None, cache_dir: str | Path | None = None,
-                 memory_cases: int = 64, require_masks: bool = True, progress: bool = False):
+                 memory_cases: int = 64, require_masks: bool = True, progress: bool = False,
+                 index_slices: bool = True):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"BraTS 2021 data root {root} is not a directory")
@@ -209,25 +215,61 @@ class BraTS2021(Dataset):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.memory_cases = max(1, memory_cases)
         self._mem: OrderedDict[int, dict] = OrderedDict()
-        skip_empty = (split == "train") if skip_empty is None else skip_empty
+        self.skip_empty = (split == "train") if skip_empty is None else skip_empty
+        self.progress = progress
+        self._index: list[tuple[int, int]] | None = None
+        self._tumour: list[bool] = []
+        self._shapes: list[tuple[int, ...]] = []
+        self._spacings: list[tuple[float, ...]] = []
+        if index_slices:
+            self._build_index()
 
-        self.index: list[tuple[int, int]] = []
-        self.tumour: list[bool] = []
-        self.shapes, self.spacings = [], []
+    # --------------------------------------------------------------- slice index
+    def _ensure_index(self) -> None:
+        if self._index is None:
+            self._build_index()
+
+    def _build_index(self) -> None:
+        index, tumour, shapes, spacings = [], [], [], []
         it = range(len(self.names))
-        if progress:
+        if self.progress:
             from tqdm import tqdm
-            it = tqdm(it, desc=f"BraTS {split}: indexing", unit="case", leave=False)
+            it = tqdm(it, desc=f"BraTS {self.split}: indexing", unit="case", leave=False)
         for i in it:
             info = self._slice_info(i)
-            self.shapes.append(tuple(info["shape"]))
-            self.spacings.append(tuple(info["spacing"]))
-            for z, (brain, tumour) in enumerate(zip(info["brain"], info["tumour"])):
-                if brain or not skip_empty:
-                    self.index.append((i, z))
-                    self.tumour.append(bool(tumour))
-        if not self.index:
-            raise ValueError(f"BraTS split {split!r} under {root} has no slices with brain")
+            shapes.append(tuple(info["shape"]))
+            spacings.append(tuple(info["spacing"]))
+            for z, (brain, tum) in enumerate(zip(info["brain"], info["tumour"])):
+                if brain or not self.skip_empty:
+                    index.append((i, z))
+                    tumour.append(bool(tum))
+        if not index:
+            raise ValueError(f"BraTS split {self.split!r} under {self.root} has no slices with brain")
+        self._index, self._tumour, self._shapes, self._spacings = index, tumour, shapes, spacings
+
+    @property
+    def index(self) -> list[tuple[int, int]]:
+        """(case, z) of every item."""
+        self._ensure_index()
+        return self._index
+
+    @property
+    def tumour(self) -> list[bool]:
+        """Whether item k's slice holds tumour."""
+        self._ensure_index()
+        return self._tumour
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """(X, Y, Z) of every case."""
+        self._ensure_index()
+        return self._shapes
+
+    @property
+    def spacings(self) -> list[tuple[float, ...]]:
+        """Voxel spacing (mm, X, Y, Z) of every case."""
+        self._ensure_index()
+        return self._spacings
 
     # --------------------------------------------------------------- caching
     def _sources(self, i: int) -> dict[str, dict]:
