@@ -92,12 +92,72 @@ def _predict(model, x: torch.Tensor, device, amp_dtype, batch_size: int) -> torc
     return torch.cat(outs)
 
 
+def segment_volume(model, vol: torch.Tensor, crop, image_size, device, amp_dtype,
+                   batch_size: int, threshold: float) -> np.ndarray:
+    """BraTS: one case's preprocessed volume ``Z x 4 x X x Y`` -> its ``Z x X x Y`` uint8
+    label map 0/1/2/4.
+
+    The axial slices are cropped / resized as in training, predicted in batches of
+    ``batch_size``, the logits resized back and pasted into the full slice grid, each region
+    (WT, TC, ET) thresholded and the regions re-stacked into labels (ET over TC over WT, so
+    the regions of the label map are nested). Used by evaluation and prediction alike."""
+    from .data.brats import prepare_slices, regions_to_labels, restore_slices
+
+    logits = _predict(model, prepare_slices(vol, crop, image_size), device, amp_dtype, batch_size)
+    logits = restore_slices(logits, vol.shape[-2:], crop)
+    cut = math.log(threshold / (1 - threshold))
+    regions = (logits > cut).permute(1, 0, 2, 3).numpy()  # 3 x Z x X x Y
+    return regions_to_labels(regions)
+
+
+def write_brats_labels(labels: np.ndarray, reference: Path, path: Path) -> None:
+    """Write a ``Z x X x Y`` label map as a uint8 NIfTI volume ``X x Y x Z`` with the affine
+    and header of ``reference`` (the case's flair), atomically."""
+    import os
+
+    import nibabel as nib
+
+    ref = nib.load(str(reference))
+    header = ref.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1, 0)
+    img = nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(labels, 0, 2), dtype=np.uint8),
+                          ref.affine, header)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp{os.getpid()}.nii.gz")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def build_forward(model, device: torch.device, fused: bool, dtype: str | None):
+    """``model`` itself, or with ``fused`` its folded, fused inference form
+    (:func:`~raunet_fast.inference.build_inference_model`, backend ``auto``) in ``dtype``
+    (``fp32`` / ``bf16`` / ``fp16``; None: fp32 on CPU, bf16 on CUDA). Returns the module and
+    a short description ("reference fp32", "fused bf16")."""
+    if not fused:
+        return model, "reference"
+    from .inference import build_inference_model, inference_dtype
+
+    dt = inference_dtype(dtype, device)
+    try:
+        fast = build_inference_model(model.eval(), dtype=dt)
+    except ValueError as e:
+        raise ValueError(f"--fused: {e}") from e
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dt]
+    return fast, f"fused {name}"
+
+
 def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split: str = "val",
              out: str | Path | None = None, device: str = "auto", batch_size: int = 8,
              image_size: tuple[int, int] | None = None, crop: int | None = None,
              threshold: float | None = None, split_seed: int | None = None, amp: str = "none",
              save_predictions: bool = False, cache_dir: str | Path | None = None,
-             progress: bool = True, model=None) -> dict[str, Any]:
+             progress: bool = True, model=None, fused: bool = False,
+             dtype: str | None = None) -> dict[str, Any]:
     """Score ``checkpoint`` (a folder written by training / ``save_pretrained``) on a split.
 
     ``image_size`` / ``crop`` / ``threshold`` default to the values training stored in the
@@ -108,6 +168,12 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     does not need, is never built), one case in memory at a time; ``cache_dir`` is the
     preprocessed ``.npy`` cache of training's ``--cache-dir`` (read when it matches the
     source files, written otherwise). Other data sets ignore it.
+
+    ``fused=True`` scores the folded, fused inference model
+    (:func:`~raunet_fast.inference.build_inference_model`) in ``dtype`` (``"fp32"``,
+    ``"bf16"``, ``"fp16"``; None: fp32 on CPU, bf16 on CUDA) instead of the reference model;
+    ``amp`` must then be ``"none"`` (the fused model has its own precision). ``dtype``
+    without ``fused`` is an error: the reference model's precision is ``amp``.
     """
     from tqdm import tqdm
 
@@ -137,6 +203,12 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if image_size is None and dataset != "brats2021":
         raise ValueError(f"{checkpoint} has no {PREPROCESSING_NAME}; pass --image-size")
+    if fused and amp != "none":
+        raise ValueError(f"--amp {amp} does not apply to --fused (the fused model runs in its "
+                         f"own precision): drop --amp and choose --dtype fp32, bf16 or fp16")
+    if dtype is not None and not fused:
+        raise ValueError(f"--dtype {dtype} is the precision of the fused model; pass --fused "
+                         f"with it (the reference model's precision is --amp)")
     dev = resolve_device(device)
     amp_dtype = autocast_dtype(amp, dev)
     if model is None:
@@ -155,21 +227,19 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
 
     rows: list[dict[str, Any]] = []
     if dataset == "brats2021":
-        from .data.brats import REGIONS, BraTS2021, case_files, labels_to_regions, regions_to_labels
+        from .data.brats import REGIONS, BraTS2021, case_files, labels_to_regions
 
         ds = BraTS2021(data_root, split, crop=crop, image_size=image_size, skip_empty=False,
                        memory_cases=1, seed=split_seed, cache_dir=cache_dir, index_slices=False)
         _check_channels(model, ds.channels, len(REGIONS), checkpoint)
+        forward, model_name = build_forward(model, dev, fused, dtype)
         for i in tqdm(range(len(ds.names)), desc=f"evaluate {split}", unit="case",
                       disable=not progress):
             case = ds.case(i)
             vol = torch.from_numpy(np.asarray(case["image"], dtype=np.float32))  # Z x 4 x X x Y
-            logits = _predict(model, ds.prepare(vol), dev, amp_dtype, batch_size)
-            logits = ds.restore(logits, vol.shape[-2:])
-            cut = math.log(threshold / (1 - threshold))
-            regions = (logits > cut).permute(1, 0, 2, 3).numpy()  # 3 x Z x X x Y
             # the label map a BraTS submission would hold (ET over TC over WT), and its regions
-            labels = regions_to_labels(regions)
+            labels = segment_volume(forward, vol, ds.crop, ds.image_size, dev, amp_dtype,
+                                    batch_size, threshold)
             pred = labels_to_regions(labels)
             truth = labels_to_regions(np.asarray(case["seg"]))  # 3 x Z x X x Y
             sx, sy, sz = case["spacing"]
@@ -181,12 +251,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
                     row[f"{k}_{name}"] = m[k]
             rows.append(row)
             if pred_dir is not None:
-                import nibabel as nib
-
-                ref = nib.load(str(case_files(ds.folders[i])["flair"]))
-                seg = np.moveaxis(labels, 0, 2)
-                nib.save(nib.Nifti1Image(seg, ref.affine, ref.header),
-                         str(pred_dir / f"{ds.names[i]}.nii.gz"))
+                write_brats_labels(labels, case_files(ds.folders[i])["flair"],
+                                   pred_dir / f"{ds.names[i]}.nii.gz")
         summary_metrics = {name: {k: _stats([r[f"{k}_{name}"] for r in rows]) for k in METRICS}
                            for name in REGIONS}
         summary_metrics["mean"] = {k: _stats([float(np.mean([r[f"{k}_{n}"] for n in REGIONS]))
@@ -201,11 +267,12 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         kw = {"seed": split_seed} if dataset == "folder" else {}
         ds = build_dataset(dataset, data_root, split, image_size=None, require_masks=True, **kw)
         _check_channels(model, ds.channels, 1, checkpoint)
+        forward, model_name = build_forward(model, dev, fused, dtype)
         for i in tqdm(range(len(ds)), desc=f"evaluate {split}", unit="image", disable=not progress):
             image, _ = ds.load_case(i, draft_size=image_size)  # decoded as in training
             mask = read_mask(ds.mask_paths[i])  # scored at the original resolution
             x, _ = resize_pair(image, None, image_size)
-            logits = _predict(model, x[None], dev, amp_dtype, 1)
+            logits = _predict(forward, x[None], dev, amp_dtype, 1)
             logits = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
             pred = (torch.sigmoid(logits[0, 0]) > threshold).numpy()
             m = all_metrics(pred, mask, empty_distance=diagonal(mask.shape))
@@ -226,6 +293,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     summary = {"checkpoint": str(checkpoint), "dataset": dataset, "data_root": str(data_root),
                "split": split, "cases": len(rows), "threshold": threshold,
                "image_size": None if image_size is None else list(image_size),
+               "model": model_name if amp == "none" else f"{model_name} (amp {amp})",
                "metrics": summary_metrics, **extra}
     if out is not None:
         _write_csv(out / "cases.csv", rows)
@@ -261,8 +329,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                        crop=args.crop, threshold=args.threshold, split_seed=args.split_seed,
                        amp=args.amp, save_predictions=args.save_predictions,
-                       cache_dir=args.cache_dir, progress=args.progress)
+                       cache_dir=args.cache_dir, progress=args.progress, fused=args.fused,
+                       dtype=args.dtype)
     print(format_summary(summary))
+    if args.fused:
+        print(f"scored with the {summary['model']} inference model")
     print(f"per-case scores in {Path(args.out) / 'cases.csv'}, summary in "
           f"{Path(args.out) / 'summary.json'}")
     return 0
@@ -288,7 +359,14 @@ def add_cli(sub) -> None:
                    help="BraTS / folder split seed (default: the one used in training)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                   help="autocast precision of the reference model (not with --fused)")
+    p.add_argument("--fused", action="store_true",
+                   help="score the folded, fused inference model (the fast path of "
+                        "raunet_fast.inference.build_inference_model; norm=batch models) instead "
+                        "of the reference model; --amp is rejected with it, use --dtype")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="precision of the --fused model (default fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--save-predictions", action="store_true",
                    help="also write the predicted masks (PNG / NIfTI) to EVAL_DIR/predictions/")
     p.add_argument("--cache-dir", type=Path, default=None,

@@ -159,3 +159,17 @@ def build_inference_model(model: SegmentationUNet, dtype: torch.dtype = torch.fl
     if cuda_graphs:
         return CUDAGraphRunner(fast).eval()
     return torch.compile(fast) if compile else fast
+
+
+#: names of the inference dtypes on the command line
+DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
+    """The fused model's dtype for a command-line name: ``fp32`` / ``bf16`` / ``fp16``, or
+    ``None`` / ``"auto"``: fp32 on CPU (exact), bf16 on CUDA (fast, no overflow)."""
+    if name in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be auto, {', '.join(DTYPE_NAMES)}, got {name!r}")
+    return DTYPE_NAMES[name]

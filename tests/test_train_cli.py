@@ -106,6 +106,19 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
         assert summary["metrics"][k]["std"] == pytest.approx(np.std(vals), rel=1e-4, abs=1e-6)
     assert all(0 <= float(c["dice"]) <= 1 for c in cases)
 
+    # the fused inference model (CPU fp32) scores the same
+    ev_fused = tmp_path / "eval-fused"
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "isic2018",
+                     "--data-root", str(isic_root), "--split", "test", "--out", str(ev_fused),
+                     "--no-progress", "--device", "cpu", "--fused"]) == 0
+    assert "fused fp32" in capsys.readouterr().out
+    fused = json.loads((ev_fused / "summary.json").read_text())
+    assert (summary["model"], fused["model"]) == ("reference", "fused fp32")
+    for a, b in zip(cases, read_csv(ev_fused / "cases.csv")):
+        assert a["case"] == b["case"] and round(float(a["dice"]), 3) == round(float(b["dice"]), 3)
+    assert round(fused["metrics"]["dice"]["mean"], 3) == round(summary["metrics"]["dice"]["mean"], 3)
+
     # no ground truth for the split: a clear error, not a crash
     import shutil
 
@@ -148,6 +161,17 @@ def test_brats_train_resume_evaluate(brats_root, tmp_path):
     truth = np.asanyarray(nib.load(str(brats_root / case / f"{case}_seg.nii.gz")).dataobj)
     assert pred.shape == truth.shape == (28, 30, 10)
     assert set(np.unique(pred).tolist()) <= {0, 1, 2, 4}
+    assert pred.dtype == np.uint8
+
+    # the fused model (attention gates included) scores the same, region by region
+    ev_fused = tmp_path / "eval-fused"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "brats2021",
+                     "--data-root", str(brats_root), "--split", "val", "--out", str(ev_fused),
+                     "--no-progress", "--device", "cpu", "--fused", "--dtype", "fp32"]) == 0
+    fused = json.loads((ev_fused / "summary.json").read_text())
+    for region in ("WT", "TC", "ET", "mean"):
+        assert round(fused["metrics"][region]["dice"]["mean"], 3) == \
+            round(summary["metrics"][region]["dice"]["mean"], 3), region
     for region, labels in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
         p, t = np.isin(pred, labels), np.isin(truth, labels)
         got = {k: float(cases[0][f"{k}_{region}"]) for k in ("dice", "hd95")}
@@ -374,6 +398,33 @@ def test_bad_options_are_one_line_errors(isic_root, brats_root, tmp_path, capsys
     assert cli.main(ev + ["--out", str(file)]) == 2
     _one_line_error(capsys, "a-file")
     assert cli.main(ev + ["--out", str(tmp_path / "ev")]) == 0  # the checkpoint itself is fine
+
+
+def test_evaluate_fused_options(isic_root, tmp_path, capsys):
+    from raunet_fast.models import build_model
+
+    ck = tmp_path / "ck"
+    build_model("unet", in_channels=3, out_channels=1, base_channels=4, depth=3).save_pretrained(ck)
+    (ck / "preprocessing.json").write_text(json.dumps({"dataset": "isic2018", "image_size": [16, 16]}))
+    ev = ["evaluate", "--checkpoint", str(ck), "--dataset", "isic2018", "--data-root",
+          str(isic_root), "--no-progress", "--device", "cpu", "--out", str(tmp_path / "ev")]
+    capsys.readouterr()
+    assert cli.main(ev + ["--fused", "--amp", "bf16"]) == 2  # rejected, not silently ignored
+    _one_line_error(capsys, "--amp", "--fused", "--dtype")
+    assert cli.main(ev + ["--dtype", "bf16"]) == 2
+    _one_line_error(capsys, "--dtype", "--fused")
+    assert not (tmp_path / "ev").exists()
+    inst = tmp_path / "inst"
+    build_model("unet", base_channels=4, depth=3, norm="instance").save_pretrained(inst)
+    (inst / "preprocessing.json").write_text((ck / "preprocessing.json").read_text())
+    assert cli.main(ev[:2] + [str(inst)] + ev[3:] + ["--fused"]) == 2
+    _one_line_error(capsys, "norm")
+    assert cli.main(ev + ["--fused", "--dtype", "bf16"]) == 0  # bf16 runs on the CPU too
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["model"] == "fused bf16"
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    assert "--amp is rejected" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_error_classes_and_debug(monkeypatch, capsys):

@@ -164,6 +164,39 @@ def uncrop(x: torch.Tensor, full_size: tuple[int, int], fill: float = 0.0) -> to
                    fill)
 
 
+def _pair(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def prepare_slices(image: torch.Tensor, crop: int | tuple[int, int] | None,
+                   image_size: tuple[int, int] | None) -> torch.Tensor:
+    """``... x X x Y`` full slices -> network input ``... x h x w``: centre crop (or pad) to
+    ``crop``, then resize (bilinear) to ``image_size`` when it differs. The preprocessing
+    of training, evaluation and prediction."""
+    crop, image_size = _pair(crop), _pair(image_size)
+    if crop is not None:
+        image = crop_or_pad(image, crop)
+    if image_size is not None and tuple(image.shape[-2:]) != image_size:
+        lead = image.shape[:-2]
+        image = F.interpolate(image.reshape(-1, 1, *image.shape[-2:]).float(),
+                              size=image_size, mode="bilinear", align_corners=False)
+        image = image.reshape(*lead, *image_size)
+    return image
+
+
+def restore_slices(logits: torch.Tensor, full_size: tuple[int, int],
+                   crop: int | tuple[int, int] | None) -> torch.Tensor:
+    """Inverse of :func:`prepare_slices` for network output ``N x C x h x w``: resized back
+    to the crop and pasted into a canvas of the full slice size ``N x C x X x Y``; outside
+    the crop the logits are a large negative number, i.e. background."""
+    crop = _pair(crop) or tuple(full_size)
+    if tuple(logits.shape[-2:]) != tuple(crop):
+        logits = F.interpolate(logits.float(), size=crop, mode="bilinear", align_corners=False)
+    return uncrop(logits, tuple(full_size), fill=-1e4)
+
+
 class BraTS2021(Dataset):
     """Axial slices of the BraTS 2021 cases of one split.
 
@@ -358,23 +391,12 @@ class BraTS2021(Dataset):
     # --------------------------------------------------------------- slices
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """``... x X x Y`` full slices -> cropped and resized network input ``... x h x w``."""
-        if self.crop is not None:
-            image = crop_or_pad(image, self.crop)
-        if self.image_size is not None and tuple(image.shape[-2:]) != self.image_size:
-            lead = image.shape[:-2]
-            image = F.interpolate(image.reshape(-1, 1, *image.shape[-2:]).float(),
-                                  size=self.image_size, mode="bilinear", align_corners=False)
-            image = image.reshape(*lead, *self.image_size)
-        return image
+        return prepare_slices(image, self.crop, self.image_size)
 
     def restore(self, logits: torch.Tensor, full_size: tuple[int, int]) -> torch.Tensor:
         """Network output ``N x C x h x w`` -> ``N x C x X x Y`` in the original slice grid
-        (resized back to the crop and pasted into a canvas of the full slice size; outside
-        the crop the logits are a large negative number, i.e. background)."""
-        crop = self.crop or tuple(full_size)
-        if tuple(logits.shape[-2:]) != tuple(crop):
-            logits = F.interpolate(logits.float(), size=crop, mode="bilinear", align_corners=False)
-        return uncrop(logits, tuple(full_size), fill=-1e4)
+        (see :func:`restore_slices`)."""
+        return restore_slices(logits, full_size, self.crop)
 
     def __len__(self) -> int:
         return len(self.index)
