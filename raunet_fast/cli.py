@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     "raunet_fast.data.generate",  # make-data
     "raunet_fast.train",          # train
     "raunet_fast.evaluate",       # evaluate
+    "raunet_fast.predict",        # predict
     "raunet_fast.demo",           # demo
 ]
 
