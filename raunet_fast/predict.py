@@ -242,6 +242,9 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         from .data.brats import REGIONS, case_files, load_case
 
         cases = _brats_cases(input)
+        if probabilities:
+            raise ValueError("--probabilities is for 2-D checkpoints; BraTS predictions are "
+                             "label maps")
         if model.in_channels != 4 or model.out_channels != len(REGIONS):
             raise ValueError(f"the model in {checkpoint} has {model.in_channels} input / "
                              f"{model.out_channels} output channels; BraTS needs 4 / 3")
@@ -254,6 +257,8 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         crop = prep.get("crop", 192)
         size = image_size or (tuple(prep["image_size"]) if prep.get("image_size") else None)
         forward, model_name = build_forward(model, dev, fused, dtype)
+        if amp_dtype is not None:
+            model_name += f" (autocast {dtype})"
         out.mkdir(parents=True, exist_ok=True)
         written, slices = [], 0
         t0 = time.perf_counter()
@@ -303,6 +308,8 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     outputs = {p: _output_names(p.stem, head, regions, probabilities) for p in paths}
     _check_out(out, [n for names in outputs.values() for n in names], overwrite)
     forward, model_name = build_forward(model, dev, fused, dtype)
+    if amp_dtype is not None:
+        model_name += f" (autocast {dtype})"
     out.mkdir(parents=True, exist_ok=True)
 
     def load(path: Path):

@@ -293,6 +293,9 @@ def test_brats_cases(brats_root, tmp_path, capsys):
     capsys.readouterr()
     assert run("--checkpoint", str(ck), "--input", str(broken), "--out", str(tmp_path / "o2")) == 2
     one_line_error(capsys, f"{case}_t1ce.nii.gz", "does not exist")
+    assert run("--checkpoint", str(ck), "--input", str(brats_root), "--out", str(tmp_path / "o4"),
+               "--probabilities") == 2
+    one_line_error(capsys, "--probabilities")
     png = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(png)
     assert run("--checkpoint", str(ck), "--input", str(png), "--out", str(tmp_path / "o3")) == 2
