@@ -84,3 +84,44 @@ def test_autograd_inputs_go_through_the_custom_op(monkeypatch, which):
         monkeypatch.setattr(gate_mod, "_attention_gate_op", _raise)
         with pytest.raises(_Called):
             attention_gate(args[0].requires_grad_(), *args[1:], backend="torch")
+
+
+def test_eager_direct_steps_aside_for_transforms_and_modes():
+    t = torch.randn(3)
+    assert eager_direct(torch.nn.Parameter(torch.randn(3), requires_grad=False))
+    with torch.device("cpu"):  # a TorchFunctionMode
+        assert not eager_direct(t)
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        assert not eager_direct(t)
+    seen = []
+    torch.func.vmap(lambda v: seen.append(eager_direct(v)) or v)(torch.randn(2, 3))
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_ops_under_vmap_match_a_loop(backend):
+    """vmap goes through the registered op (its fallback loops): the direct C++ path would
+    see batched tensors it cannot handle."""
+    x, w, b = torch.randn(3, 2, 5, 7, 9), torch.randn(6, 5, 3, 3), torch.randn(6)
+    got = torch.func.vmap(lambda v: conv3x3_fused(v, w, b, backend=backend))(x)
+    want = torch.stack([conv3x3_fused(v, w, b, backend=backend) for v in x])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    gx, g = torch.randn(3, 2, 6, 5, 7), torch.randn(3, 2, 10, 5, 7)
+    _, _, wx, wg, bias, psi, bpsi = _gate_args()
+    got = torch.func.vmap(lambda a, c: attention_gate(a, c, wx, wg, bias, psi, bpsi,
+                                                      backend=backend))(gx, g)
+    want = torch.stack([attention_gate(a, c, wx, wg, bias, psi, bpsi, backend=backend)
+                        for a, c in zip(gx, g)])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_direct_calls_show_in_the_profiler():
+    x, w, b = _conv_args()
+    args = _gate_args()
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        conv3x3_fused(x, w, b, backend="torch")
+        attention_gate(*args, backend="torch")
+    names = {e.name for e in prof.events()}
+    assert {"raunet_fast::conv3x3_fused", "raunet_fast::attention_gate"} <= names

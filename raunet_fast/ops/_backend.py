@@ -39,25 +39,42 @@ def eager_direct(*tensors) -> bool:
     than a small kernel: the batch-1 network is host-bound in eager mode).
 
     True only in plain eager inference: not while ``torch.compile`` / ``torch.export`` or
-    ``torch.jit`` trace, no ``TorchDispatchMode`` active, every tensor a plain CPU or CUDA
-    ``torch.Tensor`` (no fake, meta or subclass tensors), and no tensor that would need
-    autograd. Otherwise the op is called and behaves exactly as registered.
+    ``torch.jit`` trace, no ``TorchDispatchMode`` or ``TorchFunctionMode`` active (``with
+    torch.device(...)`` is one), no ``torch.func`` transform (vmap, grad, jvp) and no
+    forward-mode AD level, every tensor a plain CPU or CUDA ``torch.Tensor`` or
+    ``nn.Parameter`` (no fake, meta or subclass tensors), and no tensor that would need
+    autograd. Otherwise the op is called and behaves exactly as registered. (Under the
+    profiler the direct call is recorded under the op's name, see :func:`run_direct`.)
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-    if _get_current_dispatch_mode() is not None:
+    if (_get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+            or torch._C._are_functorch_transforms_active()
+            or torch.autograd.forward_ad._current_level >= 0):
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
         if t is None:
             continue
-        if type(t) is not torch.Tensor or t.device.type not in ("cpu", "cuda"):
+        if type(t) not in _PLAIN or t.device.type not in ("cpu", "cuda"):
             return False
         if grad and t.requires_grad:
             return False
     return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def run_direct(name: str, impl, args):
+    """``impl(*args)``, recorded as ``raunet_fast::<name>`` when the profiler runs (the
+    registered op would show under that name; the direct call must not vanish from traces)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        with torch.profiler.record_function(f"raunet_fast::{name}"):
+            return impl(*args)
+    return impl(*args)
 
 
 def check_backend_name(backend: str) -> None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import (BackendUnavailable, check_backend_name, eager_direct, load_extension,
+                       run_direct,
                        triton_unavailable_reason, warn_fallback)
 
 __all__ = ["attention_gate", "fold_attention_gate", "cast_gate_params", "gate_bytes",
@@ -267,6 +268,8 @@ def attention_gate(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: tor
             raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
     args = (x, g, w_x, w_g, bias, w_psi, b_psi.reshape(1), return_alpha, backend)
     # plain eager inference skips the custom op's dispatch cost (same implementation)
-    op = _attention_gate_impl if eager_direct(*args[:7]) else _attention_gate_op
-    out, alpha = op(*args)
+    if eager_direct(*args[:7]):
+        out, alpha = run_direct("attention_gate", _attention_gate_impl, args)
+    else:
+        out, alpha = _attention_gate_op(*args)
     return (out, alpha) if return_alpha else out

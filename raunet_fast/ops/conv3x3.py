@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import (BackendUnavailable, check_backend_name, eager_direct, load_extension,
+                       run_direct,
                        triton_unavailable_reason, warn_fallback)
 
 __all__ = ["conv3x3_fused", "resolve_backend", "pack_weights"]
@@ -207,14 +208,46 @@ def _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, pac
 
 # fp32 "cpp" convolutions run through oneDNN with weights reordered once into its blocked
 # layout (per weight and input shape): eager at::conv2d reorders them on every call, which
-# dominates the low-resolution, many-channel levels. Turned off (and the at::conv2d path
-# used) where this torch build lacks the ops or they fail once.
+# dominates the low-resolution, many-channel levels. Off (the at::conv2d path used) where
+# this torch build lacks the ops: probed once on a tiny known-good input (_onednn_probe);
+# a call that fails for its own inputs falls back for that call only.
 _ONEDNN = {"enabled": True}
+
+# With ReLU on, oneDNN's own post-ops fuse bias (+ the shortcut add) + ReLU into the
+# convolution (the CPU twin of the cuDNN fusion below): measured on 2 cores, fp32, the conv
+# then runs at the bare convolution's speed, 5-18% faster than conv + the csrc epilogue
+# pass. ReLU off (or RAUNET_CPP_ONEDNN_POSTOPS=0) keeps the csrc epilogue.
+ONEDNN_POSTOPS = {"enabled": os.environ.get("RAUNET_CPP_ONEDNN_POSTOPS", "1") != "0"}
+
+_PROBE: dict[str, bool] = {}
+
+
+def _onednn_probe(what: str) -> bool:
+    """Whether this torch build runs the prepacked oneDNN conv (``"conv"``) and its
+    bias + add + ReLU post-ops (``"postops"``): tried once on a tiny input, then remembered."""
+    if what not in _PROBE:
+        one = [1, 1]
+        x = torch.randn(1, 2, 3, 3)
+        try:
+            w = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                torch.randn(2, 2, 3, 3).to_mkldnn(), one, one, one, 1, list(x.shape))
+            if what == "conv":
+                torch.ops.mkldnn._convolution_pointwise(x, w, None, one, one, one, 1, "none",
+                                                        [], "")
+            else:
+                torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, torch.randn(1, 2, 3, 3), w, torch.randn(2), one, one, one, 1, "add", 1.0,
+                    "relu", [], "")
+            _PROBE[what] = True
+        except Exception:  # noqa: BLE001 - ops missing or refusing in this build
+            _PROBE[what] = False
+    return _PROBE[what]
 
 
 def _onednn_weight(weight: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
     if not (_ONEDNN["enabled"] and x.dtype == torch.float32 and x.device.type == "cpu"
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and _onednn_probe("conv")):
         return None
 
     def make():
@@ -223,16 +256,8 @@ def _onednn_weight(weight: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tens
                                                          list(x.shape))
     try:
         return _cached("onednn", make, weight, None, tuple(x.shape))
-    except Exception:  # noqa: BLE001 - an internal op missing or refusing: plain path
-        _ONEDNN["enabled"] = False
+    except Exception:  # noqa: BLE001 - refused for these inputs: plain path, this call only
         return None
-
-
-# With ReLU on, oneDNN's own post-ops fuse bias (+ the shortcut add) + ReLU into the
-# convolution (the CPU twin of the cuDNN fusion below): measured on 2 cores, fp32, the conv
-# then runs at the bare convolution's speed, 5-18% faster than conv + the csrc epilogue
-# pass. ReLU off (or RAUNET_CPP_ONEDNN_POSTOPS=0) keeps the csrc epilogue.
-ONEDNN_POSTOPS = {"enabled": os.environ.get("RAUNET_CPP_ONEDNN_POSTOPS", "1") != "0"}
 
 
 def _cpp_onednn(ext, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
@@ -249,8 +274,9 @@ def _cpp_onednn(ext, x, weight, bias, residual, shortcut_input, shortcut_weight,
         sw = _weight_as(shortcut_weight.reshape(cout, cs, 1, 1), x.dtype, fmt)
         sc = F.conv2d(shortcut_input.to(x.dtype), sw)
     xc = x.contiguous(memory_format=fmt)
-    if relu and ONEDNN_POSTOPS["enabled"]:
-        b = bias if bias.dtype == torch.float32 else bias.to(torch.float32)
+    if relu and ONEDNN_POSTOPS["enabled"] and _onednn_probe("postops"):
+        # oneDNN reads the bias as dense fp32 whatever its strides: give it exactly that
+        b = bias.detach().to(torch.float32).contiguous()
         try:
             if sc is None:
                 return torch.ops.mkldnn._convolution_pointwise(xc, pw, b, one, one, one, 1,
@@ -258,13 +284,12 @@ def _cpp_onednn(ext, x, weight, bias, residual, shortcut_input, shortcut_weight,
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 xc, sc.to(x.dtype).contiguous(memory_format=fmt), pw, b, one, one, one, 1,
                 "add", 1.0, "relu", [], "")
-        except Exception:  # noqa: BLE001 - a torch build without these post-ops: epilogue
-            ONEDNN_POSTOPS["enabled"] = False
+        except Exception:  # noqa: BLE001 - refused for these inputs: the epilogue path
+            pass
     try:
         y = torch.ops.mkldnn._convolution_pointwise(xc, pw, None, one, one, one, 1, "none", [],
                                                     "")
-    except Exception:  # noqa: BLE001
-        _ONEDNN["enabled"] = False
+    except Exception:  # noqa: BLE001 - refused for these inputs: at::conv2d, this call only
         return None
     return ext.conv_epilogue(y, bias, sc, relu)
 
@@ -288,6 +313,7 @@ def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
     w = _weight_as(weight, x.dtype, fmt)
     b = bias if bias.dtype == x.dtype else _cached("bias", lambda: bias.detach().to(x.dtype),
                                                    bias, None, x.dtype)
+    b = b.contiguous()  # cuDNN reads the bias as dense (a no-op for the modules' buffers)
     one = (1, 1)
     if shortcut_input is not None:
         cout, cs = weight.shape[0], shortcut_input.shape[1]
@@ -321,6 +347,8 @@ def _conv3x3_fused_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     """The op's implementation; ``packed`` is the optional pre-packed Triton weight
     (inference modules). Called through :data:`_conv3x3_fused_op` (or directly in plain
     eager inference, see :func:`conv3x3_call`)."""
+    if bias.dim() != 1 or not bias.is_contiguous():  # e.g. a strided view or Cout x 1
+        bias = bias.reshape(-1).contiguous()
     if backend == "auto" and cudnn_fusion_applies(x, relu):
         return _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight)
     be = resolve_backend(backend, x.device)
@@ -361,7 +389,7 @@ def conv3x3_call(x, weight, bias, residual, shortcut_input, shortcut_weight, pac
     registered op (compile, export, autograd, fake tensors)."""
     args = (x, weight, bias, residual, shortcut_input, shortcut_weight, packed, relu, backend)
     if eager_direct(x, weight, bias, residual, shortcut_input, shortcut_weight, packed):
-        return _conv3x3_fused_impl(*args)
+        return run_direct("conv3x3_fused", _conv3x3_fused_impl, args)
     return _conv3x3_fused_op(*args)
 
 
@@ -370,6 +398,8 @@ def _check(x, weight, bias, residual, shortcut_input, shortcut_weight):
     if x.dim() != 4:
         raise ValueError(f"conv3x3_fused: x must be N x Cin x H x W, got shape {tuple(x.shape)}")
     n, cin, h, w = x.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"conv3x3_fused: x must have H, W >= 1, got shape {tuple(x.shape)}")
     if weight.dim() != 4 or tuple(weight.shape[1:]) != (cin, 3, 3):
         raise ValueError(f"conv3x3_fused: weight must be Cout x {cin} x 3 x 3 for x of shape "
                          f"{tuple(x.shape)}, got {tuple(weight.shape)}")

@@ -26,6 +26,11 @@ from ._backend import check_backend_name
 __all__ = ["FusedConv3x3", "FusedPlainBlock", "FusedResidualBlock", "fuse_block"]
 
 
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or an ordinary (non-inference) copy of it; call outside inference mode."""
+    return t.clone() if t.is_inference() else t
+
+
 class FusedConv3x3(nn.Module):
     """``relu?(conv3x3(x) + bias + (residual | conv1x1(shortcut_input)))`` with packed weights.
 
@@ -43,12 +48,16 @@ class FusedConv3x3(nn.Module):
         check_backend_name(backend)
         self.relu, self.backend = relu, backend
         self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
-        # channels_last: the layout of the fast path (oneDNN / cuDNN take it as is)
-        self.register_buffer("weight", weight.detach().to(dtype).contiguous(
-            memory_format=torch.channels_last))
-        self.register_buffer("bias", bias.detach().to(torch.float32).contiguous())
-        sw = None if shortcut_weight is None else \
-            shortcut_weight.detach().reshape(weight.shape[0], -1).to(dtype).contiguous()
+        # channels_last: the layout of the fast path (oneDNN / cuDNN take it as is). Buffers
+        # are ordinary tensors even when built under torch.inference_mode: inference tensors
+        # keep no version counter, so the ops could not cache what they derive from them
+        # (prepacked oneDNN weights, cast biases) and would redo it on every call.
+        with torch.inference_mode(False):
+            self.register_buffer("weight", _owned(weight.detach().to(dtype).contiguous(
+                memory_format=torch.channels_last)))
+            self.register_buffer("bias", _owned(bias.detach().to(torch.float32).contiguous()))
+            sw = None if shortcut_weight is None else _owned(
+                shortcut_weight.detach().reshape(weight.shape[0], -1).to(dtype).contiguous())
         self.register_buffer("shortcut_weight", sw)
         # the Triton layout is held only where Triton is asked for by name: "auto" runs
         # cuDNN / oneDNN on the network's layers (and packs once, cached, if it ever picks
