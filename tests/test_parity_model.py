@@ -65,3 +65,25 @@ def test_conv_parity_catches_a_dropped_channel_in_bf16(epilogue):
     bad_bias, _ = reference(x, w, b * 0.9, parts=True, **kw)
     with pytest.raises(AssertionError):
         assert_parity(y, bad_bias, BF16, k=k, scale=mag, roundings=3, what="bias 10% off")
+
+
+def test_parity_catches_an_error_in_one_pixel_in_bf16():
+    """A bug confined to a few pixels (a tap missed at the image corner, the last partial
+    tile) moves one output by a fraction of the typical value: the elementwise bound
+    (a few roundings, ~1-3% of the values in bf16) must catch it."""
+    args, kw, k = make_case(2, 128, 40, 9, 11, "residual", dtype=BF16, channels_last=True)
+    y = ops.conv3x3_fused(*args, backend="torch", **kw)
+    want, mag = reference(*args, parts=True, **kw)
+    x, w, b = args
+    corner = corner_tap(x, w)  # what the corner output loses without its (0, 0) tap
+    bad = want.clone()
+    bad[:, :, -1, -1] = torch.relu(want[:, :, -1, -1] - corner)  # relu'd like the output
+    assert (bad != want).any()
+    with pytest.raises(AssertionError):
+        assert_parity(y, bad, BF16, k=k, scale=mag, roundings=3, what="corner tap missing")
+
+
+def corner_tap(x, w):
+    """fp64 contribution of tap (0, 0) (up-left neighbour) to the bottom-right output pixel."""
+    xd, wd = x.double(), w.double()
+    return torch.einsum("nc,oc->no", xd[:, :, -2, -2], wd[:, :, 0, 0])
