@@ -215,6 +215,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         model = from_pretrained(checkpoint, map_location=dev)
     model = model.to(dev).eval()
 
+    # built (and a model that cannot be fused refused) before any output folder is made
+    forward, model_name = build_forward(model, dev, fused, dtype)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +234,6 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         ds = BraTS2021(data_root, split, crop=crop, image_size=image_size, skip_empty=False,
                        memory_cases=1, seed=split_seed, cache_dir=cache_dir, index_slices=False)
         _check_channels(model, ds.channels, len(REGIONS), checkpoint)
-        forward, model_name = build_forward(model, dev, fused, dtype)
         for i in tqdm(range(len(ds.names)), desc=f"evaluate {split}", unit="case",
                       disable=not progress):
             case = ds.case(i)
@@ -267,7 +268,6 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
         kw = {"seed": split_seed} if dataset == "folder" else {}
         ds = build_dataset(dataset, data_root, split, image_size=None, require_masks=True, **kw)
         _check_channels(model, ds.channels, 1, checkpoint)
-        forward, model_name = build_forward(model, dev, fused, dtype)
         for i in tqdm(range(len(ds)), desc=f"evaluate {split}", unit="image", disable=not progress):
             image, _ = ds.load_case(i, draft_size=image_size)  # decoded as in training
             mask = read_mask(ds.mask_paths[i])  # scored at the original resolution

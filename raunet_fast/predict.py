@@ -222,6 +222,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     prep = read_preprocessing(checkpoint)
+    threshold_given = threshold is not None
     threshold = float(prep.get("threshold", 0.5) if threshold is None else threshold)
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
@@ -294,12 +295,17 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         raise
     size = image_size or (tuple(prep["image_size"]) if prep.get("image_size") else None)
     if size is None:
-        raise ValueError(f"{checkpoint} has no preprocessing.json with the image size it was "
-                         f"trained at; pass --image-size")
+        has = (Path(checkpoint) / "preprocessing.json").is_file()
+        raise ValueError(f"{checkpoint} has no "
+                         f"{'image_size in its preprocessing.json' if has else 'preprocessing.json'}"
+                         f" (the size it was trained at); pass --image-size")
     modes = {p: check_image(p, model.in_channels) for p in paths}
     output = str(prep.get("output", "sigmoid")).lower()
     if output.startswith("softmax"):
         head = "softmax"
+        if threshold_given:
+            raise ValueError("--threshold applies to sigmoid outputs; this checkpoint's output "
+                             "is softmax (its label map takes the most probable class)")
         if model.out_channels > 256:
             raise ValueError(f"{model.out_channels} classes do not fit an 8-bit label map")
     else:

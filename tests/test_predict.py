@@ -151,6 +151,15 @@ def test_single_image_file_softmax_and_grayscale(ck2d, tmp_path, capsys):
     np.testing.assert_array_equal(labels, logits[0].argmax(0).numpy())
     assert set(np.unique(labels).tolist()) <= {0, 1, 2} and len(np.unique(labels)) > 1
 
+    # --threshold means nothing for a label map: a one-line error, not silence
+    assert run("--checkpoint", str(soft), "--input", str(png), "--out", str(tmp_path / "t"),
+               "--threshold", "0.3") == 2
+    assert "softmax" in capsys.readouterr().err
+    # a preprocessing.json without the size: the message says what is missing
+    (soft / "preprocessing.json").write_text(json.dumps({"dataset": "folder"}))
+    assert run("--checkpoint", str(soft), "--input", str(png), "--out", str(tmp_path / "t")) == 2
+    assert "image_size in its preprocessing.json" in capsys.readouterr().err
+
     gray = tmp_path / "gray.png"
     Image.fromarray(rng.integers(0, 256, (20, 22), dtype=np.uint8)).save(gray)
     g = tmp_path / "g"

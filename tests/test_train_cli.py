@@ -419,6 +419,7 @@ def test_evaluate_fused_options(isic_root, tmp_path, capsys):
     (inst / "preprocessing.json").write_text((ck / "preprocessing.json").read_text())
     assert cli.main(ev[:2] + [str(inst)] + ev[3:] + ["--fused"]) == 2
     _one_line_error(capsys, "norm")
+    assert not (tmp_path / "ev").exists(), "refused before any output folder is made"
     assert cli.main(ev + ["--fused", "--dtype", "bf16"]) == 0  # bf16 runs on the CPU too
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["model"] == "fused bf16"
