@@ -6,6 +6,8 @@ Compares, in one run and on one device:
   compile-<dt>    torch.compile of that (plain torch.compile: the baseline to beat)
   fused-<dt>      build_inference_model (folded BN, fused gate + conv kernels)
   fused+graphs    the fused model captured as one CUDA graph per shape (GPU only)
+  fused+graphs+carry   the same with carry_input=True (first block's projection carried
+                  through conv1; GPU only)
   fused+compile   torch.compile around the fused model
 
 and reports ms per batch, images/s, speedup vs eager-<dt> and vs compile-<dt>, and the
@@ -81,6 +83,10 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         graphed = build_inference_model(model, dtype=dt, backend=args.backend, cuda_graphs=True)
         variants[f"fused+graphs-{args.dtype}"] = lambda x: graphed(x)
+        # the first block's projection carried through conv1 (off by default until measured)
+        carried = build_inference_model(model, dtype=dt, backend=args.backend, cuda_graphs=True,
+                                        carry_input=True)
+        variants[f"fused+graphs+carry-{args.dtype}"] = lambda x: carried(x)
     if not args.no_compile:
         cfused = torch.compile(fused)
         variants[f"fused+compile-{args.dtype}"] = lambda x: cfused(x)

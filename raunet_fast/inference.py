@@ -45,7 +45,7 @@ class InferenceUNet(nn.Module):
     """Folded, fused, channels_last inference form of a :class:`SegmentationUNet`."""
 
     def __init__(self, model: SegmentationUNet, dtype: torch.dtype = torch.float16,
-                 backend: str = "auto"):
+                 backend: str = "auto", carry_input: bool = False):
         super().__init__()
         if model.training:
             raise ValueError("build the inference model from an eval-mode model (call model.eval())")
@@ -59,7 +59,8 @@ class InferenceUNet(nn.Module):
         self.in_channels, self.depth = model.in_channels, model.depth
         self.size_multiple = model.size_multiple
         self.dtype = dtype
-        self.encoder = nn.ModuleList(fuse_block(b, dtype, backend) for b in model.encoder)
+        self.encoder = nn.ModuleList(fuse_block(b, dtype, backend, carry_input)
+                                     for b in model.encoder)
         self.ups = nn.ModuleList()
         self.gates = nn.ModuleList()
         self.blocks = nn.ModuleList()
@@ -144,18 +145,20 @@ class CUDAGraphRunner(nn.Module):
 
 def build_inference_model(model: SegmentationUNet, dtype: torch.dtype = torch.float16,
                           backend: str = "auto", compile: bool = False,
-                          cuda_graphs: bool = False) -> nn.Module:
+                          cuda_graphs: bool = False, carry_input: bool = False) -> nn.Module:
     """Fold, pack and fuse ``model`` (eval mode, BatchNorm) for fast inference.
 
     ``backend``: ``"auto"`` (fastest measured per device), ``"triton"``, ``"cuda"``,
     ``"cpp"`` or ``"torch"`` (reference math, for checking).
     ``compile=True`` wraps the result in ``torch.compile``. ``cuda_graphs=True`` captures
     one CUDA graph per input shape and replays it (for real-time, small-batch inference;
-    call it under ``torch.no_grad()``).
+    call it under ``torch.no_grad()``). ``carry_input=True``: the narrow first block carries
+    its input through conv1 instead of a separate 1x1 projection
+    (:class:`~raunet_fast.ops.fused_blocks.FusedResidualBlock`; experimental, exact).
     """
     if compile and cuda_graphs:
         raise ValueError("choose compile=True or cuda_graphs=True, not both")
-    fast = InferenceUNet(model, dtype=dtype, backend=backend).eval()
+    fast = InferenceUNet(model, dtype=dtype, backend=backend, carry_input=carry_input).eval()
     if cuda_graphs:
         return CUDAGraphRunner(fast).eval()
     return torch.compile(fast) if compile else fast

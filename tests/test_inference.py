@@ -41,6 +41,15 @@ def test_torch_backend_matches_reference(cls):
     assert rel_l2(out, ref) < 1e-5
 
 
+def test_carry_input_model_matches_reference():
+    model = trained_like(RAUNet, base_channels=32)  # first block 3 -> 32: a carry candidate
+    fast = build_inference_model(model, dtype=torch.float32, backend="cpp", carry_input=True)
+    assert fast.encoder[0].carry_input and not fast.encoder[1].carry_input
+    x = torch.randn(1, 3, 21, 18)
+    with torch.no_grad():
+        assert rel_l2(fast(x), model(x)) < 1e-5
+
+
 def test_cpp_backend_matches_reference():
     model = trained_like(RAUNet)
     fast = build_inference_model(model, dtype=torch.float32, backend="cpp")

@@ -155,10 +155,14 @@ class FusedResidualBlock(nn.Module):
 
 
 def fuse_block(block: nn.Module, dtype: torch.dtype = torch.float16,
-               backend: str = "auto") -> nn.Module:
-    """:class:`FusedResidualBlock` or :class:`FusedPlainBlock` for an eval-mode block."""
+               backend: str = "auto", carry_input: bool = False) -> nn.Module:
+    """:class:`FusedResidualBlock` or :class:`FusedPlainBlock` for an eval-mode block.
+    ``carry_input``: carry the input through conv1 in projection blocks where
+    :func:`carry_candidate` holds (the narrow first block)."""
     if isinstance(block, ResidualBlock):
-        return FusedResidualBlock.from_block(block, dtype, backend)
+        carry = (carry_input and not isinstance(block.shortcut, nn.Identity)
+                 and carry_candidate(block.conv1.conv.in_channels, block.conv1.conv.out_channels))
+        return FusedResidualBlock.from_block(block, dtype, backend, carry_input=carry)
     if isinstance(block, PlainBlock):
         return FusedPlainBlock.from_block(block, dtype, backend)
     raise TypeError(f"fuse_block: expected PlainBlock or ResidualBlock, got {type(block).__name__}")
