@@ -102,9 +102,14 @@ std::string cpu_isa() {
   return fn == tile_logits_generic ? "generic" : "unknown";
 }
 
+// out: P pixels of out_c channels (NHWC): the gated x in channels [0, Cx); with copy_g
+// (out_c = Cx + Cg) also g in channels [Cx, Cx + Cg) - the decoder's concatenation, written
+// here while g is in cache instead of by a separate cat pass. Values go through float and
+// back: exact for float / half / bfloat16.
 template <typename T>
 void gate_cpu(const T* x, const T* g, const T* wx, const T* wg, const T* bias, const T* psi,
-              float bpsi, T* out, T* alpha, const raunet_ag::GateDims d) {
+              float bpsi, T* out, T* alpha, const raunet_ag::GateDims d, int64_t out_c,
+              bool copy_g) {
   const int K = d.cx + d.cg;
   const int Fp = (d.f + kFPad - 1) / kFPad * kFPad;
   // Packed fp32 weight wt (K x Fp): row k < Cx is column k of W_x, row Cx + k column k of
@@ -154,8 +159,10 @@ void gate_cpu(const T* x, const T* g, const T* wx, const T* wg, const T* bias, c
         const float a = raunet_ag::gate_alpha(s[p], bpsi);
         if (alpha != nullptr) alpha[p_begin + p] = static_cast<T>(a);
         const float* xr = &in[(size_t)p * K];
-        T* o = out + (p_begin + p) * d.cx;
+        T* o = out + (p_begin + p) * out_c;
         for (int c = 0; c < d.cx; ++c) o[c] = static_cast<T>(xr[c] * a);
+        if (copy_g)
+          for (int c = 0; c < d.cg; ++c) o[d.cx + c] = static_cast<T>(xr[d.cx + c]);
       }
     }
   }
@@ -178,11 +185,12 @@ void check_param(const at::Tensor& t, const at::Tensor& x, const char* name, int
 
 // x: N x Cx x H x W, g: N x Cg x H x W (channels_last, same dtype); w_x: F x Cx,
 // w_g: F x Cg, bias: F, psi: F, bpsi: 1 (contiguous, x's dtype); out: like x
-// (channels_last); alpha: N x 1 x H x W contiguous of x's dtype (used when write_alpha).
+// (channels_last), or with concat N x (Cx + Cg) x H x W: [gated x, g] (the decoder's cat);
+// alpha: N x 1 x H x W contiguous of x's dtype (used when write_alpha).
 void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w_x,
                             const at::Tensor& w_g, const at::Tensor& bias, const at::Tensor& psi,
                             const at::Tensor& bpsi, const at::Tensor& out,
-                            const at::Tensor& alpha, bool write_alpha) {
+                            const at::Tensor& alpha, bool write_alpha, bool concat) {
   check_nhwc(x, "x");
   check_nhwc(g, "g");
   check_nhwc(out, "out");
@@ -190,7 +198,10 @@ void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::
               "x, g and out must share one dtype");
   TORCH_CHECK(g.size(0) == x.size(0) && g.size(2) == x.size(2) && g.size(3) == x.size(3),
               "g must have x's N, H, W");
-  TORCH_CHECK(out.sizes() == x.sizes(), "out must have x's shape");
+  const int64_t out_c = concat ? x.size(1) + g.size(1) : x.size(1);
+  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == out_c && out.size(2) == x.size(2) &&
+                  out.size(3) == x.size(3),
+              concat ? "out must be N x (Cx + Cg) x H x W" : "out must have x's shape");
   raunet_ag::GateDims d{x.size(0) * x.size(2) * x.size(3), (int)x.size(1), (int)g.size(1),
                         (int)bias.numel()};
   check_param(w_x, x, "w_x", (int64_t)d.f * d.cx);
@@ -211,7 +222,8 @@ void attention_gate_forward(const at::Tensor& x, const at::Tensor& g, const at::
                            bias.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(),
                            static_cast<float>(bpsi.data_ptr<scalar_t>()[0]),
                            out.data_ptr<scalar_t>(),
-                           write_alpha ? alpha.data_ptr<scalar_t>() : nullptr, d);
+                           write_alpha ? alpha.data_ptr<scalar_t>() : nullptr, d, out_c,
+                           concat);
       });
 }
 

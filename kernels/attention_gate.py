@@ -109,7 +109,7 @@ def _gate_tile(
     x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
     HW, KX_STEPS, KG_STEPS, F_STEPS,
     CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
-    X_CL: tl.constexpr, G_CL: tl.constexpr,
+    X_CL: tl.constexpr, G_CL: tl.constexpr, OUT_C: tl.constexpr, COPY_G: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
     BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -129,7 +129,10 @@ def _gate_tile(
     * ``wx_ptr``  - W_x, ``F x CX`` row-major, T.  ``wg_ptr``: W_g, ``F x CG`` row-major, T.
     * ``b_ptr``   - summed folded bias, ``(F,)``, any float dtype (read as fp32).
     * ``psi_ptr`` - psi weights ``(F,)``; ``bpsi_ptr``: psi bias, one element (fp32 math).
-    * ``out_ptr`` - output, x's shape, dtype and layout (``X_CL``).
+    * ``out_ptr`` - output, x's shape, dtype and layout (``X_CL``); channels_last with
+      ``OUT_C`` channels per pixel (``OUT_C = CX``, or ``CX + CG`` with ``COPY_G``: then
+      channels ``CX..CX+CG`` receive g unchanged - the decoder's concatenation, written
+      while g is loaded anyway). NCHW output needs ``OUT_C == CX`` and no ``COPY_G``.
     * ``alpha_ptr`` - attention map ``N x 1 x H x W`` contiguous, T; written only when
       ``WRITE_ALPHA``.
 
@@ -145,7 +148,7 @@ def _gate_tile(
     mask_p = offs_p < HW
     x_img = x_ptr + n * HW * CX
     g_img = g_ptr + n * HW * CG
-    o_img = out_ptr + n * HW * CX
+    o_img = out_ptr + n * HW * OUT_C
     ak_x = tl.arange(0, BLOCK_KX)
     ak_g = tl.arange(0, BLOCK_KG)
     X_ONE: tl.constexpr = CX <= BLOCK_KX
@@ -218,23 +221,47 @@ def _gate_tile(
     if WRITE_ALPHA:
         tl.store(alpha_ptr + n * HW + offs_p, alpha.to(alpha_ptr.dtype.element_ty), mask=mask_p)
 
-    # ---- out = x * alpha, in x's layout
+    # ---- out = x * alpha, in x's layout (OUT_C channels per pixel when channels_last)
     if X_ONE:
         y = x_tile.to(tl.float32) * alpha[:, None]
         mk = ak_x < CX
-        tl.store(o_img + xo1, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
+        if X_CL:
+            oo1 = offs_p[:, None] * OUT_C + ak_x[None, :]
+        else:
+            oo1 = xo1
+        tl.store(o_img + oo1, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
     else:
         for ki in range(0, KX_STEPS):
             offs_k = ki * BLOCK_KX + ak_x
             mk = offs_k < CX
             if X_CL:
                 xo = offs_p[:, None] * CX + offs_k[None, :]
+                oo = offs_p[:, None] * OUT_C + offs_k[None, :]
             else:
                 xo = offs_k[None, :] * HW + offs_p[:, None]
+                oo = xo
             m2 = mask_p[:, None] & mk[None, :]
             xt = tl.load(x_img + xo, mask=m2, other=0.0)
             y = xt.to(tl.float32) * alpha[:, None]
-            tl.store(o_img + xo, y.to(out_ptr.dtype.element_ty), mask=m2)
+            tl.store(o_img + oo, y.to(out_ptr.dtype.element_ty), mask=m2)
+    # ---- g, unchanged, into channels CX.. of a concatenated output
+    if COPY_G:
+        if G_ONE:
+            mk = ak_g < CG
+            tl.store(o_img + offs_p[:, None] * OUT_C + CX + ak_g[None, :],
+                     g_tile.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
+        else:
+            for ki in range(0, KG_STEPS):
+                offs_k = ki * BLOCK_KG + ak_g
+                mk = offs_k < CG
+                if G_CL:
+                    go = offs_p[:, None] * CG + offs_k[None, :]
+                else:
+                    go = offs_k[None, :] * HW + offs_p[:, None]
+                m2 = mask_p[:, None] & mk[None, :]
+                gt = tl.load(g_img + go, mask=m2, other=0.0)
+                tl.store(o_img + offs_p[:, None] * OUT_C + CX + offs_k[None, :],
+                         gt.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -242,7 +269,7 @@ def _attention_gate_kernel(
     x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
     HW, KX_STEPS, KG_STEPS, F_STEPS,
     CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
-    X_CL: tl.constexpr, G_CL: tl.constexpr,
+    X_CL: tl.constexpr, G_CL: tl.constexpr, OUT_C: tl.constexpr, COPY_G: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
     BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -251,7 +278,8 @@ def _attention_gate_kernel(
     bounds the compiler unrolls the K loops and hoists every chunk's loads at once
     (hundreds of registers, spills)."""
     _gate_tile(x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
-               HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, BLOCK_P, BLOCK_KX,
+               HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, OUT_C, COPY_G, BLOCK_P,
+               BLOCK_KX,
                BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION)
 
 
@@ -260,7 +288,7 @@ def _attention_gate_kernel_interpreted(
     x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
     HW, KX_STEPS: tl.constexpr, KG_STEPS: tl.constexpr, F_STEPS: tl.constexpr,
     CX: tl.constexpr, CG: tl.constexpr, F: tl.constexpr,
-    X_CL: tl.constexpr, G_CL: tl.constexpr,
+    X_CL: tl.constexpr, G_CL: tl.constexpr, OUT_C: tl.constexpr, COPY_G: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
     BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -268,7 +296,8 @@ def _attention_gate_kernel_interpreted(
     because older interpreters (triton 3.6 with numpy >= 2.3) cannot ``range()`` over a
     runtime int argument."""
     _gate_tile(x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
-               HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, BLOCK_P, BLOCK_KX,
+               HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, OUT_C, COPY_G, BLOCK_P,
+               BLOCK_KX,
                BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION)
 
 
@@ -291,10 +320,11 @@ def _layout(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 _autotuned: dict[tuple, object] = {}
 
 
-def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype, n: int):
-    """An autotuner over :data:`CONFIGS` for one channel shape (its chunks are fixed) and
-    batch size (the grid's second axis); it re-tunes for each new H*W."""
-    key = (cx, cg, f, dtype, n)
+def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype, n: int,
+                      concat: bool = False):
+    """An autotuner over :data:`CONFIGS` for one channel shape (its chunks are fixed), batch
+    size (the grid's second axis) and output kind; it re-tunes for each new H*W."""
+    key = (cx, cg, f, dtype, n, concat)
     if key not in _autotuned:
         seen, configs = set(), []
         for cfg in configs_for(dtype, cx, cg):
@@ -309,7 +339,8 @@ def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype, n: int):
 
 
 def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, *,
-                           allow_tf32: bool = False, config: dict | None = None) -> None:
+                           allow_tf32: bool = False, config: dict | None = None,
+                           concat: bool = False) -> None:
     """Launch the gate: writes ``out`` (``empty_like(x)``) and ``alpha`` when given.
 
     ``x``/``g``: ``N x C x H x W``, channels_last or NCHW (other strides are copied to
@@ -319,6 +350,8 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
     (faster, ~1e-3 relative error); default exact ``ieee`` fp32. ``config``: one entry like
     those of :data:`CONFIGS` to skip autotuning; else :data:`FORCE_CONFIG` when set, else
     :data:`INTERPRETER_CONFIG` in the interpreter, else autotuning over :data:`CONFIGS`.
+    ``concat``: ``out`` is a dense channels_last ``N x (Cx + Cg) x H x W`` tensor that
+    receives ``[x * alpha, g]`` (the decoder's concatenation in the same pass).
     """
     n, cx, h, w = x.shape
     cg, f = g.shape[1], w_x.shape[0]
@@ -329,8 +362,16 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
         raise ValueError(f"one image of {max(cx, cg)} x {h} x {w} exceeds 2**31 elements")
     xd, x_cl = _layout(x)
     gd, g_cl = _layout(g)
-    direct = out.stride() == xd.stride()
-    o = out if direct else torch.empty_like(xd)
+    if concat:
+        if not x_cl:
+            xd, x_cl = xd.contiguous(memory_format=torch.channels_last), True
+        if not out.is_contiguous(memory_format=torch.channels_last) or \
+                out.shape[1] != cx + cg:
+            raise ValueError("concat: out must be dense channels_last N x (Cx + Cg) x H x W")
+        direct, o = True, out
+    else:
+        direct = out.stride() == xd.stride()
+        o = out if direct else torch.empty_like(xd)
     w_x = w_x.to(x.dtype).contiguous()
     w_g = w_g.to(x.dtype).contiguous()
     bias, w_psi, b_psi = bias.contiguous(), w_psi.contiguous(), b_psi.contiguous()
@@ -338,8 +379,8 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
     a = alpha if write_alpha else o
     prec = "tf32" if (allow_tf32 and x.dtype == torch.float32) else "ieee"
     args = (xd, gd, w_x, w_g, bias, w_psi, b_psi, o, a, hw)
-    common = dict(CX=cx, CG=cg, F=f, X_CL=x_cl, G_CL=g_cl, WRITE_ALPHA=write_alpha,
-                  DOT_PRECISION=prec)
+    common = dict(CX=cx, CG=cg, F=f, X_CL=x_cl, G_CL=g_cl, OUT_C=cx + cg if concat else cx,
+                  COPY_G=concat, WRITE_ALPHA=write_alpha, DOT_PRECISION=prec)
     if config is None:
         config = FORCE_CONFIG
     if config is None and _interpreting():
@@ -355,7 +396,7 @@ def attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out, alpha=None, 
             kern[grid](*args, **common, **kw, num_warps=config["num_warps"],
                        num_stages=config["num_stages"])
     else:
-        kern = _autotuned_kernel(cx, cg, f, x.dtype, n)
+        kern = _autotuned_kernel(cx, cg, f, x.dtype, n, concat)
         grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), n)  # noqa: E731
         with ctx:
             kern[grid](*args, **common)

@@ -7,7 +7,8 @@ returns an ``nn.Module`` whose forward runs
 
 * each plain/residual block as two :func:`raunet_fast.ops.conv3x3_fused` calls
   (bias, ReLU, identity residual or 1x1 projection shortcut fused into the second),
-* each attention gate as one :func:`raunet_fast.ops.attention_gate` call,
+* each attention gate and the concatenation after it as one
+  :func:`raunet_fast.ops.attention_gate_concat` call,
 * max-pool, up-conv and head as cuDNN/ATen ops,
 
 on channels_last activations in fp32, fp16 or bf16. Output: logits like the reference
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import SegmentationUNet
-from .ops import attention_gate
+from .ops import attention_gate, attention_gate_concat
 from .ops.attention_gate import cast_gate_params, fold_attention_gate
 from .ops.fused_blocks import fuse_block
 
@@ -39,6 +40,11 @@ class FusedGate(nn.Module):
     def forward(self, x: torch.Tensor, g: torch.Tensor, return_alpha: bool = False):
         return attention_gate(x, g, self.w_x, self.w_g, self.bias, self.w_psi, self.b_psi,
                               return_alpha=return_alpha, backend=self.backend)
+
+    def concat(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``cat([self(x, g), g], dim=1)`` in one pass (the decoder's next input)."""
+        return attention_gate_concat(x, g, self.w_x, self.w_g, self.bias, self.w_psi,
+                                     self.b_psi, backend=self.backend)
 
 
 class InferenceUNet(nn.Module):
@@ -94,10 +100,10 @@ class InferenceUNet(nn.Module):
         x = skips[-1]
         for i in range(self.depth - 2, -1, -1):
             up = self.ups[i](x)
-            skip = skips[i]
-            if self.attention:
-                skip = self.gates[i](skip, up)
-            x = self.blocks[i](torch.cat([skip, up], dim=1))
+            if self.attention:  # gate and concatenation in one pass
+                x = self.blocks[i](self.gates[i].concat(skips[i], up))
+            else:
+                x = self.blocks[i](torch.cat([skips[i], up], dim=1))
         return self.head(x)[..., :h, :w]
 
 

@@ -168,7 +168,9 @@ def test_gate_cuda_binding_gets_the_tensor_core_switch(monkeypatch, tensor_cores
     gate_mod._csrc_impl("cuda", x, g, *p.values(), False)
     assert seen == {"x_cl": True, "rest": (tensor_cores,), "dtypes": {torch.float16}}
     gate_mod._csrc_impl("cpp", x, g, *p.values(), False)
-    assert seen["rest"] == ()
+    assert seen["rest"] == (False,)  # the cpp binding's concat flag, off
+    gate_mod._csrc_impl("cpp", x, g, *p.values(), False, True)
+    assert seen["rest"] == (True,)
 
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
@@ -512,3 +514,46 @@ def test_gate_gpu_folded_module_bf16():
 @requires_cuda
 def test_gate_compile_fullgraph_cuda():
     _compile_check("cuda")
+
+
+# ------------------------------------------------------------------- gate + concatenation
+_CONCAT_BACKENDS = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available()
+                                       else ["triton"])  # triton: interpreter without CUDA
+
+
+@pytest.mark.parametrize("backend", _CONCAT_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape,x_cl", [(AWKWARD, True), ((6, 10, 4), False), ((32, 16, 8), True)],
+                         ids=["awkward", "nchw-small", "one-chunk"])
+def test_gate_concat_equals_gate_then_cat(backend, dtype, shape, x_cl, monkeypatch):
+    """attention_gate_concat == cat([gate(x, g), g]) against the fp64 reference (gated part)
+    and bit-exact for the copied g; channels_last output whatever the input layout."""
+    cx, cg, f = shape
+    device = "cuda" if torch.cuda.is_available() and backend in ("triton", "cuda") else "cpu"
+    if backend == "cuda":
+        _require_cuda_extension()
+    x, g, p = make_inputs(cx, cg, f, dtype, device, x_cl=x_cl, g_cl=x_cl)
+    y = ops.attention_gate_concat(x, g, **p, backend=backend)
+    assert y.shape == (N, cx + cg, H, W) and y.dtype == dtype and y.device == x.device
+    assert y.is_contiguous(memory_format=CL)
+    ref_out, _ = reference64(x, g, p)
+    assert_parity(y[:, :cx], ref_out, dtype, k=cx + cg, roundings=2,
+                  what=f"concat {backend} {dtype} gated part")
+    assert torch.equal(y[:, cx:], g), "g must be copied unchanged"
+
+
+def test_gate_concat_opcheck_and_errors():
+    x, g, p = make_inputs(8, 12, 4, torch.float32)
+    from raunet_fast.ops.attention_gate import _attention_gate_concat_op
+
+    args = (x, g, p["w_x"], p["w_g"], p["bias"], p["w_psi"], p["b_psi"])
+    torch.library.opcheck(_attention_gate_concat_op, (*args, "torch"))
+    torch.library.opcheck(_attention_gate_concat_op, (*args, "cpp"))
+    with pytest.raises(ValueError, match="w_g must be F x Cg"):
+        ops.attention_gate_concat(x, g, **{**p, "w_g": p["w_g"][:, :5]})
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, b: ops.attention_gate_concat(a, b, **p, backend="cpp") * 2,
+                       fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fn(x, g), 2 * ops.attention_gate_concat(x, g, **p,
+                                                                           backend="cpp"))

@@ -28,13 +28,14 @@ _PTRS = ("x_ptr", "g_ptr", "wx_ptr", "wg_ptr", "b_ptr", "psi_ptr", "bpsi_ptr", "
          "alpha_ptr")
 
 
-def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False):
+def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False, concat=False):
     from raunet_fast.kernels.attention_gate import channel_blocks
 
     cx, cg, f = shape
     sig = {p: f"*{_TL[dtype]}" for p in _PTRS}
     sig.update({"HW": "i32", "KX_STEPS": "i32", "KG_STEPS": "i32", "F_STEPS": "i32"})
-    consts = dict(CX=cx, CG=cg, F=f, X_CL=x_cl, G_CL=x_cl, BLOCK_P=cfg["BLOCK_P"],
+    consts = dict(CX=cx, CG=cg, F=f, X_CL=x_cl, G_CL=x_cl, OUT_C=cx + cg if concat else cx,
+                  COPY_G=concat, BLOCK_P=cfg["BLOCK_P"],
                   WRITE_ALPHA=write_alpha, DOT_PRECISION="ieee",
                   **channel_blocks(cfg, cx, cg, f, dtype))
     sig.update({k: "constexpr" for k in consts})
@@ -45,7 +46,8 @@ def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False):
             # the model's levels is a multiple of 16, the awkward shape's is not
             "divisible_by_16": [*_PTRS, *(["HW"] if shape != (48, 80, 24) else [])],
             "tag": f"cfg{i} {'x'.join(map(str, shape))} {_TL[dtype]} sm_{arch}"
-                   f"{'' if x_cl else ' nchw'}{' alpha' if write_alpha else ''}"}
+                   f"{'' if x_cl else ' nchw'}{' alpha' if write_alpha else ''}"
+                   f"{' concat' if concat else ''}"}
 
 
 def test_gate_aot_triton_configs_build_without_spills():
@@ -67,6 +69,9 @@ def test_gate_aot_triton_configs_build_without_spills():
                   else small, torch.float32, a)
              for cfg in fp32 for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.bfloat16, a) for a in ARCHS]
+    # the concatenating variant (g copied into channels Cx..): one-chunk and looped g
+    jobs += [_job(i, CONFIGS[i], s, torch.bfloat16, a, concat=True)
+             for i in (0, 2) for s in (small, large) for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.float16, a, x_cl=False, write_alpha=True)
              for a in ARCHS]
     # two compiler processes (the CI machine has two cores)

@@ -5,6 +5,7 @@ registered with ``torch.library`` so ``torch.compile(fullgraph=True)`` sees it w
 Public ops (loaded on first access):
 
 * :func:`attention_gate` - fused additive attention gate
+* :func:`attention_gate_concat` - the gate and the decoder's ``cat([gated x, g])`` in one pass
 * :func:`conv3x3_fused`  - 3x3 conv + bias + (residual | 1x1 shortcut) + ReLU
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ._backend import BACKENDS, BackendUnavailable
 
 _OPS = {
     "attention_gate": ".attention_gate",
+    "attention_gate_concat": ".attention_gate",
     "conv3x3_fused": ".conv3x3",
 }
 
@@ -24,7 +26,7 @@ __all__ = ["BACKENDS", "BackendUnavailable", *_OPS]
 # (e.g. ``from raunet_fast.ops.attention_gate import fold_attention_gate``) binds the module
 # on this package, where the op should be; so it is imported now, which is cheap (torch
 # only: no triton, nothing built) and leaves the op bound for good.
-from .attention_gate import attention_gate  # noqa: E402
+from .attention_gate import attention_gate, attention_gate_concat  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -38,8 +38,8 @@ from ._backend import (BackendUnavailable, check_backend_name, eager_direct, loa
                        run_direct,
                        triton_unavailable_reason, warn_fallback)
 
-__all__ = ["attention_gate", "fold_attention_gate", "cast_gate_params", "gate_bytes",
-           "attention_gate_reference"]
+__all__ = ["attention_gate", "attention_gate_concat", "fold_attention_gate",
+           "cast_gate_params", "gate_bytes", "attention_gate_reference"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -102,8 +102,20 @@ def _empty_alpha(x: torch.Tensor, return_alpha: bool) -> torch.Tensor:
     return x.new_empty((n, 1, h, w) if return_alpha else (0,))
 
 
-def _torch_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
+def _empty_concat(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The concatenated output ``[gated x, g]``: N x (Cx + Cg) x H x W, channels_last."""
+    n, cx, h, w = x.shape
+    return torch.empty((n, cx + g.shape[1], h, w), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def _torch_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat=False):
     out32, alpha32 = attention_gate_reference(x, g, w_x, w_g, bias, w_psi, b_psi)
+    if concat:
+        out = _empty_concat(x, g)
+        out[:, :x.shape[1]].copy_(out32)
+        out[:, x.shape[1]:].copy_(g)
+        return out, _empty_alpha(x, False)
     out = torch.empty_like(x)
     out.copy_(out32)
     alpha = _empty_alpha(x, return_alpha)
@@ -112,13 +124,13 @@ def _torch_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
     return out, alpha
 
 
-def _triton_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
+def _triton_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat=False):
     from raunet_fast.kernels.attention_gate import attention_gate_forward
 
-    out = torch.empty_like(x)
+    out = _empty_concat(x, g) if concat else torch.empty_like(x)
     alpha = _empty_alpha(x, return_alpha)
     attention_gate_forward(x, g, w_x, w_g, bias, w_psi, b_psi, out,
-                           alpha if return_alpha else None)
+                           alpha if return_alpha else None, concat=concat)
     return out, alpha
 
 
@@ -132,20 +144,30 @@ def _extension(kind: str):
     return load_extension(name, sources, cuda=cuda)
 
 
-def _csrc_impl(kind, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
+def _csrc_impl(kind, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat=False):
     """csrc kernels take dense NHWC (channels_last) x and g, every parameter contiguous in
-    x's dtype (no-ops for parameters from :func:`cast_gate_params`): one launch per call."""
+    x's dtype (no-ops for parameters from :func:`cast_gate_params`): one launch per call.
+    ``concat``: the cpp kernel writes ``[gated x, g]`` itself; the cuda kernel (not the GPU
+    default) gates, then concatenates."""
     ext = _extension(kind)
     cl = torch.channels_last
     xc = x.contiguous(memory_format=cl)
     gc = g.contiguous(memory_format=cl)
     w_x, w_g, bias, w_psi, b_psi = (t.to(x.dtype).contiguous()
                                     for t in (w_x, w_g, bias, w_psi, b_psi))
+    if concat and kind == "cpp":
+        out = _empty_concat(x, g)
+        ext.attention_gate_forward(xc, gc, w_x, w_g, bias, w_psi, b_psi, out,
+                                   _empty_alpha(x, False), False, True)
+        return out, _empty_alpha(x, False)
+    if concat:
+        gated, _ = _csrc_impl(kind, xc, gc, w_x, w_g, bias, w_psi, b_psi, False)
+        return torch.cat([gated, gc], dim=1).contiguous(memory_format=cl), _empty_alpha(x, False)
     out = torch.empty_like(x)
     direct = out.is_contiguous(memory_format=cl)
     out_cl = out if direct else torch.empty_like(xc, memory_format=cl)
     alpha = _empty_alpha(x, return_alpha)
-    extra = (CUDA_TENSOR_CORES,) if kind == "cuda" else ()
+    extra = (CUDA_TENSOR_CORES,) if kind == "cuda" else (False,)
     ext.attention_gate_forward(xc, gc, w_x, w_g, bias, w_psi, b_psi, out_cl, alpha, return_alpha,
                                *extra)
     if not direct:
@@ -170,24 +192,24 @@ def _resolve(backend: str, device: torch.device) -> list[str]:
     return ["torch"]
 
 
-def _run_backend(name, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha):
+def _run_backend(name, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat=False):
     if name == "torch":
-        return _torch_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha)
+        return _torch_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat)
     if name == "triton":
         why = triton_unavailable_reason(x.device)
         if why is not None:
             raise BackendUnavailable(f"attention_gate: backend 'triton' unavailable: {why}")
-        return _triton_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha)
+        return _triton_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat)
     if name == "cuda":
         why = _cuda_unavailable_reason(x.device)
         if why is not None:
             raise BackendUnavailable(f"attention_gate: backend 'cuda' unavailable: {why}")
-        return _csrc_impl("cuda", x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha)
+        return _csrc_impl("cuda", x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat)
     if name == "cpp":
         if x.device.type != "cpu":
             raise BackendUnavailable("attention_gate: backend 'cpp' unavailable: it runs CPU "
                                      f"tensors only (got {x.device.type} tensors)")
-        return _csrc_impl("cpp", x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha)
+        return _csrc_impl("cpp", x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat)
     raise ValueError(f"unknown backend {name!r}")
 
 
@@ -216,31 +238,32 @@ def _(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, backend):
     return torch.empty_like(x), _empty_alpha(x, return_alpha)
 
 
+def _attention_gate_concat_impl(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor,
+                                w_g: torch.Tensor, bias: torch.Tensor, w_psi: torch.Tensor,
+                                b_psi: torch.Tensor, backend: str) -> torch.Tensor:
+    chain = _resolve(backend, x.device)
+    for i, name in enumerate(chain):
+        try:
+            return _run_backend(name, x, g, w_x, w_g, bias, w_psi, b_psi, False, True)[0]
+        except BackendUnavailable as e:
+            if i + 1 == len(chain):
+                raise
+            warn_fallback("attention_gate_concat", name, chain[i + 1], str(e))
+    raise AssertionError("unreachable")
+
+
+#: The opaque ``torch.ops.raunet_fast.attention_gate_concat`` custom op.
+_attention_gate_concat_op = torch.library.custom_op(
+    "raunet_fast::attention_gate_concat", _attention_gate_concat_impl, mutates_args=())
+
+
+@_attention_gate_concat_op.register_fake
+def _(x, g, w_x, w_g, bias, w_psi, b_psi, backend):
+    return _empty_concat(x, g)
+
+
 # ------------------------------------------------------------------------- public op
-def attention_gate(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: torch.Tensor,
-                   bias: torch.Tensor, w_psi: torch.Tensor, b_psi: torch.Tensor, *,
-                   return_alpha: bool = False, backend: str = "auto"):
-    """Fused additive attention gate: ``x * sigmoid(w_psi . relu(w_x x + w_g g + bias) + b_psi)``.
-
-    Args:
-        x: skip features, ``N x Cx x H x W`` (channels_last is the fast layout; contiguous
-            NCHW works too). float32, float16 or bfloat16.
-        g: gating features, ``N x Cg x H x W``, same dtype and device as ``x``.
-        w_x: ``F x Cx``; w_g: ``F x Cg``; bias: ``(F,)``; w_psi: ``(F,)``; b_psi: ``(1,)``
-            (from :func:`fold_attention_gate` / :func:`cast_gate_params`). Any float dtype;
-            GEMM weights are used in x's dtype; bias / w_psi / b_psi are read as float32 by
-            triton and torch, in x's dtype by cuda / cpp. Accumulation is float32.
-        return_alpha: also return the attention map ``alpha`` (``N x 1 x H x W``).
-        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpp"``.
-
-    Returns:
-        ``out`` (``N x Cx x H x W``, x's dtype and memory format), or ``(out, alpha)``.
-
-    Raises:
-        BackendUnavailable: a forced backend cannot run here (the message says why).
-        ValueError: shapes, dtypes or devices do not fit together.
-    """
-    check_backend_name(backend)
+def _check_gate_args(x, g, w_x, w_g, bias, w_psi, b_psi) -> None:
     if x.dim() != 4 or g.dim() != 4:
         raise ValueError(f"x and g must be N x C x H x W, got {tuple(x.shape)} and {tuple(g.shape)}")
     n, cx, h, w = x.shape
@@ -266,6 +289,50 @@ def attention_gate(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: tor
             raise ValueError(f"{name} is on {t.device}, x on {x.device}: put all on one device")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
+
+
+def attention_gate_concat(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor,
+                          w_g: torch.Tensor, bias: torch.Tensor, w_psi: torch.Tensor,
+                          b_psi: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """``torch.cat([attention_gate(x, g, ...), g], dim=1)`` in one pass: the decoder's
+    gate and concatenation. The gate reads g anyway, so writing it beside the gated x
+    costs one write instead of the cat's reread of both halves (``triton`` and ``cpp`` do
+    that in the kernel; ``cuda`` gates, then concatenates; ``torch`` is the reference).
+    Arguments as for :func:`attention_gate`; returns ``N x (Cx + Cg) x H x W`` in x's
+    dtype, channels_last."""
+    check_backend_name(backend)
+    _check_gate_args(x, g, w_x, w_g, bias, w_psi, b_psi)
+    args = (x, g, w_x, w_g, bias, w_psi, b_psi.reshape(1), backend)
+    if eager_direct(*args[:7]):
+        return run_direct("attention_gate_concat", _attention_gate_concat_impl, args)
+    return _attention_gate_concat_op(*args)
+
+
+def attention_gate(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: torch.Tensor,
+                   bias: torch.Tensor, w_psi: torch.Tensor, b_psi: torch.Tensor, *,
+                   return_alpha: bool = False, backend: str = "auto"):
+    """Fused additive attention gate: ``x * sigmoid(w_psi . relu(w_x x + w_g g + bias) + b_psi)``.
+
+    Args:
+        x: skip features, ``N x Cx x H x W`` (channels_last is the fast layout; contiguous
+            NCHW works too). float32, float16 or bfloat16.
+        g: gating features, ``N x Cg x H x W``, same dtype and device as ``x``.
+        w_x: ``F x Cx``; w_g: ``F x Cg``; bias: ``(F,)``; w_psi: ``(F,)``; b_psi: ``(1,)``
+            (from :func:`fold_attention_gate` / :func:`cast_gate_params`). Any float dtype;
+            GEMM weights are used in x's dtype; bias / w_psi / b_psi are read as float32 by
+            triton and torch, in x's dtype by cuda / cpp. Accumulation is float32.
+        return_alpha: also return the attention map ``alpha`` (``N x 1 x H x W``).
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpp"``.
+
+    Returns:
+        ``out`` (``N x Cx x H x W``, x's dtype and memory format), or ``(out, alpha)``.
+
+    Raises:
+        BackendUnavailable: a forced backend cannot run here (the message says why).
+        ValueError: shapes, dtypes or devices do not fit together.
+    """
+    check_backend_name(backend)
+    _check_gate_args(x, g, w_x, w_g, bias, w_psi, b_psi)
     args = (x, g, w_x, w_g, bias, w_psi, b_psi.reshape(1), return_alpha, backend)
     # plain eager inference skips the custom op's dispatch cost (same implementation)
     if eager_direct(*args[:7]):
