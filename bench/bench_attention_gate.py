@@ -33,7 +33,7 @@ import time
 import torch
 
 from raunet_fast.blocks import AttentionGate
-from raunet_fast.ops import attention_gate
+from raunet_fast.ops import attention_gate, attention_gate_concat
 from raunet_fast.ops.attention_gate import cast_gate_params, fold_attention_gate, gate_bytes
 
 # the module itself: ``import raunet_fast.ops.attention_gate as m`` would give the op
@@ -156,6 +156,14 @@ def variants(gate, params, device, with_compile=True):
         out["compile"] = lambda x, g: compiled(x, g)[0]
     for b in fused_backends(device):
         out[b] = _fused(params, b)
+    # the decoder's gate + cat: separately, and in one pass (attention_gate_concat); both
+    # return the gated channels (a view) for the error column; GB/s counts the gate's bytes
+    # only, so compare these two rows with each other
+    b = fused_backends(device)[0]
+    out[f"{b}+cat"] = lambda x, g: torch.cat(
+        [attention_gate(x, g, **params, backend=b), g], 1)[:, :x.shape[1]]
+    out[f"{b}-concat"] = lambda x, g: attention_gate_concat(
+        x, g, **params, backend=b)[:, :x.shape[1]]
     return out
 
 
