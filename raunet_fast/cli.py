@@ -112,6 +112,12 @@ def debug_enabled() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ.get("RAUNET_CPU_ALLOCATOR", "tuned") != "default":
+        # large CPU activations reuse heap memory instead of fresh pages per call
+        # (raunet_fast.runtime; RAUNET_CPU_ALLOCATOR=default keeps glibc's defaults)
+        from .runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except user_errors() as e:
