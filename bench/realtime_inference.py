@@ -56,7 +56,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--out", default=None, help="CSV file to append rows to")
+    p.add_argument("--tune-cpu-allocator", action="store_true",
+                   help="raunet_fast.runtime.tune_cpu_allocator() first (every variant in this "
+                        "process gets it, the baselines too)")
     args = p.parse_args(argv)
+    if args.tune_cpu_allocator:
+        from raunet_fast.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()
 
     device = torch.device(args.device)
     dt = DTYPES[args.dtype]
@@ -101,7 +108,8 @@ def main(argv=None) -> int:
     rows = []
     timer = Timer(device, args.warmup, args.iters)
     print(f"# {device_name(device)}  torch {torch.__version__}  triton {triton_v}  "
-          f"{args.model} base {args.base_channels}  {args.dtype}  {stamp}")
+          f"{args.model} base {args.base_channels}  {args.dtype}  {stamp}"
+          f"{'  tuned CPU allocator' if args.tune_cpu_allocator else ''}")
     print(f"{'size':>6} {'batch':>5} {'variant':<24} {'ms':>9} {'img/s':>8} "
           f"{'vs eager':>9} {'vs compile':>10} {'rel L2 err':>11}")
     for size in args.size:
