@@ -105,6 +105,16 @@ def launch_meta(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> dict
 
 # ------------------------------------------------------------------------------ kernel
 @triton.jit
+def _tile_offsets(offs_p, offs_k, C: tl.constexpr, HW, CL: tl.constexpr):
+    """Element offsets of the ``[pixels, channels]`` tile ``offs_p x offs_k`` inside one image
+    of ``C`` channels: channels_last (``p*C + c``) when ``CL``, else NCHW (``c*HW + p``)."""
+    if CL:
+        return offs_p[:, None] * C + offs_k[None, :]
+    else:
+        return offs_k[None, :] * HW + offs_p[:, None]
+
+
+@triton.jit
 def _gate_tile(
     x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
     HW, KX_STEPS, KG_STEPS, F_STEPS,
@@ -156,17 +166,11 @@ def _gate_tile(
 
     if X_ONE:  # the whole x tile, loaded once: GEMM operand and output source
         mk = ak_x < CX
-        if X_CL:
-            xo1 = offs_p[:, None] * CX + ak_x[None, :]
-        else:
-            xo1 = ak_x[None, :] * HW + offs_p[:, None]
+        xo1 = _tile_offsets(offs_p, ak_x, CX, HW, X_CL)
         x_tile = tl.load(x_img + xo1, mask=mask_p[:, None] & mk[None, :], other=0.0)
     if G_ONE:
         mk = ak_g < CG
-        if G_CL:
-            go1 = offs_p[:, None] * CG + ak_g[None, :]
-        else:
-            go1 = ak_g[None, :] * HW + offs_p[:, None]
+        go1 = _tile_offsets(offs_p, ak_g, CG, HW, G_CL)
         g_tile = tl.load(g_img + go1, mask=mask_p[:, None] & mk[None, :], other=0.0)
 
     s = tl.zeros([BLOCK_P], dtype=tl.float32)
@@ -184,10 +188,7 @@ def _gate_tile(
             for ki in range(0, KX_STEPS):
                 offs_k = ki * BLOCK_KX + ak_x
                 mk = offs_k < CX
-                if X_CL:
-                    xo = offs_p[:, None] * CX + offs_k[None, :]
-                else:
-                    xo = offs_k[None, :] * HW + offs_p[:, None]
+                xo = _tile_offsets(offs_p, offs_k, CX, HW, X_CL)
                 xt = tl.load(x_img + xo, mask=mask_p[:, None] & mk[None, :], other=0.0)
                 w = tl.load(wx_ptr + offs_f[None, :] * CX + offs_k[:, None],
                             mask=mk[:, None] & mask_f[None, :], other=0.0)
@@ -202,10 +203,7 @@ def _gate_tile(
             for ki in range(0, KG_STEPS):
                 offs_k = ki * BLOCK_KG + ak_g
                 mk = offs_k < CG
-                if G_CL:
-                    go = offs_p[:, None] * CG + offs_k[None, :]
-                else:
-                    go = offs_k[None, :] * HW + offs_p[:, None]
+                go = _tile_offsets(offs_p, offs_k, CG, HW, G_CL)
                 gt = tl.load(g_img + go, mask=mask_p[:, None] & mk[None, :], other=0.0)
                 w = tl.load(wg_ptr + offs_f[None, :] * CG + offs_k[:, None],
                             mask=mk[:, None] & mask_f[None, :], other=0.0)
@@ -225,21 +223,14 @@ def _gate_tile(
     if X_ONE:
         y = x_tile.to(tl.float32) * alpha[:, None]
         mk = ak_x < CX
-        if X_CL:
-            oo1 = offs_p[:, None] * OUT_C + ak_x[None, :]
-        else:
-            oo1 = xo1
+        oo1 = _tile_offsets(offs_p, ak_x, OUT_C, HW, X_CL)  # NCHW: OUT_C == CX
         tl.store(o_img + oo1, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
     else:
         for ki in range(0, KX_STEPS):
             offs_k = ki * BLOCK_KX + ak_x
             mk = offs_k < CX
-            if X_CL:
-                xo = offs_p[:, None] * CX + offs_k[None, :]
-                oo = offs_p[:, None] * OUT_C + offs_k[None, :]
-            else:
-                xo = offs_k[None, :] * HW + offs_p[:, None]
-                oo = xo
+            xo = _tile_offsets(offs_p, offs_k, CX, HW, X_CL)
+            oo = _tile_offsets(offs_p, offs_k, OUT_C, HW, X_CL)  # NCHW: OUT_C == CX
             m2 = mask_p[:, None] & mk[None, :]
             xt = tl.load(x_img + xo, mask=m2, other=0.0)
             y = xt.to(tl.float32) * alpha[:, None]
@@ -254,10 +245,7 @@ def _gate_tile(
             for ki in range(0, KG_STEPS):
                 offs_k = ki * BLOCK_KG + ak_g
                 mk = offs_k < CG
-                if G_CL:
-                    go = offs_p[:, None] * CG + offs_k[None, :]
-                else:
-                    go = offs_k[None, :] * HW + offs_p[:, None]
+                go = _tile_offsets(offs_p, offs_k, CG, HW, G_CL)
                 m2 = mask_p[:, None] & mk[None, :]
                 gt = tl.load(g_img + go, mask=m2, other=0.0)
                 tl.store(o_img + offs_p[:, None] * OUT_C + CX + offs_k[None, :],
