@@ -133,6 +133,16 @@ def write_brats_labels(labels: np.ndarray, reference: Path, path: Path) -> None:
             tmp.unlink()
 
 
+def check_run_options(batch_size: int, image_size, out) -> None:
+    """Options evaluate and predict share: batch size, image size, an --out that is no file."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {image_size}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+
+
 def build_forward(model, device: torch.device, fused: bool, dtype: str | None):
     """``model`` itself, or with ``fused`` its folded, fused inference form
     (:func:`~raunet_fast.inference.build_inference_model`, backend ``auto``) in ``dtype``
@@ -180,14 +190,9 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     from .hub import from_pretrained
 
     checkpoint = Path(checkpoint)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_run_options(batch_size, image_size, out)
     if crop is not None and crop < 1:
         raise ValueError(f"crop must be >= 1, got {crop}")
-    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-        raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {image_size}")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     if model is None:
         check_checkpoint_folder(checkpoint)
     prep = read_preprocessing(checkpoint)

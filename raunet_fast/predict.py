@@ -159,9 +159,8 @@ def _output_names(stem: str, kind: str, regions: list[str], probabilities: bool)
 
 
 def _check_out(out: Path, names: list[str], overwrite: bool) -> None:
-    """Refuse existing outputs (before anything is computed) unless ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    """Refuse existing outputs (before anything is computed) unless ``overwrite``; an
+    --out that is a file was refused earlier (evaluate.check_run_options)."""
     if overwrite or not out.is_dir():
         return
     existing = [n for n in names if (out / n).exists()]
@@ -204,23 +203,18 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     """
     from tqdm import tqdm
 
-    from .evaluate import (_predict, build_forward, check_checkpoint_folder, read_preprocessing,
-                           segment_volume, write_brats_labels)
+    from .evaluate import (_predict, build_forward, check_checkpoint_folder, check_run_options,
+                           read_preprocessing, segment_volume, write_brats_labels)
     from .hub import from_pretrained
     from .train import resolve_device
 
     checkpoint, input, out = Path(checkpoint), Path(input), Path(out)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_run_options(batch_size, image_size, out)
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-        raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {image_size}")
     check_checkpoint_folder(checkpoint)
     if not input.exists():
         raise FileNotFoundError(f"--input {input} does not exist")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     prep = read_preprocessing(checkpoint)
     threshold_given = threshold is not None
     threshold = float(prep.get("threshold", 0.5) if threshold is None else threshold)
