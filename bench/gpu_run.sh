@@ -2,6 +2,8 @@
 # One command for a lent GPU machine: install, GPU parity tests, kernel benchmarks and the
 # end-to-end real-time benchmark. Everything lands in $OUT (or bench/results/gpu-<date>).
 #   bash bench/gpu_run.sh [tests|bench]   (default: both)
+# Each step runs under its own time box (TEST_S, GATE_S, CONV_S, NET_S seconds) so one slow step
+# cannot starve the rest of a short lease; at most 8 files land in $OUT (the device tool's limit).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu-$(date -u +%Y%m%d)}
@@ -15,10 +17,12 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 
 tests=(tests/test_models.py)
 for f in tests/test_attention_gate*.py tests/test_conv*.py tests/test_inference*.py tests/test_eager_direct.py tests/test_parity_model.py; do [ -e "$f" ] && tests+=("$f"); done
-[ "${1:-}" = bench ] || python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+# AOT builds are CI's job (CPU); xdist workers share the Triton cache the benchmarks reuse
+par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-8}")
+[ "${1:-}" = bench ] || timeout "${TEST_S:-240}" python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" -k "not aot" "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 
 [ "${1:-}" = tests ] && exit 0
-[ -e bench/bench_attention_gate.py ] && python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
-[ -e bench/bench_conv.py ] && python3 bench/bench_conv.py --compile none --out "$OUT/conv.csv" 2>&1 | tee "$OUT/conv.txt" | tail -40
-[ -e bench/conv_block_throughput.py ] && python3 bench/conv_block_throughput.py 2>&1 | tee "$OUT/conv_block_throughput.txt" | tail -8
-python3 bench/realtime_inference.py --size 512 1024 --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
+[ -e bench/bench_attention_gate.py ] && timeout "${GATE_S:-90}" python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
+[ -e bench/bench_conv.py ] && timeout "${CONV_S:-100}" python3 bench/bench_conv.py --compile none --out "$OUT/conv.csv" 2>&1 | tee "$OUT/conv.txt" | tail -40
+[ -e bench/conv_block_throughput.py ] && timeout 40 python3 bench/conv_block_throughput.py 2>&1 | tee -a "$OUT/conv.txt" | tail -8
+timeout "${NET_S:-160}" python3 bench/realtime_inference.py --size ${NET_SIZES:-512 1024} --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
