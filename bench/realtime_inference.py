@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     rows = []
-    timer = Timer(device, args.warmup, args.iters)
+    # end-to-end latency: the host's launch time counts (no head start)
+    timer = Timer(device, args.warmup, args.iters, head_start=False)
     print(f"# {device_name(device)}  torch {torch.__version__}  triton {triton_v}  "
           f"{args.model} base {args.base_channels}  {args.dtype}  {stamp}"
           f"{'  tuned CPU allocator' if args.tune_cpu_allocator else ''}")

@@ -21,7 +21,8 @@ import triton.language as tl
 #: ``MAX_BLOCK_K``: largest channel chunk of x / g per tl.dot; ``MAX_BLOCK_F``: largest
 #: chunk of the F intermediate channels held in the fp32 accumulator (both halved for
 #: fp32 inputs); optional ``dtypes``: the input dtypes a config is used for (default all);
-#: optional ``max_channels``: used only for gates with ``Cx, Cg <= max_channels``.
+#: optional ``max_channels``: used only for gates with ``Cx, Cg <= max_channels``;
+#: optional ``stream``: streaming cache hints (:func:`cache_hints`).
 #: Channel chunks are powers of two >= 16 (tl.dot's minimum), masked. Every entry builds
 #: for sm_80 and sm_90 without register spills (tests/test_attention_gate_aot.py).
 CONFIGS: list[dict] = [
@@ -46,6 +47,13 @@ CONFIGS: list[dict] = [
     # on sm_80.
     {"BLOCK_P": 512, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 16, "num_stages": 2,
      "dtypes": ("float16", "bfloat16"), "max_channels": 64},
+    # Streaming cache hints (``stream``, see :func:`cache_hints`) on the tiles the autotuner
+    # picked at level 1 on the H200 (128 pixels) and on 256-pixel tiles: x, g and the
+    # output pass through L2 once, so nothing of them is worth keeping there.
+    {"BLOCK_P": 128, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2,
+     "stream": True},
+    {"BLOCK_P": 256, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 8, "num_stages": 2,
+     "dtypes": ("float16", "bfloat16"), "max_channels": 64, "stream": True},
 ]
 #: The one config used in the interpreter: small tiles, and F chunks of 16 so that tests
 #: with F > 16 run the multi-chunk path.
@@ -100,7 +108,17 @@ def launch_meta(cfg: dict, cx: int, cg: int, f: int, dtype: torch.dtype) -> dict
     the loop trip counts (runtime ints of the compiled kernel, see its docstring)."""
     b = channel_blocks(cfg, cx, cg, f, dtype)
     return {"BLOCK_P": cfg["BLOCK_P"], **b, "KX_STEPS": triton.cdiv(cx, b["BLOCK_KX"]),
-            "KG_STEPS": triton.cdiv(cg, b["BLOCK_KG"]), "F_STEPS": triton.cdiv(f, b["BLOCK_F"])}
+            "KG_STEPS": triton.cdiv(cg, b["BLOCK_KG"]), "F_STEPS": triton.cdiv(f, b["BLOCK_F"]),
+            **cache_hints(cfg)}
+
+
+def cache_hints(cfg: dict) -> dict:
+    """The cache-hint constexprs of config ``cfg``: with ``"stream": True`` the x / g tiles
+    that are read once (one chunk) are loaded ``evict_first`` and the output is stored
+    ``.cs`` (streaming: L2 keeps neither)."""
+    if cfg.get("stream"):
+        return {"LOAD_POLICY": "evict_first", "STORE_CACHE": ".cs"}
+    return {"LOAD_POLICY": "", "STORE_CACHE": ""}
 
 
 # ------------------------------------------------------------------------------ kernel
@@ -122,6 +140,7 @@ def _gate_tile(
     X_CL: tl.constexpr, G_CL: tl.constexpr, OUT_C: tl.constexpr, COPY_G: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
     BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LOAD_POLICY: tl.constexpr = "", STORE_CACHE: tl.constexpr = "",
 ):
     """The gate for one program: ``BLOCK_P`` pixels of image ``program_id(1)``.
 
@@ -167,11 +186,13 @@ def _gate_tile(
     if X_ONE:  # the whole x tile, loaded once: GEMM operand and output source
         mk = ak_x < CX
         xo1 = _tile_offsets(offs_p, ak_x, CX, HW, X_CL)
-        x_tile = tl.load(x_img + xo1, mask=mask_p[:, None] & mk[None, :], other=0.0)
+        x_tile = tl.load(x_img + xo1, mask=mask_p[:, None] & mk[None, :], other=0.0,
+                         eviction_policy=LOAD_POLICY)
     if G_ONE:
         mk = ak_g < CG
         go1 = _tile_offsets(offs_p, ak_g, CG, HW, G_CL)
-        g_tile = tl.load(g_img + go1, mask=mask_p[:, None] & mk[None, :], other=0.0)
+        g_tile = tl.load(g_img + go1, mask=mask_p[:, None] & mk[None, :], other=0.0,
+                         eviction_policy=LOAD_POLICY)
 
     s = tl.zeros([BLOCK_P], dtype=tl.float32)
     for fi in range(0, F_STEPS):
@@ -224,7 +245,8 @@ def _gate_tile(
         y = x_tile.to(tl.float32) * alpha[:, None]
         mk = ak_x < CX
         oo1 = _tile_offsets(offs_p, ak_x, OUT_C, HW, X_CL)  # NCHW: OUT_C == CX
-        tl.store(o_img + oo1, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
+        tl.store(o_img + oo1, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :],
+                 cache_modifier=STORE_CACHE)
     else:
         for ki in range(0, KX_STEPS):
             offs_k = ki * BLOCK_KX + ak_x
@@ -234,13 +256,15 @@ def _gate_tile(
             m2 = mask_p[:, None] & mk[None, :]
             xt = tl.load(x_img + xo, mask=m2, other=0.0)
             y = xt.to(tl.float32) * alpha[:, None]
-            tl.store(o_img + oo, y.to(out_ptr.dtype.element_ty), mask=m2)
+            tl.store(o_img + oo, y.to(out_ptr.dtype.element_ty), mask=m2,
+                     cache_modifier=STORE_CACHE)
     # ---- g, unchanged, into channels CX.. of a concatenated output
     if COPY_G:
         if G_ONE:
             mk = ak_g < CG
             tl.store(o_img + offs_p[:, None] * OUT_C + CX + ak_g[None, :],
-                     g_tile.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :])
+                     g_tile.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mk[None, :],
+                     cache_modifier=STORE_CACHE)
         else:
             for ki in range(0, KG_STEPS):
                 offs_k = ki * BLOCK_KG + ak_g
@@ -249,7 +273,7 @@ def _gate_tile(
                 m2 = mask_p[:, None] & mk[None, :]
                 gt = tl.load(g_img + go, mask=m2, other=0.0)
                 tl.store(o_img + offs_p[:, None] * OUT_C + CX + offs_k[None, :],
-                         gt.to(out_ptr.dtype.element_ty), mask=m2)
+                         gt.to(out_ptr.dtype.element_ty), mask=m2, cache_modifier=STORE_CACHE)
 
 
 @triton.jit
@@ -260,6 +284,7 @@ def _attention_gate_kernel(
     X_CL: tl.constexpr, G_CL: tl.constexpr, OUT_C: tl.constexpr, COPY_G: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
     BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LOAD_POLICY: tl.constexpr = "", STORE_CACHE: tl.constexpr = "",
 ):
     """The compiled kernel; grid ``(cdiv(HW, BLOCK_P), N)``; arguments as in
     :func:`_gate_tile`. The trip counts are runtime ints on purpose: with constexpr
@@ -268,7 +293,7 @@ def _attention_gate_kernel(
     _gate_tile(x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
                HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, OUT_C, COPY_G, BLOCK_P,
                BLOCK_KX,
-               BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION)
+               BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION, LOAD_POLICY, STORE_CACHE)
 
 
 @triton.jit
@@ -279,6 +304,7 @@ def _attention_gate_kernel_interpreted(
     X_CL: tl.constexpr, G_CL: tl.constexpr, OUT_C: tl.constexpr, COPY_G: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KX: tl.constexpr, BLOCK_KG: tl.constexpr,
     BLOCK_F: tl.constexpr, WRITE_ALPHA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LOAD_POLICY: tl.constexpr = "", STORE_CACHE: tl.constexpr = "",
 ):
     """:func:`_attention_gate_kernel` for ``TRITON_INTERPRET=1``: constexpr trip counts,
     because older interpreters (triton 3.6 with numpy >= 2.3) cannot ``range()`` over a
@@ -286,7 +312,7 @@ def _attention_gate_kernel_interpreted(
     _gate_tile(x_ptr, g_ptr, wx_ptr, wg_ptr, b_ptr, psi_ptr, bpsi_ptr, out_ptr, alpha_ptr,
                HW, KX_STEPS, KG_STEPS, F_STEPS, CX, CG, F, X_CL, G_CL, OUT_C, COPY_G, BLOCK_P,
                BLOCK_KX,
-               BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION)
+               BLOCK_KG, BLOCK_F, WRITE_ALPHA, DOT_PRECISION, LOAD_POLICY, STORE_CACHE)
 
 
 # ---------------------------------------------------------------------------- launcher

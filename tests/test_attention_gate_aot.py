@@ -29,7 +29,7 @@ _PTRS = ("x_ptr", "g_ptr", "wx_ptr", "wg_ptr", "b_ptr", "psi_ptr", "bpsi_ptr", "
 
 
 def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False, concat=False):
-    from raunet_fast.kernels.attention_gate import channel_blocks
+    from raunet_fast.kernels.attention_gate import cache_hints, channel_blocks
 
     cx, cg, f = shape
     sig = {p: f"*{_TL[dtype]}" for p in _PTRS}
@@ -37,7 +37,7 @@ def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False, concat=False)
     consts = dict(CX=cx, CG=cg, F=f, X_CL=x_cl, G_CL=x_cl, OUT_C=cx + cg if concat else cx,
                   COPY_G=concat, BLOCK_P=cfg["BLOCK_P"],
                   WRITE_ALPHA=write_alpha, DOT_PRECISION="ieee",
-                  **channel_blocks(cfg, cx, cg, f, dtype))
+                  **channel_blocks(cfg, cx, cg, f, dtype), **cache_hints(cfg))
     sig.update({k: "constexpr" for k in consts})
     return {"module": "raunet_fast.kernels.attention_gate", "kernel": "_attention_gate_kernel",
             "signature": sig, "constexprs": consts, "arch": arch,
