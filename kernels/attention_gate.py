@@ -47,13 +47,20 @@ CONFIGS: list[dict] = [
     # on sm_80.
     {"BLOCK_P": 512, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 16, "num_stages": 2,
      "dtypes": ("float16", "bfloat16"), "max_channels": 64},
-    # Streaming cache hints (``stream``, see :func:`cache_hints`) on the tiles the autotuner
-    # picked at level 1 on the H200 (128 pixels) and on 256-pixel tiles: x, g and the
-    # output pass through L2 once, so nothing of them is worth keeping there.
+    # Streaming cache hints (``stream``, see :func:`cache_hints`): x, g and the output pass
+    # through L2 once. The autotuner picked this one for the C = 128 level on the H200.
     {"BLOCK_P": 128, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2,
      "stream": True},
-    {"BLOCK_P": 256, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 32, "num_warps": 8, "num_stages": 2,
-     "dtypes": ("float16", "bfloat16"), "max_channels": 64, "stream": True},
+    # From bench/gate_sweep.py on the H200 (bench/results/h200-20261126/run2_gate_sweep.txt,
+    # each config pinned, bf16): 128 pixels on 4 warps, the best at level 1 (8 x 64 x 512²:
+    # 96.3 % of copy bandwidth, against 91.3 % for the 8-warp tile above, and best at batch 1
+    # too); 64 pixels on 4 warps with the hints, the best at level 2 (8 x 128 x 256²: 82.3 %).
+    # The 4-warp 128-pixel tile spills on sm_80 with K loops (wider gates, or fp32's halved
+    # chunks): 16-bit, C <= 64 only.
+    {"BLOCK_P": 128, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2,
+     "dtypes": ("float16", "bfloat16"), "max_channels": 64},
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2,
+     "stream": True},
 ]
 #: The one config used in the interpreter: small tiles, and F chunks of 16 so that tests
 #: with F > 16 run the multi-chunk path.
