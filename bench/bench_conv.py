@@ -88,10 +88,20 @@ def available_backends(device: torch.device) -> list[str]:
     return out
 
 
+#: GPU spin before each timed call (cycles; 0: none): the host enqueues the call's kernels
+#: while the GPU spins, so the time is the device's, not the Python launch latency of the
+#: first kernel (which differs between variants: two F.conv2d calls vs the op layer). As in
+#: bench_attention_gate.Timer; ``--no-head-start`` restores the previous method.
+HEAD_START_CYCLES = {"cycles": 1_000_000}
+
+
 def time_once(fn, device: torch.device) -> float:
-    """Milliseconds of one call (CUDA events around it, synchronised; perf_counter on CPU)."""
+    """Milliseconds of one call (CUDA events around it, synchronised, the host given a head
+    start; perf_counter on CPU)."""
     if device.type == "cuda":
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if HEAD_START_CYCLES["cycles"]:
+            torch.cuda._sleep(HEAD_START_CYCLES["cycles"])
         s.record()
         fn()
         e.record()
@@ -243,9 +253,13 @@ def main(argv=None):
                    help="per-variant statistic (min on CPU: shared CPUs are noisy)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--out", help="append CSV rows here")
+    p.add_argument("--no-head-start", action="store_true",
+                   help="CUDA: time each call from an idle GPU (launch latency included)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_head_start:
+        HEAD_START_CYCLES["cycles"] = 0
     torch.backends.cudnn.benchmark = True
     rows = run(args)
     if args.out and rows:
