@@ -1,0 +1,149 @@
+"""Sliding-window inference: segment images larger than the patches a model was trained on.
+
+:func:`sliding_window_inference` cuts each image into overlapping windows of a fixed size,
+runs the model on batches of windows and blends the overlapping predictions with a weight
+map (Gaussian by default: a window's centre counts more than its border, where the network
+saw less context). Memory is bounded by ``batch_size`` windows, whatever the image size, and
+every model call has the same shape, which suits the fused model with CUDA graphs
+(:func:`raunet_fast.inference.build_inference_model` with ``cuda_graphs=True``: one graph
+per window batch shape).
+
+Works with any callable mapping ``B x C x h x w`` to ``B x K x h x w`` (the reference models,
+the fused inference model, a user's own module).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["sliding_window_inference", "window_starts", "blend_weights"]
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, int):
+        v = (v, v)
+    try:
+        a, b = (int(t) for t in v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    if a < 1 or b < 1:
+        raise ValueError(f"{name} must be >= 1, got {v!r}")
+    return a, b
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``window`` pixels covering ``size`` pixels, neighbours
+    overlapping by at least ``overlap`` of a window; the last window ends at ``size``.
+    One window at 0 when ``size <= window`` (the image is padded up to the window)."""
+    if size <= window:
+        return [0]
+    step = max(1, int(window * (1.0 - overlap)))
+    n = math.ceil((size - window) / step) + 1
+    # spread the windows evenly over the span (the same step count, no sliver at the end)
+    return [round(i * (size - window) / (n - 1)) for i in range(n)]
+
+
+def blend_weights(window: tuple[int, int], mode: str = "gaussian", sigma_scale: float = 0.125,
+                  device=None) -> torch.Tensor:
+    """``h x w`` float32 weight map of one window: ``"constant"`` (all ones: plain averaging)
+    or ``"gaussian"`` (``exp(-d^2 / 2 sigma^2)`` per axis, ``sigma = sigma_scale * size``,
+    peak 1, floored at 1e-3 so that every pixel keeps a weight)."""
+    h, w = window
+    if mode == "constant":
+        return torch.ones(h, w, device=device)
+    if mode != "gaussian":
+        raise ValueError(f"blend must be 'gaussian' or 'constant', got {mode!r}")
+    if not sigma_scale > 0:
+        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
+
+    def axis(n: int) -> torch.Tensor:
+        d = torch.arange(n, dtype=torch.float64, device=device) - (n - 1) / 2
+        return torch.exp(-0.5 * (d / (sigma_scale * n)) ** 2)
+
+    wmap = axis(h)[:, None] * axis(w)[None, :]
+    return (wmap / wmap.max()).clamp_min(1e-3).float()
+
+
+@torch.no_grad()
+def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                             window: int | Sequence[int], *, overlap: float = 0.25,
+                             batch_size: int = 4, blend: str = "gaussian",
+                             sigma_scale: float = 0.125, pad_value: float = 0.0,
+                             device: torch.device | str | None = None,
+                             progress: bool = False) -> torch.Tensor:
+    """Predict ``image`` (``N x C x H x W``) window by window and blend the windows.
+
+    ``window``: window size (int or ``(h, w)``), typically the patch size the model was
+    trained on; an image smaller than the window along an axis is padded with ``pad_value``
+    up to it and the padding cropped from the result. ``overlap``: fraction of a window that
+    neighbouring windows share, in ``[0, 1)``. ``batch_size``: windows per model call (the
+    memory bound). ``blend``: ``"gaussian"`` or ``"constant"`` weights (:func:`blend_weights`).
+    ``device``: where the model runs (default: the image's device); windows are moved there
+    one batch at a time, so a large image can stay in CPU memory.
+
+    Returns float32 ``N x K x H x W`` on the image's device: the weighted mean, at every pixel,
+    of the predictions of the windows covering it (``K``: the model's output channels; logits
+    stay logits).
+    """
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if image.dim() != 4:
+        hint = " (add a batch dimension: image[None])" if image.dim() == 3 else ""
+        raise ValueError(f"image must be N x C x H x W, got shape {tuple(image.shape)}{hint}")
+    if image.numel() == 0:
+        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be floating point, got {image.dtype}")
+    wh, ww = _pair(window, "window")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    run_dev = torch.device(device) if device is not None else image.device
+    weights = blend_weights((wh, ww), blend, sigma_scale, device=run_dev)
+
+    n, _, h, w = image.shape
+    ph, pw = max(wh - h, 0), max(ww - w, 0)
+    if ph or pw:  # smaller than a window: pad to it (bottom / right), crop at the end
+        image = F.pad(image, (0, pw, 0, ph), value=pad_value)
+    H, W = image.shape[-2:]
+    tiles = [(b, y, x) for b in range(n) for y in window_starts(H, wh, overlap)
+             for x in window_starts(W, ww, overlap)]
+
+    acc = norm = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tiles), desc="windows", unit="window")
+    try:
+        for i in range(0, len(tiles), batch_size):
+            chunk = tiles[i:i + batch_size]
+            xb = torch.stack([image[b, :, y:y + wh, x:x + ww] for b, y, x in chunk]).to(run_dev)
+            pred = model(xb)
+            if not isinstance(pred, torch.Tensor) or pred.dim() != 4 or \
+                    pred.shape[0] != len(chunk) or tuple(pred.shape[-2:]) != (wh, ww):
+                got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+                raise ValueError(f"the model must map B x C x {wh} x {ww} windows to "
+                                 f"B x K x {wh} x {ww} predictions of the same size; it returned "
+                                 f"{got} for a batch of {len(chunk)}")
+            pred = pred.float()
+            if acc is None:
+                k = pred.shape[1]
+                acc = torch.zeros(n, k, H, W, device=run_dev)
+                norm = torch.zeros(n, 1, H, W, device=run_dev)
+            for j, (b, y, x) in enumerate(chunk):
+                acc[b, :, y:y + wh, x:x + ww].addcmul_(pred[j], weights)
+                norm[b, 0, y:y + wh, x:x + ww].add_(weights)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    out = acc / norm
+    return out[:, :, :h, :w].to(image.device)
