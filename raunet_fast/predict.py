@@ -13,6 +13,11 @@ image's own size and written to ``--out`` as
 * with ``probabilities``: ``<stem>_prob.png``, the foreground probability as 8-bit
   (0..255; softmax: 1 - P(class 0)), ``<stem>_prob_<region>.png`` per channel likewise.
 
+With ``--window S|HxW`` (2-D only) each image is not resized: the network runs at the
+image's own resolution on overlapping S x S windows, blended
+(:func:`raunet_fast.sliding_window.sliding_window_inference`, ``--overlap``): for models
+trained on patches at native resolution, and images of any size in bounded memory.
+
 BraTS checkpoints: ``--input`` is a case folder (``BraTS2021_xxxxx/`` holding the flair,
 t1, t1ce and t2 NIfTI files; no segmentation needed) or a folder of case folders. Each case
 goes through the same slice-wise inference and label re-stacking as evaluation
@@ -191,14 +196,18 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
             batch_size: int = 8, fused: bool = False, dtype: str | None = None,
             threshold: float | None = None, image_size: tuple[int, int] | None = None,
             probabilities: bool = False, overwrite: bool = False,
-            num_workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+            num_workers: int | None = None, progress: bool = True,
+            window: int | tuple[int, int] | None = None,
+            overlap: float = 0.25) -> dict[str, Any]:
     """Predict masks for ``input`` with ``checkpoint`` (a folder written by training or
     ``save_pretrained``) and write them to ``out`` (created); see the module docstring.
 
     ``fused``: run the folded, fused inference model in ``dtype`` (``fp32`` / ``bf16`` /
     ``fp16``; None: fp32 on CPU, bf16 on CUDA). Without ``fused``, ``dtype`` bf16 / fp16
     runs the reference model under autocast. ``num_workers``: threads that decode images
-    and encode masks alongside the network (None: up to 4). Returns a summary: files
+    and encode masks alongside the network (None: up to 4). ``window`` (2-D): predict each
+    image at its own resolution in overlapping windows of this size (``overlap``: the
+    fraction neighbours share; ``batch_size`` then counts windows). Returns a summary: files
     written, images (BraTS: cases and slices), seconds and images per second.
     """
     from tqdm import tqdm
@@ -210,6 +219,15 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
 
     checkpoint, input, out = Path(checkpoint), Path(input), Path(out)
     check_run_options(batch_size, image_size, out)
+    if window is not None:
+        from .sliding_window import _pair
+
+        window = _pair(window, "--window")
+        if image_size is not None:
+            raise ValueError("--window predicts at each image's own resolution; --image-size "
+                             "(resize to the network size) does not apply with it")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     check_checkpoint_folder(checkpoint)
@@ -237,6 +255,9 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         from .data.brats import REGIONS, case_files, load_case
 
         cases = _brats_cases(input)
+        if window is not None:
+            raise ValueError("--window is for 2-D checkpoints; BraTS volumes are predicted "
+                             "slice by slice at the checkpoint's crop and size")
         if probabilities:
             raise ValueError("--probabilities is for 2-D checkpoints; BraTS predictions are "
                              "label maps")
@@ -288,7 +309,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
                              f"({prep.get('dataset') or 'no data set recorded'})") from None
         raise
     size = image_size or (tuple(prep["image_size"]) if prep.get("image_size") else None)
-    if size is None:
+    if size is None and window is None:
         has = (Path(checkpoint) / "preprocessing.json").is_file()
         raise ValueError(f"{checkpoint} has no "
                          f"{'image_size in its preprocessing.json' if has else 'preprocessing.json'}"
@@ -313,15 +334,29 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     out.mkdir(parents=True, exist_ok=True)
 
     def load(path: Path):
+        if window is not None:  # full resolution, scaled as in training
+            image, full = read_image(path, modes[path])
+            return resize_pair(image, None, None)[0], full
         image, full = read_image(path, modes[path], draft_size=size)  # decoded as in training
         x, _ = resize_pair(image, None, size)
         return x, full
 
+    def windowed(x: torch.Tensor) -> torch.Tensor:
+        from .sliding_window import sliding_window_inference
+
+        def run(xb):
+            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                return forward(xb)
+        return sliding_window_inference(run, x[None], window, overlap=overlap,
+                                        batch_size=batch_size, device=dev)[0].cpu()
+
     def write(path: Path, logits: torch.Tensor, full: tuple[int, int]) -> list[Path]:
         from .hub import atomic_write_bytes
 
-        logits = F.interpolate(logits[None].float(), size=full, mode="bilinear",
-                               align_corners=False)[0]
+        if tuple(logits.shape[-2:]) != tuple(full):
+            logits = F.interpolate(logits[None].float(), size=full, mode="bilinear",
+                                   align_corners=False)[0]
         names = outputs[path]
         if head == "softmax":
             prob = torch.softmax(logits, dim=0)
@@ -343,12 +378,17 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     pool = ThreadPoolExecutor(max(1, workers))
     try:
         writes: deque[Future] = deque()
-        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-        loaded = _bounded_map(pool, load, paths, 2 * batch_size) if workers else map(load, paths)
+        # windows: one (full-resolution) image at a time, batch_size counts windows
+        per_call = 1 if window is not None else batch_size
+        batches = [paths[i:i + per_call] for i in range(0, len(paths), per_call)]
+        loaded = _bounded_map(pool, load, paths, 2 * per_call) if workers else map(load, paths)
         for batch in batches:
             items = [next(loaded) for _ in batch]
-            x = torch.stack([xi for xi, _ in items])
-            logits = _predict(forward, x, dev, amp_dtype, batch_size)
+            if window is not None:
+                logits = windowed(items[0][0])[None]
+            else:
+                x = torch.stack([xi for xi, _ in items])
+                logits = _predict(forward, x, dev, amp_dtype, batch_size)
             for j, (path, (_, full)) in enumerate(zip(batch, items)):
                 if workers:
                     writes.append(pool.submit(write, path, logits[j], full))
@@ -377,7 +417,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, fused=args.fused, dtype=args.dtype,
                 threshold=args.threshold, image_size=args.image_size,
                 probabilities=args.probabilities, overwrite=args.overwrite,
-                num_workers=args.num_workers, progress=args.progress)
+                num_workers=args.num_workers, progress=args.progress,
+                window=args.window, overlap=args.overlap)
     n = len(s["files"])
     if s["kind"] == "brats":
         what = f"{_count(n, 'segmentation')} for {_count(s['cases'], 'case')}"
@@ -412,9 +453,15 @@ def add_cli(sub) -> None:
                    help="probability threshold (default: the checkpoint's, else 0.5)")
     p.add_argument("--image-size", type=parse_size, default=None, metavar="S|HxW",
                    help="network input size (default: the one stored with the checkpoint)")
+    p.add_argument("--window", type=parse_size, default=None, metavar="S|HxW",
+                   help="2-D: predict each image at its own resolution in overlapping S x S "
+                        "windows, blended (for models trained on patches at native "
+                        "resolution; any image size in bounded memory)")
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="with --window: fraction of a window its neighbours share (default 0.25)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=8,
-                   help="images (BraTS: slices) per forward pass")
+                   help="images (BraTS: slices; --window: windows) per forward pass")
     p.add_argument("--fused", action="store_true",
                    help="run the folded, fused inference model (build_inference_model; "
                         "norm=batch models), the fast path")

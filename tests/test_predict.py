@@ -206,6 +206,33 @@ def test_overwrite(isic_images, ck2d, tmp_path, capsys):
     assert len(list(both.glob("*_mask*.png"))) == 4
 
 
+def test_window_predicts_at_native_resolution(isic_images, ck2d, tmp_path, capsys):
+    """--window: no resize; the masks equal the model's own sliding-window output at each
+    image's resolution (the documented preprocessing written out here: RGB / 255)."""
+    from raunet_fast.sliding_window import sliding_window_inference
+
+    ck, model = ck2d
+    out = tmp_path / "win"
+    assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(out),
+               "--window", "24", "--overlap", "0.5", "--batch-size", "3") == 0
+    assert "wrote 4 files for 4 images" in capsys.readouterr().out
+    for p in sorted(isic_images.glob("*.jpg")):
+        arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None]
+        logits = sliding_window_inference(model, x, 24, overlap=0.5)
+        mask = read_png(out / f"{p.stem}_mask.png")
+        assert mask.shape == arr.shape[:2]
+        np.testing.assert_array_equal(mask == 255, (torch.sigmoid(logits[0, 0]) > 0.5).numpy(),
+                                      err_msg=p.name)
+    capsys.readouterr()
+    assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(tmp_path / "o2"),
+               "--window", "24", "--image-size", "32") == 2
+    one_line_error(capsys, "--window", "--image-size")
+    assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(tmp_path / "o3"),
+               "--window", "24", "--overlap", "1") == 2
+    one_line_error(capsys, "--overlap")
+
+
 def test_errors_are_one_line(isic_images, ck2d, brats_root, tmp_path, capsys):
     ck, _ = ck2d
     out = tmp_path / "out"
@@ -305,6 +332,9 @@ def test_brats_cases(brats_root, tmp_path, capsys):
     assert run("--checkpoint", str(ck), "--input", str(brats_root), "--out", str(tmp_path / "o4"),
                "--probabilities") == 2
     one_line_error(capsys, "--probabilities")
+    assert run("--checkpoint", str(ck), "--input", str(brats_root), "--out", str(tmp_path / "o5"),
+               "--window", "16") == 2
+    one_line_error(capsys, "--window", "2-D")
     png = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(png)
     assert run("--checkpoint", str(ck), "--input", str(png), "--out", str(tmp_path / "o3")) == 2
