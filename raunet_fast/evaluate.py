@@ -143,11 +143,18 @@ def check_run_options(batch_size: int, image_size, out) -> None:
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
 
 
-def build_forward(model, device: torch.device, fused: bool, dtype: str | None):
+def build_forward(model, device: torch.device, fused: bool, dtype: str | None,
+                  tta: bool = False):
     """``model`` itself, or with ``fused`` its folded, fused inference form
     (:func:`~raunet_fast.inference.build_inference_model`, backend ``auto``) in ``dtype``
-    (``fp32`` / ``bf16`` / ``fp16``; None: fp32 on CPU, bf16 on CUDA). Returns the module and
-    a short description ("reference fp32", "fused bf16")."""
+    (``fp32`` / ``bf16`` / ``fp16``; None: fp32 on CPU, bf16 on CUDA); with ``tta`` wrapped
+    in :class:`~raunet_fast.tta.FlipTTA` (mean over 4 flips). Returns the module and a short
+    description ("reference", "fused bf16", "... + flip TTA")."""
+    if tta:
+        from .tta import FlipTTA
+
+        fwd, name = build_forward(model, device, fused, dtype)
+        return FlipTTA(fwd), f"{name} + flip TTA"
     if not fused:
         return model, "reference"
     from .inference import build_inference_model, inference_dtype
@@ -167,7 +174,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
              threshold: float | None = None, split_seed: int | None = None, amp: str = "none",
              save_predictions: bool = False, cache_dir: str | Path | None = None,
              progress: bool = True, model=None, fused: bool = False,
-             dtype: str | None = None) -> dict[str, Any]:
+             dtype: str | None = None, tta: bool = False) -> dict[str, Any]:
     """Score ``checkpoint`` (a folder written by training / ``save_pretrained``) on a split.
 
     ``image_size`` / ``crop`` / ``threshold`` default to the values training stored in the
@@ -178,6 +185,9 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     does not need, is never built), one case in memory at a time; ``cache_dir`` is the
     preprocessed ``.npy`` cache of training's ``--cache-dir`` (read when it matches the
     source files, written otherwise). Other data sets ignore it.
+
+    ``tta=True`` scores the mean prediction over four flips
+    (:class:`~raunet_fast.tta.FlipTTA`).
 
     ``fused=True`` scores the folded, fused inference model
     (:func:`~raunet_fast.inference.build_inference_model`) in ``dtype`` (``"fp32"``,
@@ -221,7 +231,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     model = model.to(dev).eval()
 
     # built (and a model that cannot be fused refused) before any output folder is made
-    forward, model_name = build_forward(model, dev, fused, dtype)
+    forward, model_name = build_forward(model, dev, fused, dtype, tta)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -335,7 +345,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        crop=args.crop, threshold=args.threshold, split_seed=args.split_seed,
                        amp=args.amp, save_predictions=args.save_predictions,
                        cache_dir=args.cache_dir, progress=args.progress, fused=args.fused,
-                       dtype=args.dtype)
+                       dtype=args.dtype, tta=args.tta)
     print(format_summary(summary))
     if args.fused:
         print(f"scored with the {summary['model']} inference model")
@@ -366,6 +376,9 @@ def add_cli(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                    help="autocast precision of the reference model (not with --fused)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: the mean of the predictions over 4 flips "
+                        "(raunet_fast.tta.FlipTTA; 4x the inference time)")
     p.add_argument("--fused", action="store_true",
                    help="score the folded, fused inference model (the fast path of "
                         "raunet_fast.inference.build_inference_model; norm=batch models) instead "

@@ -198,7 +198,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
             probabilities: bool = False, overwrite: bool = False,
             num_workers: int | None = None, progress: bool = True,
             window: int | tuple[int, int] | None = None,
-            overlap: float = 0.25) -> dict[str, Any]:
+            overlap: float = 0.25, tta: bool = False) -> dict[str, Any]:
     """Predict masks for ``input`` with ``checkpoint`` (a folder written by training or
     ``save_pretrained``) and write them to ``out`` (created); see the module docstring.
 
@@ -207,7 +207,8 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     runs the reference model under autocast. ``num_workers``: threads that decode images
     and encode masks alongside the network (None: up to 4). ``window`` (2-D): predict each
     image at its own resolution in overlapping windows of this size (``overlap``: the
-    fraction neighbours share; ``batch_size`` then counts windows). Returns a summary: files
+    fraction neighbours share; ``batch_size`` then counts windows). ``tta``: the mean
+    prediction over four flips (:class:`~raunet_fast.tta.FlipTTA`). Returns a summary: files
     written, images (BraTS: cases and slices), seconds and images per second.
     """
     from tqdm import tqdm
@@ -272,7 +273,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         _check_out(out, names, overwrite)
         crop = prep.get("crop", 192)
         size = image_size or (tuple(prep["image_size"]) if prep.get("image_size") else None)
-        forward, model_name = build_forward(model, dev, fused, dtype)
+        forward, model_name = build_forward(model, dev, fused, dtype, tta)
         if amp_dtype is not None:
             model_name += f" (autocast {dtype})"
         out.mkdir(parents=True, exist_ok=True)
@@ -328,7 +329,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     regions = _region_names(prep, model.out_channels)
     outputs = {p: _output_names(p.stem, head, regions, probabilities) for p in paths}
     _check_out(out, [n for names in outputs.values() for n in names], overwrite)
-    forward, model_name = build_forward(model, dev, fused, dtype)
+    forward, model_name = build_forward(model, dev, fused, dtype, tta)
     if amp_dtype is not None:
         model_name += f" (autocast {dtype})"
     out.mkdir(parents=True, exist_ok=True)
@@ -418,7 +419,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 threshold=args.threshold, image_size=args.image_size,
                 probabilities=args.probabilities, overwrite=args.overwrite,
                 num_workers=args.num_workers, progress=args.progress,
-                window=args.window, overlap=args.overlap)
+                window=args.window, overlap=args.overlap, tta=args.tta)
     n = len(s["files"])
     if s["kind"] == "brats":
         what = f"{_count(n, 'segmentation')} for {_count(s['cases'], 'case')}"
@@ -457,6 +458,9 @@ def add_cli(sub) -> None:
                    help="2-D: predict each image at its own resolution in overlapping S x S "
                         "windows, blended (for models trained on patches at native "
                         "resolution; any image size in bounded memory)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: the mean of the predictions over 4 flips "
+                        "(4x the inference time)")
     p.add_argument("--overlap", type=float, default=0.25,
                    help="with --window: fraction of a window its neighbours share (default 0.25)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -224,6 +224,20 @@ def test_window_predicts_at_native_resolution(isic_images, ck2d, tmp_path, capsy
         assert mask.shape == arr.shape[:2]
         np.testing.assert_array_equal(mask == 255, (torch.sigmoid(logits[0, 0]) > 0.5).numpy(),
                                       err_msg=p.name)
+    # with flip TTA on top: the windows see the flip-averaged model
+    from raunet_fast.tta import FlipTTA
+
+    tta = tmp_path / "win-tta"
+    assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(tta),
+               "--window", "24", "--tta") == 0
+    assert "flip TTA" in capsys.readouterr().out
+    p = sorted(isic_images.glob("*.jpg"))[0]
+    arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        logits = sliding_window_inference(FlipTTA(model), x, 24)
+    np.testing.assert_array_equal(read_png(tta / f"{p.stem}_mask.png") == 255,
+                                  (torch.sigmoid(logits[0, 0]) > 0.5).numpy())
     capsys.readouterr()
     assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(tmp_path / "o2"),
                "--window", "24", "--image-size", "32") == 2

@@ -119,6 +119,15 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
         assert a["case"] == b["case"] and round(float(a["dice"]), 3) == round(float(b["dice"]), 3)
     assert round(fused["metrics"]["dice"]["mean"], 3) == round(summary["metrics"]["dice"]["mean"], 3)
 
+    # flip TTA: recorded in the summary, scores in range (they differ from the plain model's)
+    ev_tta = tmp_path / "eval-tta"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "isic2018",
+                     "--data-root", str(isic_root), "--split", "test", "--out", str(ev_tta),
+                     "--no-progress", "--device", "cpu", "--tta"]) == 0
+    tta = json.loads((ev_tta / "summary.json").read_text())
+    assert tta["model"] == "reference + flip TTA"
+    assert 0 <= tta["metrics"]["dice"]["mean"] <= 1
+
     # no ground truth for the split: a clear error, not a crash
     import shutil
 

@@ -1,0 +1,55 @@
+"""Test-time augmentation by flips (as nnU-Net mirrors at inference).
+
+:class:`FlipTTA` wraps any segmentation model (the reference models, the fused inference
+model, a sliding-window callable's model) and returns the mean of its predictions over
+flips of the input, each flipped back. Costs one forward per flip.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["FlipTTA", "FLIPS"]
+
+#: The default flip set: identity, vertical, horizontal, both (spatial dims of N x C x H x W).
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
+
+
+class FlipTTA(nn.Module):
+    """``FlipTTA(model)(x)`` = mean over ``flips`` of ``flip(model(flip(x)))``.
+
+    ``flips``: tuples of spatial dims to flip (``()`` is the plain forward); default
+    :data:`FLIPS`. The mean is taken over the model's raw outputs (logits stay logits, in
+    float32), so the wrapper drops in wherever the model did: apply sigmoid / softmax after
+    it as before. Outputs must be ``N x K x H x W`` like the input's spatial size.
+    """
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor],
+                 flips: Sequence[Sequence[int]] = FLIPS):
+        super().__init__()
+        flips = tuple(tuple(int(d) for d in f) for f in flips)
+        if not flips:
+            raise ValueError("flips must hold at least one flip (() is the plain forward)")
+        for f in flips:
+            if any(d not in (-1, -2) for d in f) or len(set(f)) != len(f):
+                raise ValueError(f"each flip is a tuple of distinct spatial dims -2 (H) and -1 "
+                                 f"(W), got {f}")
+        self.model = model
+        self.flips = flips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"FlipTTA expects N x C x H x W input, got {got}")
+        total = None
+        for f in self.flips:
+            y = self.model(torch.flip(x, f) if f else x)
+            if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[-2:] != x.shape[-2:]:
+                got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ValueError(f"FlipTTA needs N x K x H x W outputs of the input's size "
+                                 f"{tuple(x.shape[-2:])}, the model returned {got}")
+            y = (torch.flip(y, f) if f else y).float()
+            total = y if total is None else total + y
+        return total / len(self.flips)
