@@ -90,8 +90,9 @@ def available_backends(device: torch.device) -> list[str]:
 
 #: GPU spin before each timed call (cycles; 0: none): the host enqueues the call's kernels
 #: while the GPU spins, so the time is the device's, not the Python launch latency of the
-#: first kernel (which differs between variants: two F.conv2d calls vs the op layer). As in
-#: bench_attention_gate.Timer; ``--no-head-start`` restores the previous method.
+#: first kernel (which differs between variants: two F.conv2d calls vs the op layer). The
+#: same head start as bench_attention_gate.Timer (which also flushes L2 before each call;
+#: this bench does not); ``--no-head-start`` restores the previous method.
 HEAD_START_CYCLES = {"cycles": 1_000_000}
 
 

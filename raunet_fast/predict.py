@@ -198,7 +198,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
             probabilities: bool = False, overwrite: bool = False,
             num_workers: int | None = None, progress: bool = True,
             window: int | tuple[int, int] | None = None,
-            overlap: float = 0.25, tta: bool = False) -> dict[str, Any]:
+            overlap: float | None = None, tta: bool = False) -> dict[str, Any]:
     """Predict masks for ``input`` with ``checkpoint`` (a folder written by training or
     ``save_pretrained``) and write them to ``out`` (created); see the module docstring.
 
@@ -220,6 +220,9 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
 
     checkpoint, input, out = Path(checkpoint), Path(input), Path(out)
     check_run_options(batch_size, image_size, out)
+    if window is None and overlap is not None:
+        raise ValueError("--overlap applies to --window (sliding-window prediction)")
+    overlap = 0.25 if overlap is None else overlap
     if window is not None:
         from .sliding_window import _pair
 
@@ -395,7 +398,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
                     writes.append(pool.submit(write, path, logits[j], full))
                 else:
                     written += write(path, logits[j], full)
-            while len(writes) > 2 * batch_size or (writes and writes[0].done()):
+            while len(writes) > 2 * per_call or (writes and writes[0].done()):
                 written += writes.popleft().result()
             bar.update(len(batch))
         while writes:
@@ -461,7 +464,7 @@ def add_cli(sub) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: the mean of the predictions over 4 flips "
                         "(4x the inference time)")
-    p.add_argument("--overlap", type=float, default=0.25,
+    p.add_argument("--overlap", type=float, default=None,
                    help="with --window: fraction of a window its neighbours share (default 0.25)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=8,

@@ -3,10 +3,13 @@
 :func:`sliding_window_inference` cuts each image into overlapping windows of a fixed size,
 runs the model on batches of windows and blends the overlapping predictions with a weight
 map (Gaussian by default: a window's centre counts more than its border, where the network
-saw less context). Memory is bounded by ``batch_size`` windows, whatever the image size, and
-every model call has the same shape, which suits the fused model with CUDA graphs
+saw less context). On the device the model runs on, memory is bounded by ``batch_size``
+windows whatever the image size (the blended result is accumulated on the image's device,
+e.g. in CPU memory for a large image while the model runs on the GPU). Every model call
+takes ``batch_size`` windows (the last batch is padded with repeats) unless the whole image
+needs fewer, which suits the fused model with CUDA graphs
 (:func:`raunet_fast.inference.build_inference_model` with ``cuda_graphs=True``: one graph
-per window batch shape).
+per call shape).
 
 Works with any callable mapping ``B x C x h x w`` to ``B x K x h x w`` (the reference models,
 the fused inference model, a user's own module).
@@ -14,6 +17,7 @@ the fused inference model, a user's own module).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -23,14 +27,15 @@ __all__ = ["sliding_window_inference", "window_starts", "blend_weights"]
 
 
 def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int):
+    def is_int(t):
+        return isinstance(t, numbers.Integral) and not isinstance(t, bool)
+
+    if is_int(v):
         v = (v, v)
-    try:
-        a, b = (int(t) for t in v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or len(v) != 2 or \
+            not all(is_int(t) for t in v):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    a, b = int(v[0]), int(v[1])
     if a < 1 or b < 1:
         raise ValueError(f"{name} must be >= 1, got {v!r}")
     return a, b
@@ -61,12 +66,12 @@ def blend_weights(window: tuple[int, int], mode: str = "gaussian", sigma_scale: 
     if not sigma_scale > 0:
         raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
 
-    def axis(n: int) -> torch.Tensor:
-        d = torch.arange(n, dtype=torch.float64, device=device) - (n - 1) / 2
+    def axis(n: int) -> torch.Tensor:  # float64 on the CPU (not every device has it)
+        d = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
         return torch.exp(-0.5 * (d / (sigma_scale * n)) ** 2)
 
     wmap = axis(h)[:, None] * axis(w)[None, :]
-    return (wmap / wmap.max()).clamp_min(1e-3).float()
+    return (wmap / wmap.max()).clamp_min(1e-3).float().to(device)
 
 
 @torch.no_grad()
@@ -84,7 +89,10 @@ def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], imag
     neighbouring windows share, in ``[0, 1)``. ``batch_size``: windows per model call (the
     memory bound). ``blend``: ``"gaussian"`` or ``"constant"`` weights (:func:`blend_weights`).
     ``device``: where the model runs (default: the image's device); windows are moved there
-    one batch at a time, so a large image can stay in CPU memory.
+    one batch at a time and predictions back, so a large image and its result can stay in
+    CPU memory while the model runs on the GPU. The last batch is padded to ``batch_size``
+    with repeats of its last window (their predictions dropped) when there were full batches
+    before it, so that calls keep one shape.
 
     Returns float32 ``N x K x H x W`` on the image's device: the weighted mean, at every pixel,
     of the predictions of the windows covering it (``K``: the model's output channels; logits
@@ -105,7 +113,8 @@ def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], imag
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     run_dev = torch.device(device) if device is not None else image.device
-    weights = blend_weights((wh, ww), blend, sigma_scale, device=run_dev)
+    acc_dev = image.device
+    weights = blend_weights((wh, ww), blend, sigma_scale, device=acc_dev)
 
     n, _, h, w = image.shape
     ph, pw = max(wh - h, 0), max(ww - w, 0)
@@ -124,19 +133,21 @@ def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], imag
     try:
         for i in range(0, len(tiles), batch_size):
             chunk = tiles[i:i + batch_size]
-            xb = torch.stack([image[b, :, y:y + wh, x:x + ww] for b, y, x in chunk]).to(run_dev)
+            # one call shape: pad a short last batch with repeats (when full ones came first)
+            call = chunk + [chunk[-1]] * (batch_size - len(chunk)) if i else chunk
+            xb = torch.stack([image[b, :, y:y + wh, x:x + ww] for b, y, x in call]).to(run_dev)
             pred = model(xb)
             if not isinstance(pred, torch.Tensor) or pred.dim() != 4 or \
-                    pred.shape[0] != len(chunk) or tuple(pred.shape[-2:]) != (wh, ww):
+                    pred.shape[0] != len(call) or tuple(pred.shape[-2:]) != (wh, ww):
                 got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
                 raise ValueError(f"the model must map B x C x {wh} x {ww} windows to "
                                  f"B x K x {wh} x {ww} predictions of the same size; it returned "
-                                 f"{got} for a batch of {len(chunk)}")
-            pred = pred.float()
+                                 f"{got} for a batch of {len(call)}")
+            pred = pred[:len(chunk)].float().to(acc_dev)
             if acc is None:
                 k = pred.shape[1]
-                acc = torch.zeros(n, k, H, W, device=run_dev)
-                norm = torch.zeros(n, 1, H, W, device=run_dev)
+                acc = torch.zeros(n, k, H, W, device=acc_dev)
+                norm = torch.zeros(n, 1, H, W, device=acc_dev)
             for j, (b, y, x) in enumerate(chunk):
                 acc[b, :, y:y + wh, x:x + ww].addcmul_(pred[j], weights)
                 norm[b, 0, y:y + wh, x:x + ww].add_(weights)
@@ -145,5 +156,5 @@ def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], imag
     finally:
         if bar is not None:
             bar.close()
-    out = acc / norm
-    return out[:, :, :h, :w].to(image.device)
+    out = acc.div_(norm)
+    return out if (ph, pw) == (0, 0) else out[:, :, :h, :w].contiguous()

@@ -90,6 +90,17 @@ def check(backend, cx, cg, f, dtype, device="cpu", x_cl=True, g_cl=True, **shape
     assert_parity(plain, ref_out, dtype, k=k, roundings=2, what=what + " out (no alpha)")
 
 
+def check_concat(backend, cx, cg, f, dtype, device="cpu", **shape):
+    """attention_gate_concat: the gated part against the fp64 reference, g copied exactly."""
+    x, g, p = make_inputs(cx, cg, f, dtype, device, **shape)
+    y = ops.attention_gate_concat(x, g, **p, backend=backend)
+    assert y.shape == (x.shape[0], cx + cg, *x.shape[2:]) and y.dtype == dtype
+    ref_out, _ = reference64(x, g, p)
+    assert_parity(y[:, :cx], ref_out, dtype, k=cx + cg, roundings=2,
+                  what=f"concat {backend} {dtype} Cx={cx} Cg={cg} F={f}")
+    assert torch.equal(y[:, cx:], g), "g must be copied unchanged"
+
+
 # --------------------------------------------------------------------------- interface
 def test_gate_import_does_not_import_triton():
     code = ("import sys, raunet_fast, raunet_fast.ops as o; f = o.attention_gate; "
@@ -221,15 +232,16 @@ def test_gate_triton_interpreter(dtype, cx, cg, f, x_cl, g_cl):
 
 
 @no_cuda_interpreter
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(10))
 def test_gate_triton_every_shipped_config_interpreted(index, monkeypatch):
     """Each GPU config's tiling (x in one chunk or looped, F chunks) in the interpreter."""
     pytest.importorskip("triton")
     from raunet_fast.kernels import attention_gate as kmod
 
-    assert len(kmod.CONFIGS) == 11, "update the parametrisation"
+    assert len(kmod.CONFIGS) == 10, "update the parametrisation"
     monkeypatch.setattr(kmod, "FORCE_CONFIG", kmod.CONFIGS[index])
     check("triton", 40, 72, 80, torch.float16, n=1, h=5, w=7)
+    check_concat("triton", 24, 40, 16, torch.float16, n=1, h=5, w=7)
 
 
 def test_gate_config_filters():
@@ -452,6 +464,8 @@ def test_gate_gpu_triton_every_config(index, dtype, no_tf32, monkeypatch):
     check(backend, *AWKWARD, dtype, "cuda", n=2, h=17, w=33)             # masked tails
     check(backend, 64, 64, 32, dtype, "cuda", n=2, h=16, w=16)          # x in one chunk
     check(backend, 512, 512, 256, dtype, "cuda", n=1, h=9, w=11)        # long K, F loops
+    for shape in (AWKWARD, (64, 64, 32)):  # the concatenating variant, g copied
+        check_concat(backend, *shape, dtype, "cuda", n=2, h=17, w=33)
 
 
 @requires_cuda

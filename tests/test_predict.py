@@ -245,6 +245,9 @@ def test_window_predicts_at_native_resolution(isic_images, ck2d, tmp_path, capsy
     assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(tmp_path / "o3"),
                "--window", "24", "--overlap", "1") == 2
     one_line_error(capsys, "--overlap")
+    assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(tmp_path / "o4"),
+               "--overlap", "0.5") == 2
+    one_line_error(capsys, "--overlap", "--window")
 
 
 def test_errors_are_one_line(isic_images, ck2d, brats_root, tmp_path, capsys):

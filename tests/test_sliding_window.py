@@ -78,7 +78,8 @@ def test_window_starts_cover_with_overlap(size, window, overlap):
         covered[a:a + window] = True
     assert bool(covered.all())
     steps = [b - a for a, b in zip(s, s[1:])]
-    assert max(steps) <= max(1, int(window * (1 - overlap))) + 1  # evenly spread, rounded
+    assert max(steps) <= max(1, int(window * (1 - overlap)))  # the overlap is kept
+    assert max(steps) - min(steps) <= 1  # evenly spread (no sliver window at the end)
 
 
 def test_gaussian_weights_shape():
@@ -125,3 +126,65 @@ def test_bad_arguments_are_named():
     down = nn.Conv2d(3, 1, 2, stride=2)
     with pytest.raises(ValueError, match="same size"):
         sliding_window_inference(down, x, 8)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_blend_in_both_axes(blend):
+    """Windows overlapping in y and x: each pixel is the weighted mean of the covering
+    windows' ids, the weight the product of the two axis profiles scaled to peak 1 and
+    floored at 1e-3 (the documented map), computed here from the formula."""
+    import math
+
+    def window_id(xb):  # channels 0, 1 of the input hold each pixel's row and column
+        return (xb[:, :1, :1, :1] * 1000 + xb[:, 1:2, :1, :1]).expand(-1, 1, *xb.shape[-2:])
+
+    H, W, wh, ww = 30, 40, 12, 16
+    rows = torch.arange(float(H))[:, None].expand(H, W)
+    cols = torch.arange(float(W))[None, :].expand(H, W)
+    image = torch.stack([rows, cols])[None].clone()
+    out = sliding_window_inference(window_id, image, (wh, ww), overlap=0.5, blend=blend,
+                                   batch_size=3)
+
+    def gauss(offset, n):
+        return math.exp(-0.5 * ((offset - (n - 1) / 2) / (n / 8)) ** 2)
+    peak = max(gauss(o, wh) for o in range(wh)) * max(gauss(o, ww) for o in range(ww))
+    ys, xs = window_starts(H, wh, 0.5), window_starts(W, ww, 0.5)
+    for r in range(0, H, 3):
+        for c in range(0, W, 3):
+            num = den = 0.0
+            for sy in ys:
+                for sx in xs:
+                    if sy <= r < sy + wh and sx <= c < sx + ww:
+                        wt = 1.0 if blend == "constant" else \
+                            max(gauss(r - sy, wh) * gauss(c - sx, ww) / peak, 1e-3)
+                        num, den = num + wt * (sy * 1000 + sx), den + wt
+            assert abs(out[0, 0, r, c].item() - num / den) < 1e-2, (r, c)
+
+
+def test_calls_keep_one_shape():
+    """The last batch is padded to batch_size when full batches came before it (one call
+    shape, e.g. one CUDA graph); a small image that needs fewer windows is not padded."""
+    seen = []
+
+    def model(xb):
+        seen.append(xb.shape[0])
+        return xb[:, :1] * 2
+
+    x = torch.randn(1, 1, 40, 40)
+    out = sliding_window_inference(model, x, 16, overlap=0.0, batch_size=4)  # 9 windows
+    assert seen == [4, 4, 4]
+    torch.testing.assert_close(out, x * 2)
+    seen.clear()
+    sliding_window_inference(model, x[..., :16, :30], 16, overlap=0.0, batch_size=4)
+    assert seen == [2]
+
+
+def test_window_argument_types():
+    import numpy as np
+
+    model = lambda xb: xb  # noqa: E731
+    x = torch.randn(1, 1, 8, 8)
+    torch.testing.assert_close(sliding_window_inference(model, x, np.int64(4)), x)
+    for bad in ("64", (4,), (4, 4, 4), 2.5, True):
+        with pytest.raises(TypeError, match="window"):
+            sliding_window_inference(model, x, bad)
