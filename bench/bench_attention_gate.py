@@ -27,9 +27,7 @@ import datetime
 import importlib
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
@@ -51,53 +49,8 @@ CPU_BATCHES = [1]
 
 
 # -------------------------------------------------------------------------------- timing
-class Timer:
-    """Median milliseconds of ``fn()`` on ``device`` (CUDA: events, L2 flushed before each
-    call; CPU: perf_counter).
-
-    ``head_start`` (CUDA, default on): after the flush the GPU also spins ~0.5 ms
-    (``torch.cuda._sleep``) before the start event, so the host has enqueued the call's
-    kernels before the GPU reaches them and the time is the device's, not the Python
-    launch latency of the first kernel (tens of microseconds through an op's dispatch and
-    Triton's launcher, the same order as one call at 512 x 512). Host time *between* a
-    variant's kernels still counts wherever the GPU catches up with the host. Every
-    variant is timed the same way; ``head_start=False`` gives the previous method."""
-
-    SPIN_CYCLES = 1_000_000
-
-    def __init__(self, device: torch.device, warmup: int = 5, iters: int = 20,
-                 head_start: bool = True):
-        self.device, self.warmup, self.iters = device, warmup, iters
-        self.head_start = head_start
-        self.last_min = float("nan")
-        self._flush = (torch.empty(256 * 2 ** 20, dtype=torch.uint8, device=device)
-                       if device.type == "cuda" else None)
-
-    def __call__(self, fn) -> float:
-        with torch.no_grad():
-            for _ in range(self.warmup):
-                fn()
-            times = []
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-                for _ in range(self.iters):
-                    s = torch.cuda.Event(enable_timing=True)
-                    e = torch.cuda.Event(enable_timing=True)
-                    self._flush.zero_()
-                    if self.head_start:
-                        torch.cuda._sleep(self.SPIN_CYCLES)
-                    s.record()
-                    fn()
-                    e.record()
-                    e.synchronize()
-                    times.append(s.elapsed_time(e))
-            else:
-                for _ in range(self.iters):
-                    t = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - t) * 1e3)
-        self.last_min = min(times)
-        return statistics.median(times)
+# the package's timing method (CUDA: events, L2 flush, host head start; see its docstring)
+from raunet_fast.benchmark import Timer  # noqa: E402
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:

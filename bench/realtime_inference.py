@@ -12,35 +12,19 @@ Compares, in one run and on one device:
 
 and reports ms per batch, images/s, speedup vs eager-<dt> and vs compile-<dt>, and the
 relative L2 error of each output against the fp32 eager output. Appends CSV rows with the
-device name, versions and a timestamp to --out.
+device name, versions and a timestamp to --out. The script form of ``raunet-fast benchmark``
+(raunet_fast/benchmark.py, which holds the code).
 
     python bench/realtime_inference.py --size 512 --batch 1 8 --dtype bf16 --out bench/results/realtime.csv
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import os
-import platform
 import sys
 
 import torch
 
-import raunet_fast
-from bench_attention_gate import Timer  # one timing method for every bench script
-from raunet_fast.inference import build_inference_model
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.double(), ref.double()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+from raunet_fast.benchmark import DTYPES, demo_model, run
 
 
 def main(argv=None) -> int:
@@ -64,90 +48,13 @@ def main(argv=None) -> int:
         from raunet_fast.runtime import tune_cpu_allocator
 
         tune_cpu_allocator()
-
-    device = torch.device(args.device)
-    dt = DTYPES[args.dtype]
-    torch.backends.cudnn.benchmark = True
-    model = raunet_fast.build_model(args.model, in_channels=3, out_channels=1,
-                                    base_channels=args.base_channels)
-    # give BN non-trivial statistics so folding is exercised for real
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, 64, 64))
-    model = model.eval().to(device)
-    low = raunet_fast.build_model(args.model, in_channels=3, out_channels=1,
-                                  base_channels=args.base_channels)
-    low.load_state_dict(model.state_dict())
-    low = low.eval().to(device, dt).to(memory_format=torch.channels_last)
-    fused = build_inference_model(model, dtype=dt, backend=args.backend)
-
-    variants: dict[str, object] = {"eager-fp32": lambda x: model(x.float()),
-                                   f"eager-{args.dtype}": lambda x: low(x.to(dt).contiguous(memory_format=torch.channels_last))}
-    if not args.no_compile:
-        clow = torch.compile(low)
-        variants[f"compile-{args.dtype}"] = lambda x: clow(x.to(dt).contiguous(memory_format=torch.channels_last))
-    variants[f"fused-{args.dtype}"] = lambda x: fused(x)
-    if device.type == "cuda":
-        graphed = build_inference_model(model, dtype=dt, backend=args.backend, cuda_graphs=True)
-        variants[f"fused+graphs-{args.dtype}"] = lambda x: graphed(x)
-        # the first block's projection carried through conv1 (off by default until measured)
-        carried = build_inference_model(model, dtype=dt, backend=args.backend, cuda_graphs=True,
-                                        carry_input=True)
-        variants[f"fused+graphs+carry-{args.dtype}"] = lambda x: carried(x)
-    if not args.no_compile:
-        cfused = torch.compile(fused)
-        variants[f"fused+compile-{args.dtype}"] = lambda x: cfused(x)
-
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    triton_v = "none"
-    try:
-        import triton
-        triton_v = triton.__version__
-    except ImportError:
-        pass
-    rows = []
-    # end-to-end latency: the host's launch time counts (no head start)
-    timer = Timer(device, args.warmup, args.iters, head_start=False)
-    print(f"# {device_name(device)}  torch {torch.__version__}  triton {triton_v}  "
-          f"{args.model} base {args.base_channels}  {args.dtype}  {stamp}"
-          f"{'  tuned CPU allocator' if args.tune_cpu_allocator else ''}")
-    print(f"{'size':>6} {'batch':>5} {'variant':<24} {'ms':>9} {'img/s':>8} "
-          f"{'vs eager':>9} {'vs compile':>10} {'rel L2 err':>11}")
-    for size in args.size:
-        for batch in args.batch:
-            x = torch.randn(batch, 3, size, size, device=device)
-            with torch.no_grad():
-                ref = model(x).float()
-            results = {}
-            for name, fn in variants.items():
-                try:
-                    with torch.no_grad():
-                        err = rel_l2(fn(x).float(), ref)
-                    ms = timer(lambda: fn(x))
-                except Exception as e:  # report, keep going with the other variants
-                    print(f"{size:>6} {batch:>5} {name:<24} FAILED: {type(e).__name__}: {str(e)[:200]}")
-                    continue
-                results[name] = (ms, err)
-            base = results.get(f"eager-{args.dtype}", (float("nan"),))[0]
-            comp = results.get(f"compile-{args.dtype}", (float("nan"),))[0]
-            for name, (ms, err) in results.items():
-                row = dict(timestamp=stamp, device=device_name(device), torch=torch.__version__,
-                           triton=triton_v, model=args.model, base_channels=args.base_channels,
-                           size=size, batch=batch, dtype=args.dtype, variant=name, ms=round(ms, 4),
-                           images_per_s=round(batch * 1e3 / ms, 2),
-                           speedup_vs_eager=round(base / ms, 3), speedup_vs_compile=round(comp / ms, 3),
-                           rel_l2_err_vs_fp32=f"{err:.3e}")
-                rows.append(row)
-                print(f"{size:>6} {batch:>5} {name:<24} {ms:>9.3f} {batch * 1e3 / ms:>8.1f} "
-                      f"{base / ms:>9.2f} {comp / ms:>10.2f} {err:>11.2e}")
-    if args.out and rows:
-        new = not os.path.exists(args.out)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+    model = demo_model(args.model, base_channels=args.base_channels)
+    label = f"{args.model} base {args.base_channels}" + \
+        ("  tuned CPU allocator" if args.tune_cpu_allocator else "")
+    # carry_input stays timed here (off by default in the package until a GPU run says so)
+    run(model, args.size, args.batch, DTYPES[args.dtype], torch.device(args.device),
+        backend=args.backend, compile=not args.no_compile, carry=True, warmup=args.warmup,
+        iters=args.iters, out_csv=args.out, label=label)
     return 0
 
 

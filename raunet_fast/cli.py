@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "raunet_fast.evaluate",       # evaluate
     "raunet_fast.predict",        # predict
     "raunet_fast.demo",           # demo
+    "raunet_fast.benchmark",      # benchmark
 ]
 
 
