@@ -17,6 +17,8 @@ wrapped in ``torch.compile`` (the fused ops are opaque custom ops: no graph brea
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,13 +116,18 @@ class CUDAGraphRunner(nn.Module):
     The first calls of a new shape run eagerly (warm-up: autotuning, cuDNN plans), then the
     forward is captured into a graph with a static input buffer; later calls copy the input
     in, replay, and return a clone of the static output. CPU inputs run the module directly.
+    Each graph keeps its activations' memory, so at most ``max_graphs`` are kept (the least
+    recently used one is dropped, its memory freed, when another shape is captured).
     """
 
-    def __init__(self, module: nn.Module, warmup: int = 2):
+    def __init__(self, module: nn.Module, warmup: int = 2, max_graphs: int = 8):
         super().__init__()
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.module = module
         self.warmup = warmup
-        self._graphs: dict[tuple, tuple] = {}
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self._seen: dict[tuple, int] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +140,8 @@ class CUDAGraphRunner(nn.Module):
             if n < self.warmup:
                 self._seen[key] = n + 1
                 return self.module(x)
+            while len(self._graphs) >= self.max_graphs:  # least recently used goes
+                self._graphs.popitem(last=False)
             static_in = x.clone()
             side = torch.cuda.Stream(x.device)
             side.wait_stream(torch.cuda.current_stream(x.device))
@@ -143,6 +152,7 @@ class CUDAGraphRunner(nn.Module):
             with torch.cuda.graph(graph):
                 static_out = self.module(static_in)
             hit = self._graphs[key] = (graph, static_in, static_out)
+        self._graphs.move_to_end(key)
         graph, static_in, static_out = hit
         static_in.copy_(x)
         graph.replay()

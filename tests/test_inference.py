@@ -126,9 +126,32 @@ def test_gpu_cuda_graphs_replay_matches_eager_fused():
     assert len(graphed._graphs) == 1
 
 
+@requires_cuda
+def test_gpu_cuda_graphs_keep_at_most_max_graphs():
+    from raunet_fast.inference import CUDAGraphRunner, InferenceUNet
+
+    model = trained_like(RAUNet, device="cuda", base_channels=8, depth=3)
+    fast = InferenceUNet(model, dtype=torch.bfloat16).eval()
+    graphed = CUDAGraphRunner(fast, warmup=1, max_graphs=2)
+    sizes = [(32, 32), (48, 32), (32, 48), (32, 32)]  # three shapes, the first again last
+    with torch.no_grad():
+        for h, w in sizes:
+            for _ in range(3):  # warm-up, capture, replay
+                x = torch.randn(1, 3, h, w, device="cuda")
+                torch.testing.assert_close(graphed(x), fast(x), rtol=0, atol=0)
+    assert len(graphed._graphs) == 2
+    assert [k[0] for k in graphed._graphs] == [(1, 3, 32, 48), (1, 3, 32, 32)]
+    with pytest.raises(ValueError, match="max_graphs"):
+        CUDAGraphRunner(fast, max_graphs=0)
+
+
 def test_cuda_graphs_option_runs_cpu_inputs_directly():
     model = trained_like(UNet)
     graphed = build_inference_model(model, dtype=torch.float32, backend="torch", cuda_graphs=True)
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert rel_l2(graphed(x), model(x)) < 1e-5
+    from raunet_fast.inference import CUDAGraphRunner
+
+    with pytest.raises(ValueError, match="max_graphs"):
+        CUDAGraphRunner(graphed.module, max_graphs=0)
