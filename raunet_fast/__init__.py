@@ -18,7 +18,7 @@ __all__ = ["UNet", "AttentionUNet", "ResUNet", "RAUNet", "SegmentationUNet", "bu
            "from_pretrained", "ARCHITECTURES", "MODEL_NAMES", "__version__"]
 
 _LAZY = {"ops", "inference", "metrics", "losses", "data", "train", "evaluate", "summary",
-         "kernels", "cli", "sliding_window", "tta"}
+         "kernels", "cli", "sliding_window", "tta", "benchmark", "export"}
 
 
 def __getattr__(name: str):

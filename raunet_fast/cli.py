@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "raunet_fast.predict",        # predict
     "raunet_fast.demo",           # demo
     "raunet_fast.benchmark",      # benchmark
+    "raunet_fast.export",         # export
 ]
 
 

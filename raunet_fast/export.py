@@ -1,0 +1,153 @@
+"""``raunet-fast export``: a trained model as a ``torch.export`` program (``.pt2``) for deployment.
+
+:func:`export_model` traces the reference model, or its fused inference form
+(:func:`raunet_fast.inference.build_inference_model`; the program then calls the package's
+custom ops, so loading it needs ``import raunet_fast``), with ``torch.export`` and returns the
+:class:`torch.export.ExportedProgram`. By default batch size, height and width are dynamic:
+height and width any multiple of the model's ``size_multiple`` (2^(depth-1): 16 for the
+default depth 5), because the network halves them depth-1 times; pad other sizes (the eager
+model pads internally) or use fixed-size windows
+(:func:`raunet_fast.sliding_window.sliding_window_inference`). ``dynamic=False`` fixes the
+example shape.
+
+Load and run anywhere torch runs::
+
+    program = torch.export.load("model.pt2")
+    logits = program.module()(images)     # N x C x H x W float32 (the export dtype)
+
+From there ``torch._inductor.aoti_compile_and_package(program)`` builds an AOTInductor package
+for C++ / Python deployment without the Python model code.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["export_model", "save_program"]
+
+
+def export_model(model: torch.nn.Module, size: tuple[int, int] = (512, 512), batch: int = 2,
+                 dynamic: bool = True, fused: bool = False, dtype: torch.dtype | None = None,
+                 device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (eval mode) for inputs ``batch x C x H x W`` on ``device``.
+
+    ``size``: the example (H, W); with ``dynamic`` both must be multiples of
+    ``model.size_multiple`` and the program accepts any such multiple and any batch size.
+    ``fused``: export the fused inference model in ``dtype`` (default fp32 on CPU, bf16 on
+    CUDA) instead of the reference model (which is exported in fp32).
+    """
+    h, w = size
+    mult = int(getattr(model, "size_multiple", 1))
+    if batch < 1 or h < 1 or w < 1:
+        raise ValueError(f"batch and size must be >= 1, got batch={batch}, size={size}")
+    if dynamic and (h % mult or w % mult):
+        raise ValueError(f"with dynamic shapes the example size must be a multiple of the "
+                         f"model's size_multiple {mult} (the network halves H and W "
+                         f"{mult.bit_length() - 1} times), got {h}x{w}")
+    device = torch.device(device)
+    model = model.eval().to(device)
+    if fused:
+        from .inference import build_inference_model, inference_dtype
+
+        dt = dtype if dtype is not None else inference_dtype(None, device)
+        module = build_inference_model(model, dtype=dt)
+    else:
+        if dtype not in (None, torch.float32):
+            raise ValueError("the reference model is exported in fp32; pass fused=True for "
+                             "a 16-bit program")
+        module = model
+    x = torch.randn(max(batch, 2) if dynamic else batch, model.in_channels, h, w, device=device)
+    shapes = None
+    if dynamic:
+        d = torch.export.Dim
+        shapes = {"x": {0: d("batch", min=1, max=4096),
+                        2: mult * d("h_blocks", min=1, max=65536 // mult),
+                        3: mult * d("w_blocks", min=1, max=65536 // mult)}}
+    with torch.no_grad():
+        return torch.export.export(module, (x,), dynamic_shapes=shapes)
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
+    """``torch.export.save`` to ``path`` atomically (a temporary file in the same folder,
+    then renamed: an interrupted export never leaves a truncated ``.pt2``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            # buffers sharing one storage (folded weights) make the archive writer warn
+            warnings.filterwarnings("ignore", message="No complete tensor found")
+            torch.export.save(program, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .evaluate import check_checkpoint_folder
+    from .hub import from_pretrained
+    from .inference import inference_dtype
+    from .train import resolve_device
+
+    check_checkpoint_folder(args.checkpoint)
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the .pt2 file to write")
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out} exists; pass --overwrite to replace it")
+    if args.dtype is not None and not args.fused and args.dtype != "fp32":
+        raise ValueError("--dtype bf16/fp16 is for --fused; the reference model is exported "
+                         "in fp32")
+    device = resolve_device(args.device)
+    model = from_pretrained(args.checkpoint, map_location=device).eval()
+    size = args.size
+    if size is None:
+        from .evaluate import read_preprocessing
+
+        stored = read_preprocessing(args.checkpoint).get("image_size")
+        size = tuple(stored) if stored else (512, 512)
+    dtype = inference_dtype(args.dtype, device) if args.fused else None
+    program = export_model(model, size=size, batch=args.batch, dynamic=not args.static,
+                           fused=args.fused, dtype=dtype, device=device)
+    save_program(program, args.out)
+    mult = model.size_multiple
+    shape = (f"{args.batch} x {model.in_channels} x {size[0]} x {size[1]}" if args.static else
+             f"N x {model.in_channels} x H x W, H and W multiples of {mult}")
+    kind = "fused" if args.fused else "reference"
+    print(f"export: wrote {args.out} ({kind} model, {shape}, {device.type}); load with "
+          f"torch.export.load('{args.out}').module()"
+          + ("  (needs `import raunet_fast` for its ops)" if args.fused else ""))
+    return 0
+
+
+def add_cli(sub) -> None:
+    from .cli import parse_size
+
+    p = sub.add_parser("export", help="write a trained model as a torch.export program (.pt2)",
+                       description="Export a checkpoint with torch.export for deployment: "
+                                   "dynamic batch, height and width (multiples of the model's "
+                                   "size multiple, 16 at depth 5) unless --static; the reference "
+                                   "model in fp32, or with --fused the fused inference model.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="e.g. RUN_DIR/best")
+    p.add_argument("--out", required=True, type=Path, help="the .pt2 file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--size", type=parse_size, default=None, metavar="S|HxW",
+                   help="example input size (the fixed size with --static; default: the "
+                        "checkpoint's training size, else 512)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="example batch size (the fixed one with --static)")
+    p.add_argument("--static", action="store_true", help="fix the example shape")
+    p.add_argument("--fused", action="store_true",
+                   help="export the fused inference model (folded BN, fused ops)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="--fused model precision (default fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                   help="device the program is traced for (default cpu)")
+    p.set_defaults(func=_cmd_export)
