@@ -22,11 +22,15 @@ import triton.language as tl
 #: chunk of the F intermediate channels held in the fp32 accumulator (both halved for
 #: fp32 inputs); optional ``dtypes``: the input dtypes a config is used for (default all);
 #: optional ``max_channels``: used only for gates with ``Cx, Cg <= max_channels``;
-#: optional ``stream``: streaming cache hints (:func:`cache_hints`).
+#: optional ``stream``: streaming cache hints (:func:`cache_hints`); optional ``concat``
+#: (default True): whether the concatenating variant autotunes over it.
 #: Channel chunks are powers of two >= 16 (tl.dot's minimum), masked. Every entry builds
 #: for sm_80 and sm_90 without register spills (tests/test_attention_gate_aot.py).
 CONFIGS: list[dict] = [
-    {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2},
+    # not for the concatenating variant: with triton 3.6 (torch 2.11's) it spills 8 bytes
+    # on sm_80 there (3.9 does not), and it is the slowest 16-bit tile at C = 64 anyway
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 2,
+     "concat": False},
     {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 64, "num_warps": 4, "num_stages": 3},
     {"BLOCK_P": 128, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 64, "num_warps": 8, "num_stages": 2},
     # these two spill a few bytes in fp32 with triton 3.6's code generation: 16-bit only
@@ -81,19 +85,24 @@ def _config_from_env() -> dict | None:
 FORCE_CONFIG: dict | None = _config_from_env()
 
 
-def applies(cfg: dict, dtype: torch.dtype, cx: int | None = None, cg: int | None = None) -> bool:
-    """Whether config ``cfg`` is used for inputs of ``dtype`` (and ``cx``/``cg`` channels)."""
+def applies(cfg: dict, dtype: torch.dtype, cx: int | None = None, cg: int | None = None,
+            concat: bool = False) -> bool:
+    """Whether config ``cfg`` is used for inputs of ``dtype`` (and ``cx``/``cg`` channels;
+    ``concat``: for the concatenating variant)."""
     name = str(dtype).replace("torch.", "")
     if name not in cfg.get("dtypes", (name,)):
+        return False
+    if concat and not cfg.get("concat", True):
         return False
     cap = cfg.get("max_channels")
     return cap is None or cx is None or max(cx, cg if cg is not None else cx) <= cap
 
 
-def configs_for(dtype: torch.dtype, cx: int | None = None, cg: int | None = None) -> list[dict]:
+def configs_for(dtype: torch.dtype, cx: int | None = None, cg: int | None = None,
+                concat: bool = False) -> list[dict]:
     """The entries of :data:`CONFIGS` used for inputs of ``dtype`` (and, when given, a gate
-    of ``cx`` / ``cg`` channels)."""
-    return [c for c in CONFIGS if applies(c, dtype, cx, cg)]
+    of ``cx`` / ``cg`` channels; ``concat``: the concatenating variant's candidates)."""
+    return [c for c in CONFIGS if applies(c, dtype, cx, cg, concat)]
 
 
 def _pow2_block(c: int, cap: int) -> int:
@@ -349,7 +358,7 @@ def _autotuned_kernel(cx: int, cg: int, f: int, dtype: torch.dtype, n: int,
     key = (cx, cg, f, dtype, n, concat)
     if key not in _autotuned:
         seen, configs = set(), []
-        for cfg in configs_for(dtype, cx, cg):
+        for cfg in configs_for(dtype, cx, cg, concat):
             kw = launch_meta(cfg, cx, cg, f, dtype)
             sig = (tuple(sorted(kw.items())), cfg["num_warps"], cfg["num_stages"])
             if sig not in seen:

@@ -259,6 +259,9 @@ def test_gate_config_filters():
         assert c not in configs_for(torch.bfloat16, cap, cap + 16)
     for c in CONFIGS:
         assert (c in configs_for(torch.float32)) == ("float32" in c.get("dtypes", ("float32",)))
+        assert (c in configs_for(torch.bfloat16, 64, 64, concat=True)) == \
+            (c in configs_for(torch.bfloat16, 64, 64) and c.get("concat", True))
+    assert any(not c.get("concat", True) for c in CONFIGS)  # the filter is exercised
 
 
 @no_cuda_interpreter

@@ -69,15 +69,11 @@ def test_gate_aot_triton_configs_build_without_spills():
                   else small, torch.float32, a)
              for cfg in fp32 for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.bfloat16, a) for a in ARCHS]
-    # the concatenating variant (g copied into channels Cx..): one-chunk and looped g
-    jobs += [_job(i, CONFIGS[i], s, torch.bfloat16, a, concat=True)
-             for i in (0, 2) for s in (small, large) for a in ARCHS]
-    # every config with streaming hints (.cs stores of the g copy too) or max_channels, as
-    # concat at the shapes it is used for
+    # the concatenating variant (g copied into channels Cx..: one-chunk and looped g) of
+    # every config it autotunes over, at the shapes each is used for
     jobs += [_job(i, cfg, s, torch.bfloat16, a, concat=True)
-             for i, cfg in enumerate(CONFIGS) if cfg.get("stream") or "max_channels" in cfg
-             for s in (small, large) if applies(cfg, torch.bfloat16, s[0], s[1])
-             for a in ARCHS]
+             for i, cfg in enumerate(CONFIGS) for s in (small, large)
+             if applies(cfg, torch.bfloat16, s[0], s[1], concat=True) for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.float16, a, x_cl=False, write_alpha=True)
              for a in ARCHS]
     # two compiler processes (the CI machine has two cores)
