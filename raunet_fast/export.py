@@ -77,7 +77,8 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Pat
     then renamed: an interrupted export never leaves a truncated ``.pt2``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the temporary ends in .pt2 too (torch.export.save warns about other names)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.pt2")
     os.close(fd)
     try:
         with warnings.catch_warnings():
