@@ -1,26 +1,30 @@
 """``raunet-fast export``: a trained model as a ``torch.export`` program (``.pt2``) for deployment.
 
 :func:`export_model` traces the reference model, or its fused inference form
-(:func:`raunet_fast.inference.build_inference_model`; the program then calls the package's
-custom ops, so loading it needs ``import raunet_fast``), with ``torch.export`` and returns the
+(:func:`raunet_fast.inference.build_inference_model`), with ``torch.export`` and returns the
 :class:`torch.export.ExportedProgram`. By default batch size, height and width are dynamic:
 height and width any multiple of the model's ``size_multiple`` (2^(depth-1): 16 for the
-default depth 5), because the network halves them depth-1 times; pad other sizes (the eager
-model pads internally) or use fixed-size windows
+default depth 5) from twice that up, because the network halves them depth-1 times (a single
+block is excluded: torch.export specialises sizes of 1); pad other sizes (the eager model pads
+internally) or use fixed-size windows
 (:func:`raunet_fast.sliding_window.sliding_window_inference`). ``dynamic=False`` fixes the
 example shape.
 
 Load and run anywhere torch runs::
 
+    import raunet_fast.ops                # fused programs only: registers their ops
     program = torch.export.load("model.pt2")
-    logits = program.module()(images)     # N x C x H x W float32 (the export dtype)
+    logits = program.module()(images)     # float32 N x C x H x W in; out in the export dtype
 
-From there ``torch._inductor.aoti_compile_and_package(program)`` builds an AOTInductor package
-for C++ / Python deployment without the Python model code.
+The program takes float32 input (a fused 16-bit program casts inside and returns bf16 /
+fp16). A reference program can go on to ``torch._inductor.aoti_compile_and_package`` for
+deployment without the Python model code; a fused program calls the package's Python-
+registered ops, so it needs ``raunet_fast`` installed wherever it runs.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import tempfile
 import warnings
@@ -37,20 +41,21 @@ def export_model(model: torch.nn.Module, size: tuple[int, int] = (512, 512), bat
     """``torch.export`` of ``model`` (eval mode) for inputs ``batch x C x H x W`` on ``device``.
 
     ``size``: the example (H, W); with ``dynamic`` both must be multiples of
-    ``model.size_multiple`` and the program accepts any such multiple and any batch size.
-    ``fused``: export the fused inference model in ``dtype`` (default fp32 on CPU, bf16 on
-    CUDA) instead of the reference model (which is exported in fp32).
+    ``model.size_multiple``, at least twice it, and the program accepts any such size and
+    any batch size. ``fused``: export the fused inference model in ``dtype`` (default fp32 on
+    CPU, bf16 on CUDA) instead of the reference model (which is exported in fp32). ``model``
+    itself is left as it was (a copy is exported).
     """
     h, w = size
     mult = int(getattr(model, "size_multiple", 1))
     if batch < 1 or h < 1 or w < 1:
         raise ValueError(f"batch and size must be >= 1, got batch={batch}, size={size}")
-    if dynamic and (h % mult or w % mult):
+    if dynamic and (h % mult or w % mult or min(h, w) < 2 * mult):
         raise ValueError(f"with dynamic shapes the example size must be a multiple of the "
                          f"model's size_multiple {mult} (the network halves H and W "
-                         f"{mult.bit_length() - 1} times), got {h}x{w}")
+                         f"{mult.bit_length() - 1} times), at least {2 * mult}, got {h}x{w}")
     device = torch.device(device)
-    model = model.eval().to(device)
+    model = copy.deepcopy(model).eval().to(device)
     if fused:
         from .inference import build_inference_model, inference_dtype
 
@@ -66,8 +71,8 @@ def export_model(model: torch.nn.Module, size: tuple[int, int] = (512, 512), bat
     if dynamic:
         d = torch.export.Dim
         shapes = {"x": {0: d("batch", min=1, max=4096),
-                        2: mult * d("h_blocks", min=1, max=65536 // mult),
-                        3: mult * d("w_blocks", min=1, max=65536 // mult)}}
+                        2: mult * d("h_blocks", min=2, max=65536 // mult),
+                        3: mult * d("w_blocks", min=2, max=65536 // mult)}}
     with torch.no_grad():
         return torch.export.export(module, (x,), dynamic_shapes=shapes)
 
@@ -85,6 +90,9 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Pat
             # buffers sharing one storage (folded weights) make the archive writer warn
             warnings.filterwarnings("ignore", message="No complete tensor found")
             torch.export.save(program, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,22 +117,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = from_pretrained(args.checkpoint, map_location=device).eval()
     size = args.size
-    if size is None:
+    if size is None:  # the training size, rounded up to what a dynamic program needs
         from .evaluate import read_preprocessing
 
         stored = read_preprocessing(args.checkpoint).get("image_size")
         size = tuple(stored) if stored else (512, 512)
+        if not args.static:
+            m = model.size_multiple
+            size = tuple(max(2 * m, -(-int(v) // m) * m) for v in size)
     dtype = inference_dtype(args.dtype, device) if args.fused else None
     program = export_model(model, size=size, batch=args.batch, dynamic=not args.static,
                            fused=args.fused, dtype=dtype, device=device)
     save_program(program, args.out)
     mult = model.size_multiple
     shape = (f"{args.batch} x {model.in_channels} x {size[0]} x {size[1]}" if args.static else
-             f"N x {model.in_channels} x H x W, H and W multiples of {mult}")
+             f"N x {model.in_channels} x H x W, H and W multiples of {mult} from {2 * mult}")
     kind = "fused" if args.fused else "reference"
     print(f"export: wrote {args.out} ({kind} model, {shape}, {device.type}); load with "
           f"torch.export.load('{args.out}').module()"
-          + ("  (needs `import raunet_fast` for its ops)" if args.fused else ""))
+          + ("  (after `import raunet_fast.ops`, which registers its ops)" if args.fused else ""))
     return 0
 
 
@@ -134,7 +145,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("export", help="write a trained model as a torch.export program (.pt2)",
                        description="Export a checkpoint with torch.export for deployment: "
                                    "dynamic batch, height and width (multiples of the model's "
-                                   "size multiple, 16 at depth 5) unless --static; the reference "
+                                   "size multiple from twice it: 32, 48, 64, ... at depth 5) "
+                                   "unless --static; the reference "
                                    "model in fp32, or with --fused the fused inference model.")
     p.add_argument("--checkpoint", required=True, type=Path, help="e.g. RUN_DIR/best")
     p.add_argument("--out", required=True, type=Path, help="the .pt2 file to write")

@@ -24,7 +24,7 @@ def test_dynamic_program_matches_eager(fused, tmp_path):
     assert model.size_multiple == 4
     path = save_program(export_model(model, size=(24, 32), fused=fused), tmp_path / "m.pt2")
     program = torch.export.load(str(path)).module()
-    for shape in ((1, 3, 24, 32), (3, 3, 12, 44)):  # other batch, other multiples of 4
+    for shape in ((1, 3, 24, 32), (3, 3, 8, 44)):  # other batch; 8 = the smallest size
         x = torch.randn(*shape)
         with torch.no_grad():
             ref = model(x)
@@ -46,6 +46,12 @@ def test_static_program_and_bad_sizes(tmp_path):
         program(torch.randn(2, 3, 20, 20))
     with pytest.raises(ValueError, match="multiple of the model's size_multiple 4"):
         export_model(model, size=(18, 20))
+    with pytest.raises(ValueError, match="at least 8"):
+        export_model(model, size=(4, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_model(model, size=(8, 8), fused=True)  # the caller's model is left alone
+    assert model.training is False and all(torch.equal(before[k], v)
+                                           for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="fused=True"):
         export_model(model, size=(20, 20), dynamic=False, dtype=torch.bfloat16)
 
@@ -75,6 +81,20 @@ def test_cli(tmp_path, capsys):
     fails("--out", str(tmp_path), words=["is a folder"])
     fails("--out", str(tmp_path / "b.pt2"), "--dtype", "bf16", words=["--fused"])
     fails("--out", str(tmp_path / "c.pt2"), "--size", "18", words=["multiple"])
+    fails("--out", str(tmp_path / "c.pt2"), "--size", "4", words=["at least 8"])
+    # a fresh process: `import raunet_fast.ops` is all a fused program needs to load
+    import subprocess
+    import sys
+
+    code = (f"import torch, raunet_fast.ops; p = torch.export.load({str(out)!r}).module(); "
+            f"print(tuple(p(torch.randn(1, 3, 8, 8)).shape))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "(1, 2, 8, 8)" in r.stdout, r.stderr[-2000:]
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
     assert cli.main(["export", "--checkpoint", str(ck), "--out", str(out), "--overwrite",
                      "--size", "16", "--static", "--batch", "2"]) == 0
     assert "2 x 3 x 16 x 16" in capsys.readouterr().out

@@ -28,6 +28,11 @@ __all__ = ["BACKENDS", "BackendUnavailable", *_OPS]
 # only: no triton, nothing built) and leaves the op bound for good.
 from .attention_gate import attention_gate, attention_gate_concat  # noqa: E402
 
+# Every op is registered with torch.library once this package is imported (the conv op too,
+# as cheaply): programs exported from the fused model (raunet_fast.export) resolve their
+# ``raunet_fast::`` ops after ``import raunet_fast.ops``.
+from .conv3x3 import conv3x3_fused  # noqa: E402
+
 
 def __getattr__(name: str):
     if name in _OPS:
