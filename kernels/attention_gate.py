@@ -23,7 +23,8 @@ import triton.language as tl
 #: fp32 inputs); optional ``dtypes``: the input dtypes a config is used for (default all);
 #: optional ``max_channels``: used only for gates with ``Cx, Cg <= max_channels``;
 #: optional ``stream``: streaming cache hints (:func:`cache_hints`); optional ``concat``
-#: (default True): whether the concatenating variant autotunes over it.
+#: (default True): whether the concatenating variant autotunes over it (False, or the
+#: dtype names it does for).
 #: Channel chunks are powers of two >= 16 (tl.dot's minimum), masked. Every entry builds
 #: for sm_80 and sm_90 without register spills (tests/test_attention_gate_aot.py).
 CONFIGS: list[dict] = [
@@ -44,7 +45,9 @@ CONFIGS: list[dict] = [
     # one accumulator (x and g streamed once, the K loop software-pipelined), the first
     # with 32-pixel tiles for twice the programs.
     {"BLOCK_P": 32, "MAX_BLOCK_K": 64, "MAX_BLOCK_F": 256, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 256, "num_warps": 8, "num_stages": 3},
+    # (its fp32 concatenating variant spills 8 bytes on sm_80: 16-bit concat only)
+    {"BLOCK_P": 64, "MAX_BLOCK_K": 32, "MAX_BLOCK_F": 256, "num_warps": 8, "num_stages": 3,
+     "concat": ("float16", "bfloat16")},
     # (A 512-pixel / 16-warp tile for level 1 was dropped: 65.8 % of copy bandwidth in the
     # H200 sweep, never picked, and its concatenating variant spills on sm_80.)
     # Streaming cache hints (``stream``, see :func:`cache_hints`): the output stored .cs, and
@@ -82,6 +85,8 @@ def _config_from_env() -> dict | None:
 
 #: One config to use instead of autotuning (tests pin each config in turn; users may
 #: pin one with ``RAUNET_GATE_TRITON_CONFIG=<index into CONFIGS>``). ``None``: autotune.
+#: A pinned config is used as is: its ``dtypes`` / ``max_channels`` / ``concat`` keys
+#: (the autotuner's filters) do not apply.
 FORCE_CONFIG: dict | None = _config_from_env()
 
 
@@ -92,7 +97,8 @@ def applies(cfg: dict, dtype: torch.dtype, cx: int | None = None, cg: int | None
     name = str(dtype).replace("torch.", "")
     if name not in cfg.get("dtypes", (name,)):
         return False
-    if concat and not cfg.get("concat", True):
+    use = cfg.get("concat", True)
+    if concat and (use is False or (isinstance(use, tuple) and name not in use)):
         return False
     cap = cfg.get("max_channels")
     return cap is None or cx is None or max(cx, cg if cg is not None else cx) <= cap

@@ -347,8 +347,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        cache_dir=args.cache_dir, progress=args.progress, fused=args.fused,
                        dtype=args.dtype, tta=args.tta)
     print(format_summary(summary))
-    if args.fused:
-        print(f"scored with the {summary['model']} inference model")
+    if args.fused or args.tta:
+        print(f"scored with the {summary['model']} model")
     print(f"per-case scores in {Path(args.out) / 'cases.csv'}, summary in "
           f"{Path(args.out) / 'summary.json'}")
     return 0

@@ -117,7 +117,9 @@ class CUDAGraphRunner(nn.Module):
     forward is captured into a graph with a static input buffer; later calls copy the input
     in, replay, and return a clone of the static output. CPU inputs run the module directly.
     Each graph keeps its activations' memory, so at most ``max_graphs`` are kept (the least
-    recently used one is dropped, its memory freed, when another shape is captured).
+    recently used one is dropped, its memory freed, when another shape is captured). Inputs
+    cycling through more shapes than that are re-captured on every new visit (slower than
+    plain eager calls): raise ``max_graphs`` or fix the shapes (sliding windows).
     """
 
     def __init__(self, module: nn.Module, warmup: int = 2, max_graphs: int = 8):

@@ -259,8 +259,10 @@ def test_gate_config_filters():
         assert c not in configs_for(torch.bfloat16, cap, cap + 16)
     for c in CONFIGS:
         assert (c in configs_for(torch.float32)) == ("float32" in c.get("dtypes", ("float32",)))
-        assert (c in configs_for(torch.bfloat16, 64, 64, concat=True)) == \
-            (c in configs_for(torch.bfloat16, 64, 64) and c.get("concat", True))
+        use = c.get("concat", True)
+        for dt, nm in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
+            assert (c in configs_for(dt, 64, 64, concat=True)) == \
+                (c in configs_for(dt, 64, 64) and (use is True or (use and nm in use)))
     assert any(not c.get("concat", True) for c in CONFIGS)  # the filter is exercised
 
 

@@ -74,6 +74,12 @@ def test_gate_aot_triton_configs_build_without_spills():
     jobs += [_job(i, cfg, s, torch.bfloat16, a, concat=True)
              for i, cfg in enumerate(CONFIGS) for s in (small, large)
              if applies(cfg, torch.bfloat16, s[0], s[1], concat=True) for a in ARCHS]
+    # and in fp32 (the fused fp32 model on CUDA concatenates too): the largest shape each
+    # fp32 concat config is used at
+    jobs += [_job(i, cfg, large if applies(cfg, torch.float32, 512, 512, concat=True) else small,
+                  torch.float32, a, concat=True)
+             for i, cfg in enumerate(CONFIGS) if applies(cfg, torch.float32, concat=True)
+             for a in ARCHS]
     jobs += [_job(0, CONFIGS[0], awkward, torch.float16, a, x_cl=False, write_alpha=True)
              for a in ARCHS]
     # two compiler processes (the CI machine has two cores)

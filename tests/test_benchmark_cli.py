@@ -27,6 +27,8 @@ def test_table_and_csv(tmp_path, capsys):
     assert {(r["height"], r["width"]) for r in rows} == {("32", "32"), ("24", "40")}
     for r in rows:
         assert float(r["ms"]) > 0 and float(r["images_per_s"]) > 0
+        if r["variant"] == "eager-fp32":  # the baseline of the speed-up column
+            assert float(r["speedup_vs_eager"]) == 1.0
         # the fused fp32 model computes the same function (folded BN, fused kernels)
         assert float(r["rel_l2_err_vs_fp32"]) < 1e-4, r
     # bf16 adds the channels_last reference in bf16; its error is bf16-sized, not zero
@@ -34,6 +36,11 @@ def test_table_and_csv(tmp_path, capsys):
     text = capsys.readouterr().out
     bf = [line for line in text.splitlines() if " eager-bf16 " in line]
     assert bf and 1e-4 < float(bf[0].split()[-1]) < 0.1
+    # appending to a CSV with other columns is refused, not silently misaligned
+    other = tmp_path / "old.csv"
+    other.write_text("timestamp,device,size,variant\n1,cpu,32,eager\n")
+    assert cli.main(["benchmark", *TINY, "--size", "16", "--out", str(other)]) == 2
+    assert "other columns" in capsys.readouterr().err
 
 
 def test_checkpoint_model(tmp_path, capsys):

@@ -38,7 +38,11 @@ def test_wraps_the_fused_model():
     from raunet_fast.inference import build_inference_model
 
     model = raunet_fast.build_model("raunet", in_channels=3, out_channels=1, base_channels=4,
-                                    depth=2).eval()
+                                    depth=2)
+    model.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding matters
+        model(torch.randn(2, 3, 16, 16) * 3 + 1)
+    model.eval()
     fused = build_inference_model(model, dtype=torch.float32)
     x = torch.randn(1, 3, 19, 24)
     with torch.no_grad():
