@@ -143,13 +143,54 @@ def check_run_options(batch_size: int, image_size, out) -> None:
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
 
 
+#: preprocessing.json keys that members of an ensemble must share with the first checkpoint
+ENSEMBLE_KEYS = ("dataset", "image_size", "crop", "output", "regions")
+
+
+def load_ensemble(checkpoint: Path, extra, prep: dict[str, Any], model, device) -> list:
+    """The models of the ``extra`` checkpoints (an ensemble with ``model``, the one of
+    ``checkpoint``): each must be a checkpoint folder whose preprocessing (:data:`ENSEMBLE_KEYS`)
+    and input / output channels match the first's."""
+    from .hub import from_pretrained
+
+    models = []
+    for ck in extra or ():
+        ck = Path(ck)
+        check_checkpoint_folder(ck)
+        p = read_preprocessing(ck)
+        for key in ENSEMBLE_KEYS:
+            if p.get(key) != prep.get(key):
+                raise ValueError(f"--ensemble {ck}: its preprocessing {key!r} is {p.get(key)!r}, "
+                                 f"{checkpoint}'s is {prep.get(key)!r}; ensemble members must "
+                                 f"be trained alike")
+        m = from_pretrained(ck, map_location=device).eval()
+        if (m.in_channels, m.out_channels) != (model.in_channels, model.out_channels):
+            raise ValueError(f"--ensemble {ck}: {m.in_channels} -> {m.out_channels} channels, "
+                             f"{checkpoint}: {model.in_channels} -> {model.out_channels}")
+        models.append(m)
+    return models
+
+
 def build_forward(model, device: torch.device, fused: bool, dtype: str | None,
-                  tta: bool = False):
+                  tta: bool = False, ensemble=()):
     """``model`` itself, or with ``fused`` its folded, fused inference form
     (:func:`~raunet_fast.inference.build_inference_model`, backend ``auto``) in ``dtype``
     (``fp32`` / ``bf16`` / ``fp16``; None: fp32 on CPU, bf16 on CUDA); with ``tta`` wrapped
-    in :class:`~raunet_fast.tta.FlipTTA` (mean over 4 flips). Returns the module and a short
-    description ("reference", "fused bf16", "... + flip TTA")."""
+    in :class:`~raunet_fast.tta.FlipTTA` (mean over 4 flips); with ``ensemble`` (more models)
+    the mean of all of them (:class:`~raunet_fast.tta.Ensemble`, each fused as asked). Returns
+    the module and a short description ("reference", "fused bf16", "... + flip TTA")."""
+    if ensemble:
+        from .tta import Ensemble
+
+        members = [build_forward(m, device, fused, dtype)[0] for m in (model, *ensemble)]
+        fwd = Ensemble(members)
+        _, name = build_forward(model, device, fused, dtype)
+        name = f"{name} ensemble of {len(members)}"
+        if tta:
+            from .tta import FlipTTA
+
+            return FlipTTA(fwd), f"{name} + flip TTA"
+        return fwd, name
     if tta:
         from .tta import FlipTTA
 
@@ -174,7 +215,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
              threshold: float | None = None, split_seed: int | None = None, amp: str = "none",
              save_predictions: bool = False, cache_dir: str | Path | None = None,
              progress: bool = True, model=None, fused: bool = False,
-             dtype: str | None = None, tta: bool = False) -> dict[str, Any]:
+             dtype: str | None = None, tta: bool = False, ensemble=()) -> dict[str, Any]:
     """Score ``checkpoint`` (a folder written by training / ``save_pretrained``) on a split.
 
     ``image_size`` / ``crop`` / ``threshold`` default to the values training stored in the
@@ -187,7 +228,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     source files, written otherwise). Other data sets ignore it.
 
     ``tta=True`` scores the mean prediction over four flips
-    (:class:`~raunet_fast.tta.FlipTTA`).
+    (:class:`~raunet_fast.tta.FlipTTA`); ``ensemble``: more checkpoints (trained alike)
+    whose models are averaged with this one (:class:`~raunet_fast.tta.Ensemble`).
 
     ``fused=True`` scores the folded, fused inference model
     (:func:`~raunet_fast.inference.build_inference_model`) in ``dtype`` (``"fp32"``,
@@ -229,9 +271,10 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     if model is None:
         model = from_pretrained(checkpoint, map_location=dev)
     model = model.to(dev).eval()
+    extra = load_ensemble(checkpoint, ensemble, prep, model, dev)
 
     # built (and a model that cannot be fused refused) before any output folder is made
-    forward, model_name = build_forward(model, dev, fused, dtype, tta)
+    forward, model_name = build_forward(model, dev, fused, dtype, tta, extra)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -345,7 +388,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        crop=args.crop, threshold=args.threshold, split_seed=args.split_seed,
                        amp=args.amp, save_predictions=args.save_predictions,
                        cache_dir=args.cache_dir, progress=args.progress, fused=args.fused,
-                       dtype=args.dtype, tta=args.tta)
+                       dtype=args.dtype, tta=args.tta, ensemble=args.ensemble)
     print(format_summary(summary))
     if args.fused or args.tta:
         print(f"scored with the {summary['model']} model")
@@ -379,6 +422,9 @@ def add_cli(sub) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: the mean of the predictions over 4 flips "
                         "(raunet_fast.tta.FlipTTA; 4x the inference time)")
+    p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
+                   help="more checkpoints trained alike (other seeds / splits): score the mean "
+                        "of all the models' predictions")
     p.add_argument("--fused", action="store_true",
                    help="score the folded, fused inference model (the fast path of "
                         "raunet_fast.inference.build_inference_model; norm=batch models) instead "

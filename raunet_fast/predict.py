@@ -198,7 +198,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
             probabilities: bool = False, overwrite: bool = False,
             num_workers: int | None = None, progress: bool = True,
             window: int | tuple[int, int] | None = None,
-            overlap: float | None = None, tta: bool = False) -> dict[str, Any]:
+            overlap: float | None = None, tta: bool = False, ensemble=()) -> dict[str, Any]:
     """Predict masks for ``input`` with ``checkpoint`` (a folder written by training or
     ``save_pretrained``) and write them to ``out`` (created); see the module docstring.
 
@@ -208,13 +208,15 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     and encode masks alongside the network (None: up to 4). ``window`` (2-D): predict each
     image at its own resolution in overlapping windows of this size (``overlap``: the
     fraction neighbours share; ``batch_size`` then counts windows). ``tta``: the mean
-    prediction over four flips (:class:`~raunet_fast.tta.FlipTTA`). Returns a summary: files
+    prediction over four flips (:class:`~raunet_fast.tta.FlipTTA`). ``ensemble``: more
+    checkpoints trained alike, averaged with this one. Returns a summary: files
     written, images (BraTS: cases and slices), seconds and images per second.
     """
     from tqdm import tqdm
 
     from .evaluate import (_predict, build_forward, check_checkpoint_folder, check_run_options,
-                           read_preprocessing, segment_volume, write_brats_labels)
+                           load_ensemble, read_preprocessing, segment_volume,
+                           write_brats_labels)
     from .hub import from_pretrained
     from .train import resolve_device
 
@@ -252,6 +254,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         if amp_dtype is None:
             raise ValueError(f"dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
     model = from_pretrained(checkpoint, map_location=dev).eval()
+    extra = load_ensemble(checkpoint, ensemble, prep, model, dev)
     kind = _kind_of(prep, model, input)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
 
@@ -276,7 +279,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         _check_out(out, names, overwrite)
         crop = prep.get("crop", 192)
         size = image_size or (tuple(prep["image_size"]) if prep.get("image_size") else None)
-        forward, model_name = build_forward(model, dev, fused, dtype, tta)
+        forward, model_name = build_forward(model, dev, fused, dtype, tta, extra)
         if amp_dtype is not None:
             model_name += f" (autocast {dtype})"
         out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +335,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     regions = _region_names(prep, model.out_channels)
     outputs = {p: _output_names(p.stem, head, regions, probabilities) for p in paths}
     _check_out(out, [n for names in outputs.values() for n in names], overwrite)
-    forward, model_name = build_forward(model, dev, fused, dtype, tta)
+    forward, model_name = build_forward(model, dev, fused, dtype, tta, extra)
     if amp_dtype is not None:
         model_name += f" (autocast {dtype})"
     out.mkdir(parents=True, exist_ok=True)
@@ -422,7 +425,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 threshold=args.threshold, image_size=args.image_size,
                 probabilities=args.probabilities, overwrite=args.overwrite,
                 num_workers=args.num_workers, progress=args.progress,
-                window=args.window, overlap=args.overlap, tta=args.tta)
+                window=args.window, overlap=args.overlap, tta=args.tta,
+                ensemble=args.ensemble)
     n = len(s["files"])
     if s["kind"] == "brats":
         what = f"{_count(n, 'segmentation')} for {_count(s['cases'], 'case')}"
@@ -464,6 +468,9 @@ def add_cli(sub) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: the mean of the predictions over 4 flips "
                         "(4x the inference time)")
+    p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
+                   help="more checkpoints trained alike (other seeds / splits): the mean of all "
+                        "the models' predictions")
     p.add_argument("--overlap", type=float, default=None,
                    help="with --window: fraction of a window its neighbours share (default 0.25)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -1,4 +1,4 @@
-"""Test-time augmentation by flips (as nnU-Net mirrors at inference).
+"""Test-time augmentation by flips (as nnU-Net mirrors at inference), and model ensembles.
 
 :class:`FlipTTA` wraps any segmentation model (the reference models, the fused inference
 model, a sliding-window callable's model) and returns the mean of its predictions over
@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["FlipTTA", "FLIPS"]
+__all__ = ["FlipTTA", "FLIPS", "Ensemble"]
 
 #: The default flip set: identity, vertical, horizontal, both (spatial dims of N x C x H x W).
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
@@ -53,3 +53,32 @@ class FlipTTA(nn.Module):
             y = (torch.flip(y, f) if f else y).float()
             total = y if total is None else total + y
         return total / len(self.flips)
+
+
+class Ensemble(nn.Module):
+    """``Ensemble(models)(x)`` = mean of the models' raw outputs (logits stay logits, float32):
+    several trainings of one architecture (other seeds, folds or splits), as nnU-Net
+    ensembles its folds. The models must map the input to outputs of one shape."""
+
+    def __init__(self, models: Sequence[Callable[[torch.Tensor], torch.Tensor]]):
+        super().__init__()
+        models = list(models)
+        if not models:
+            raise ValueError("Ensemble needs at least one model")
+        if all(isinstance(m, nn.Module) for m in models):
+            self.members = nn.ModuleList(models)
+        else:
+            self.members = models
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for i, m in enumerate(self.members):
+            y = m(x)
+            if not isinstance(y, torch.Tensor):
+                raise ValueError(f"Ensemble member {i} returned {type(y).__name__}, not a tensor")
+            y = y.float()
+            if total is not None and y.shape != total.shape:
+                raise ValueError(f"Ensemble members disagree on the output shape: member 0 gave "
+                                 f"{tuple(total.shape)}, member {i} {tuple(y.shape)}")
+            total = y if total is None else total + y
+        return total / len(self.members)

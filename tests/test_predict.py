@@ -250,6 +250,39 @@ def test_window_predicts_at_native_resolution(isic_images, ck2d, tmp_path, capsy
     one_line_error(capsys, "--overlap", "--window")
 
 
+def test_ensemble_of_checkpoints(isic_images, ck2d, tmp_path, capsys):
+    """--ensemble: the masks threshold the mean of the models' logits (computed here);
+    a member trained otherwise (other image size) is refused in one line."""
+    ck, model = ck2d
+    images = torch.stack([_image_tensor(p)[0] for p in sorted(isic_images.glob("*.jpg"))])
+    prep = json.loads((ck / "preprocessing.json").read_text())
+    torch.manual_seed(1)
+    other = build_model("raunet", in_channels=3, out_channels=1, base_channels=4, depth=3)
+    other.train()
+    with torch.no_grad():
+        other(images)
+    other.eval()
+    ck2 = tmp_path / "ck2"
+    other.save_pretrained(ck2)
+    (ck2 / "preprocessing.json").write_text(json.dumps(prep))
+    out = tmp_path / "ens"
+    assert run("--checkpoint", str(ck), "--ensemble", str(ck2), "--input", str(isic_images),
+               "--out", str(out)) == 0
+    assert "ensemble of 2" in capsys.readouterr().out
+    for p in sorted(isic_images.glob("*.jpg")):
+        x, (h, w) = _image_tensor(p)
+        with torch.no_grad():
+            logits = (model(x[None]) + other(x[None])) / 2
+        prob = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear",
+                                           align_corners=False))[0, 0]
+        np.testing.assert_array_equal(read_png(out / f"{p.stem}_mask.png") == 255,
+                                      (prob > 0.5).numpy(), err_msg=p.name)
+    (ck2 / "preprocessing.json").write_text(json.dumps({**prep, "image_size": [48, 48]}))
+    assert run("--checkpoint", str(ck), "--ensemble", str(ck2), "--input", str(isic_images),
+               "--out", str(tmp_path / "o")) == 2
+    one_line_error(capsys, "--ensemble", "image_size")
+
+
 def test_errors_are_one_line(isic_images, ck2d, brats_root, tmp_path, capsys):
     ck, _ = ck2d
     out = tmp_path / "out"

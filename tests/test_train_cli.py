@@ -127,6 +127,12 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
     tta = json.loads((ev_tta / "summary.json").read_text())
     assert tta["model"] == "reference + flip TTA"
     assert 0 <= tta["metrics"]["dice"]["mean"] <= 1
+    # an ensemble of the best and the last checkpoint of the run
+    ev_ens = tmp_path / "eval-ens"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--ensemble", str(run / "last"),
+                     "--dataset", "isic2018", "--data-root", str(isic_root), "--split", "test",
+                     "--out", str(ev_ens), "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((ev_ens / "summary.json").read_text())["model"] == "reference ensemble of 2"
 
     # no ground truth for the split: a clear error, not a crash
     import shutil

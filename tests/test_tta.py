@@ -58,3 +58,21 @@ def test_bad_flips_and_outputs():
         FlipTTA(nn.Identity())(torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match="input's size"):
         FlipTTA(nn.MaxPool2d(2))(torch.zeros(1, 1, 4, 4))
+
+
+def test_ensemble_is_the_mean_of_its_members():
+    from raunet_fast.tta import Ensemble
+
+    a, b, c = _asymmetric_model(), _asymmetric_model(), _asymmetric_model()
+    x = torch.randn(2, 3, 9, 14, dtype=torch.float64)
+    with torch.no_grad():
+        expect = (a(x) + b(x) + c(x)) / 3
+        got = Ensemble([a, b, c])(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expect, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # one member: that model
+        torch.testing.assert_close(Ensemble([a])(x).double(), a(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        Ensemble([])
+    with pytest.raises(ValueError, match="output shape"):
+        Ensemble([a, nn.Conv2d(3, 1, 1).double()])(x)
