@@ -10,6 +10,8 @@ For every (batch, level) it times, on one device:
                torch.cudnn_convolution_add_relu with the (1x1-projected) shortcut
   fused-<be>   FusedResidualBlock (folded, packed once) for each available backend:
                triton / cuda on a GPU, cpp / torch on the CPU (torch = folded reference math);
+               fused-cuda-epilogue: the cuda backend with cuDNN's runtime fusion off (cuDNN
+               conv + the csrc epilogue kernel, which computes the projection from x);
                at level 1 (narrow input, fused_blocks.carry_candidate) also fused-<be>-carry:
                the input carried through conv1, no separate 1x1 projection conv
 
@@ -169,11 +171,26 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
     for be in backends:
         fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
         out[f"fused-{be}"] = lambda fused=fused: fused(x)
+        if be == "cuda":
+            # cuDNN conv + the csrc epilogue kernel (projection computed in the epilogue from
+            # x: no 1x1-conv output written and read back - the level-1/2 question)
+            out["fused-cuda-epilogue"] = lambda fused=fused: _without_cudnn_fusion(fused, x)
         if ws is not None and be != "triton" and carry_candidate(block.conv1.conv.in_channels,
                                                                  block.conv1.conv.out_channels):
             carry = FusedResidualBlock.from_block(block, dtype=dtype, backend=be, carry_input=True)
             out[f"fused-{be}-carry"] = lambda carry=carry: carry(x)
     return out
+
+
+def _without_cudnn_fusion(fn, x):
+    from raunet_fast.ops import conv3x3 as conv_mod
+
+    old = conv_mod.CUDNN_FUSION["enabled"]
+    conv_mod.CUDNN_FUSION["enabled"] = False
+    try:
+        return fn(x)
+    finally:
+        conv_mod.CUDNN_FUSION["enabled"] = old
 
 
 def run(args) -> list[dict]:
