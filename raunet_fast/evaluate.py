@@ -92,6 +92,40 @@ def _predict(model, x: torch.Tensor, device, amp_dtype, batch_size: int) -> torc
     return torch.cat(outs)
 
 
+def predict_windowed(model, x: torch.Tensor, window, overlap: float, device, amp_dtype,
+                     batch_size: int) -> torch.Tensor:
+    """``C x H x W`` image -> ``K x H x W`` float32 CPU logits at the image's own resolution,
+    from overlapping windows (:func:`~raunet_fast.sliding_window.sliding_window_inference`,
+    ``batch_size`` windows per call, under autocast when ``amp_dtype``)."""
+    from .sliding_window import sliding_window_inference
+
+    def run(xb):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            return model(xb)
+    return sliding_window_inference(run, x[None], window, overlap=overlap,
+                                    batch_size=batch_size, device=device)[0].cpu()
+
+
+def check_window(window, overlap, image_size):
+    """The (h, w) window and the overlap of ``--window`` / ``--overlap`` (None: no windows),
+    or a one-line error for combinations that do not apply."""
+    if window is None:
+        if overlap is not None:
+            raise ValueError("--overlap applies to --window (sliding-window prediction)")
+        return None, 0.25
+    from .sliding_window import _pair
+
+    window = _pair(window, "--window")
+    if image_size is not None:
+        raise ValueError("--window predicts at each image's own resolution; --image-size "
+                         "(resize to the network size) does not apply with it")
+    overlap = 0.25 if overlap is None else overlap
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
+    return window, overlap
+
+
 def segment_volume(model, vol: torch.Tensor, crop, image_size, device, amp_dtype,
                    batch_size: int, threshold: float) -> np.ndarray:
     """BraTS: one case's preprocessed volume ``Z x 4 x X x Y`` -> its ``Z x X x Y`` uint8
@@ -215,7 +249,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
              threshold: float | None = None, split_seed: int | None = None, amp: str = "none",
              save_predictions: bool = False, cache_dir: str | Path | None = None,
              progress: bool = True, model=None, fused: bool = False,
-             dtype: str | None = None, tta: bool = False, ensemble=()) -> dict[str, Any]:
+             dtype: str | None = None, tta: bool = False, ensemble=(),
+             window=None, overlap: float | None = None) -> dict[str, Any]:
     """Score ``checkpoint`` (a folder written by training / ``save_pretrained``) on a split.
 
     ``image_size`` / ``crop`` / ``threshold`` default to the values training stored in the
@@ -229,7 +264,10 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
 
     ``tta=True`` scores the mean prediction over four flips
     (:class:`~raunet_fast.tta.FlipTTA`); ``ensemble``: more checkpoints (trained alike)
-    whose models are averaged with this one (:class:`~raunet_fast.tta.Ensemble`).
+    whose models are averaged with this one (:class:`~raunet_fast.tta.Ensemble`). ``window``
+    (2-D): score predictions made at each image's own resolution in overlapping windows of
+    this size (``overlap``: the fraction neighbours share, default 0.25) instead of resizing
+    to the network size; ``batch_size`` then counts windows.
 
     ``fused=True`` scores the folded, fused inference model
     (:func:`~raunet_fast.inference.build_inference_model`) in ``dtype`` (``"fp32"``,
@@ -243,6 +281,10 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
 
     checkpoint = Path(checkpoint)
     check_run_options(batch_size, image_size, out)
+    window, overlap = check_window(window, overlap, image_size)
+    if window is not None and dataset == "brats2021":
+        raise ValueError("--window is for 2-D data; BraTS volumes are scored slice by slice "
+                         "at the checkpoint's crop and size")
     if crop is not None and crop < 1:
         raise ValueError(f"crop must be >= 1, got {crop}")
     if model is None:
@@ -250,7 +292,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     prep = read_preprocessing(checkpoint)
     if prep.get("dataset") and prep["dataset"] != dataset:
         raise ValueError(f"{checkpoint} was trained on {prep['dataset']!r}, not {dataset!r}")
-    if image_size is None and prep.get("image_size"):
+    if image_size is None and prep.get("image_size") and window is None:
         image_size = tuple(prep["image_size"])
     if crop is None:
         crop = prep.get("crop", 192 if dataset == "brats2021" else None)
@@ -258,7 +300,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     split_seed = int(prep.get("split_seed", 0) if split_seed is None else split_seed)
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    if image_size is None and dataset != "brats2021":
+    if image_size is None and dataset != "brats2021" and window is None:
         raise ValueError(f"{checkpoint} has no {PREPROCESSING_NAME}; pass --image-size")
     if fused and amp != "none":
         raise ValueError(f"--amp {amp} does not apply to --fused (the fused model runs in its "
@@ -330,8 +372,14 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
             image, _ = ds.load_case(i, draft_size=image_size)  # decoded as in training
             mask = read_mask(ds.mask_paths[i])  # scored at the original resolution
             x, _ = resize_pair(image, None, image_size)
-            logits = _predict(forward, x[None], dev, amp_dtype, 1)
-            logits = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
+            if window is not None:
+                logits = predict_windowed(forward, x, window, overlap, dev, amp_dtype,
+                                          batch_size)[None]
+            else:
+                logits = _predict(forward, x[None], dev, amp_dtype, 1)
+            if tuple(logits.shape[-2:]) != tuple(mask.shape):
+                logits = F.interpolate(logits, size=mask.shape, mode="bilinear",
+                                       align_corners=False)
             pred = (torch.sigmoid(logits[0, 0]) > threshold).numpy()
             m = all_metrics(pred, mask, empty_distance=diagonal(mask.shape))
             row = {"case": ds.names[i], **m,
@@ -351,6 +399,7 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     summary = {"checkpoint": str(checkpoint), "dataset": dataset, "data_root": str(data_root),
                "split": split, "cases": len(rows), "threshold": threshold,
                "image_size": None if image_size is None else list(image_size),
+               **({"window": list(window), "overlap": overlap} if window is not None else {}),
                "model": model_name if amp == "none" else f"{model_name} (amp {amp})",
                "metrics": summary_metrics, **extra}
     if out is not None:
@@ -388,7 +437,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        crop=args.crop, threshold=args.threshold, split_seed=args.split_seed,
                        amp=args.amp, save_predictions=args.save_predictions,
                        cache_dir=args.cache_dir, progress=args.progress, fused=args.fused,
-                       dtype=args.dtype, tta=args.tta, ensemble=args.ensemble)
+                       dtype=args.dtype, tta=args.tta, ensemble=args.ensemble,
+                       window=args.window, overlap=args.overlap)
     print(format_summary(summary))
     if args.fused or args.tta:
         print(f"scored with the {summary['model']} model")
@@ -425,6 +475,11 @@ def add_cli(sub) -> None:
     p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
                    help="more checkpoints trained alike (other seeds / splits): score the mean "
                         "of all the models' predictions")
+    p.add_argument("--window", type=parse_size, default=None, metavar="S|HxW",
+                   help="2-D: predict each image at its own resolution in overlapping S x S "
+                        "windows, blended, instead of resizing to the network size")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="with --window: fraction of a window its neighbours share (default 0.25)")
     p.add_argument("--fused", action="store_true",
                    help="score the folded, fused inference model (the fast path of "
                         "raunet_fast.inference.build_inference_model; norm=batch models) instead "

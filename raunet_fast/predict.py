@@ -215,25 +215,14 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     from tqdm import tqdm
 
     from .evaluate import (_predict, build_forward, check_checkpoint_folder, check_run_options,
-                           load_ensemble, read_preprocessing, segment_volume,
-                           write_brats_labels)
+                           check_window, load_ensemble, predict_windowed, read_preprocessing,
+                           segment_volume, write_brats_labels)
     from .hub import from_pretrained
     from .train import resolve_device
 
     checkpoint, input, out = Path(checkpoint), Path(input), Path(out)
     check_run_options(batch_size, image_size, out)
-    if window is None and overlap is not None:
-        raise ValueError("--overlap applies to --window (sliding-window prediction)")
-    overlap = 0.25 if overlap is None else overlap
-    if window is not None:
-        from .sliding_window import _pair
-
-        window = _pair(window, "--window")
-        if image_size is not None:
-            raise ValueError("--window predicts at each image's own resolution; --image-size "
-                             "(resize to the network size) does not apply with it")
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
+    window, overlap = check_window(window, overlap, image_size)
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     check_checkpoint_folder(checkpoint)
@@ -349,14 +338,7 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         return x, full
 
     def windowed(x: torch.Tensor) -> torch.Tensor:
-        from .sliding_window import sliding_window_inference
-
-        def run(xb):
-            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                return forward(xb)
-        return sliding_window_inference(run, x[None], window, overlap=overlap,
-                                        batch_size=batch_size, device=dev)[0].cpu()
+        return predict_windowed(forward, x, window, overlap, dev, amp_dtype, batch_size)
 
     def write(path: Path, logits: torch.Tensor, full: tuple[int, int]) -> list[Path]:
         from .hub import atomic_write_bytes

@@ -134,6 +134,31 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
                      "--out", str(ev_ens), "--no-progress", "--device", "cpu"]) == 0
     assert json.loads((ev_ens / "summary.json").read_text())["model"] == "reference ensemble of 2"
 
+    # --window: scored at each image's own resolution from blended windows; the saved masks
+    # equal the model's own sliding-window output (computed here)
+    from PIL import Image
+
+    from raunet_fast.sliding_window import sliding_window_inference
+
+    ev_win = tmp_path / "eval-win"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "isic2018",
+                     "--data-root", str(isic_root), "--split", "test", "--out", str(ev_win),
+                     "--no-progress", "--device", "cpu", "--window", "24", "--overlap", "0.5",
+                     "--save-predictions"]) == 0
+    win = json.loads((ev_win / "summary.json").read_text())
+    assert win["window"] == [24, 24] and win["overlap"] == 0.5 and win["image_size"] is None
+    model = raunet_fast.from_pretrained(run / "best").eval()
+    saved = sorted((ev_win / "predictions").glob("*_segmentation.png"))
+    assert len(saved) == 2
+    for path in saved:
+        name = path.name[:-len("_segmentation.png")]
+        img = next((isic_root / "ISIC2018_Task1-2_Test_Input").glob(f"{name}.*"))
+        arr = np.asarray(Image.open(img).convert("RGB"), dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None]
+        logits = sliding_window_inference(model, x, 24, overlap=0.5)
+        np.testing.assert_array_equal(np.asarray(Image.open(path)) == 255,
+                                      (torch.sigmoid(logits[0, 0]) > 0.5).numpy(), err_msg=name)
+
     # no ground truth for the split: a clear error, not a crash
     import shutil
 
