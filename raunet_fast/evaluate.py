@@ -107,9 +107,13 @@ def predict_windowed(model, x: torch.Tensor, window, overlap: float, device, amp
                                     batch_size=batch_size, device=device)[0].cpu()
 
 
-def check_window(window, overlap, image_size):
+def check_window(window, overlap, image_size, default=None):
     """The (h, w) window and the overlap of ``--window`` / ``--overlap`` (None: no windows),
-    or a one-line error for combinations that do not apply."""
+    or a one-line error for combinations that do not apply. ``default``: the checkpoint's
+    training patch (``preprocessing.json``), used when neither a window nor an image size is
+    given."""
+    if window is None and image_size is None and default:
+        window = tuple(default)
     if window is None:
         if overlap is not None:
             raise ValueError("--overlap applies to --window (sliding-window prediction)")
@@ -267,7 +271,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     whose models are averaged with this one (:class:`~raunet_fast.tta.Ensemble`). ``window``
     (2-D): score predictions made at each image's own resolution in overlapping windows of
     this size (``overlap``: the fraction neighbours share, default 0.25) instead of resizing
-    to the network size; ``batch_size`` then counts windows.
+    to the network size; ``batch_size`` then counts windows. A checkpoint trained on patches
+    (``train --patch``) is scored that way by default, with its patch size as the window.
 
     ``fused=True`` scores the folded, fused inference model
     (:func:`~raunet_fast.inference.build_inference_model`) in ``dtype`` (``"fp32"``,
@@ -281,7 +286,6 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
 
     checkpoint = Path(checkpoint)
     check_run_options(batch_size, image_size, out)
-    window, overlap = check_window(window, overlap, image_size)
     if window is not None and dataset == "brats2021":
         raise ValueError("--window is for 2-D data; BraTS volumes are scored slice by slice "
                          "at the checkpoint's crop and size")
@@ -290,6 +294,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     if model is None:
         check_checkpoint_folder(checkpoint)
     prep = read_preprocessing(checkpoint)
+    window, overlap = check_window(window, overlap, image_size,
+                                   prep.get("patch") if dataset != "brats2021" else None)
     if prep.get("dataset") and prep["dataset"] != dataset:
         raise ValueError(f"{checkpoint} was trained on {prep['dataset']!r}, not {dataset!r}")
     if image_size is None and prep.get("image_size") and window is None:

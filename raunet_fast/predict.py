@@ -207,7 +207,8 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
     runs the reference model under autocast. ``num_workers``: threads that decode images
     and encode masks alongside the network (None: up to 4). ``window`` (2-D): predict each
     image at its own resolution in overlapping windows of this size (``overlap``: the
-    fraction neighbours share; ``batch_size`` then counts windows). ``tta``: the mean
+    fraction neighbours share; ``batch_size`` then counts windows; the default for a
+    checkpoint trained on patches, ``train --patch``). ``tta``: the mean
     prediction over four flips (:class:`~raunet_fast.tta.FlipTTA`). ``ensemble``: more
     checkpoints trained alike, averaged with this one. Returns a summary: files
     written, images (BraTS: cases and slices), seconds and images per second.
@@ -222,13 +223,14 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
 
     checkpoint, input, out = Path(checkpoint), Path(input), Path(out)
     check_run_options(batch_size, image_size, out)
-    window, overlap = check_window(window, overlap, image_size)
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     check_checkpoint_folder(checkpoint)
     if not input.exists():
         raise FileNotFoundError(f"--input {input} does not exist")
     prep = read_preprocessing(checkpoint)
+    window, overlap = check_window(window, overlap, image_size,
+                                   None if prep.get("dataset") == "brats2021" else prep.get("patch"))
     threshold_given = threshold is not None
     threshold = float(prep.get("threshold", 0.5) if threshold is None else threshold)
     if not 0 < threshold < 1:

@@ -46,7 +46,7 @@ CHECKPOINT_NAME = "checkpoint.json"
 PREPROCESSING_NAME = "preprocessing.json"
 
 #: options that fix the model or the data; a resumed run must be given the same values
-_FIXED = ("model", "dataset", "image_size", "crop", "base_channels", "depth", "norm",
+_FIXED = ("model", "dataset", "image_size", "patch", "crop", "base_channels", "depth", "norm",
           "deep_supervision", "seed", "split_seed")
 
 
@@ -61,6 +61,7 @@ class TrainConfig:
     epochs: int = 150
     batch_size: int = 8
     image_size: tuple[int, int] | None = None  # None: 512x512 (2-D sets), the crop (BraTS)
+    patch: tuple[int, int] | None = None       # 2-D: train on patches at native resolution
     crop: int | None = 192                      # BraTS axial crop
     base_channels: int = 64
     depth: int = 5
@@ -93,6 +94,8 @@ class TrainConfig:
     def resolved_image_size(self) -> tuple[int, int] | None:
         if self.image_size is not None:
             return tuple(self.image_size)
+        if self.patch is not None:  # native resolution
+            return None
         if self.dataset == "brats2021":
             return None
         return (512, 512)
@@ -134,15 +137,20 @@ def build_datasets(cfg: TrainConfig, splits=("train", "val")) -> list:
         kw.update(cache=cfg.cache_images)
         if cfg.dataset == "folder":
             kw.update(seed=cfg.split_seed)
+        if cfg.patch is not None:
+            kw.update(patch=tuple(cfg.patch))
     out = []
     for split in splits:
-        out.append(build_dataset(cfg.dataset, cfg.data_root, split, image_size=size, **kw))
+        extra = {"random_patches": split == "train"} if cfg.patch is not None else {}
+        out.append(build_dataset(cfg.dataset, cfg.data_root, split, image_size=size, **kw,
+                                 **extra))
     return out
 
 
 def preprocessing_info(cfg: TrainConfig, ds) -> dict[str, Any]:
     size = cfg.resolved_image_size()
     return {"dataset": cfg.dataset, "image_size": None if size is None else list(size),
+            "patch": None if cfg.patch is None else list(cfg.patch),
             "crop": cfg.crop if cfg.dataset == "brats2021" else None,
             "in_channels": ds.channels, "regions": list(ds.region_names),
             "threshold": cfg.threshold, "output": "sigmoid per channel",
@@ -546,6 +554,14 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"crop must be >= 1 (pixels of the BraTS axial crop), got {cfg.crop}")
     if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 1):
         raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {cfg.image_size}")
+    if cfg.patch is not None:
+        if len(cfg.patch) != 2 or min(cfg.patch) < 1:
+            raise ValueError(f"patch must be two sizes >= 1 (H, W), got {cfg.patch}")
+        if cfg.dataset == "brats2021":
+            raise ValueError("--patch is for 2-D data; BraTS slices are cropped with --crop")
+        if cfg.image_size is not None:
+            raise ValueError("--patch trains on patches at each image's own resolution; "
+                             "--image-size (resize) does not apply with it")
     if not (cfg.tumour_weight > 0 and math.isfinite(cfg.tumour_weight)):
         raise ValueError(f"tumour_weight must be a positive number (1 = uniform sampling), "
                          f"got {cfg.tumour_weight}")
@@ -616,6 +632,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=parse_size, default=None, metavar="S|HxW",
                    help="network input size (default 512 for 2-D data; the crop for BraTS)")
+    p.add_argument("--patch", type=parse_size, default=None, metavar="S|HxW",
+                   help="2-D: train on random S x S patches of the images at their own "
+                        "resolution (validation: the centre patch); evaluate / predict then "
+                        "default to --window S")
     p.add_argument("--crop", type=int, default=192, help="BraTS: centre crop of the axial slices")
     p.add_argument("--base-channels", type=int, default=64)
     p.add_argument("--depth", type=int, default=5)
@@ -658,8 +678,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for k in ("data_root", "out", "cache_dir"):
         if kw.get(k) is not None:
             kw[k] = str(kw[k])
-    if kw.get("image_size") is not None:
-        kw["image_size"] = tuple(kw["image_size"])
+    for k in ("image_size", "patch"):
+        if kw.get(k) is not None:
+            kw[k] = tuple(kw[k])
     return TrainConfig(**kw)
 
 

@@ -409,3 +409,38 @@ def test_brats_cache_is_rebuilt_when_its_sources_change(brats_root, tmp_path):
     assert_fresh(ds)
     # unchanged sources: served from the cache (memory-mapped), not rebuilt
     assert isinstance(BraTS2021(root, "all", crop=None, cache_dir=cache).case(0)["image"], np.memmap)
+
+
+def test_patches_stay_aligned_with_their_masks(tmp_path):
+    """``patch``: image and mask cut at the same place, at native resolution (each mask here
+    is the image's red channel > 127, so alignment is checkable pixel by pixel); random
+    positions vary, the centre one does not; small images are zero-padded."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    sizes = [(30, 41), (17, 20), (9, 12)]  # the last is smaller than the patch
+    for i, (h, w) in enumerate(sizes):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / "images" / f"p{i}.png")
+        Image.fromarray(((img[..., 0] > 127) * 255).astype(np.uint8)).save(
+            tmp_path / "masks" / f"p{i}.png")
+    ds = ImageMaskFolder(tmp_path, "all", patch=(16, 16), random_patches=True)
+    centre = ImageMaskFolder(tmp_path, "all", patch=(16, 16))
+    for i in range(len(ds)):
+        corners = set()
+        for _ in range(12):
+            item = ds[i]
+            x, m = item["image"], item["mask"]
+            assert x.shape == (3, 16, 16) and m.shape == (1, 16, 16)
+            assert torch.equal(m[0] > 0.5, x[0] > 127.5 / 255), ds.names[i]
+            corners.add(tuple(x[:, 0, 0].tolist()))
+        h, w = sizes[int(ds.names[i][1:])]
+        if h > 16 and w > 16:
+            assert len(corners) > 1  # the position is random
+        else:
+            assert float(x[:, 9:].abs().sum()) == 0 and float(m[:, 9:].sum()) == 0  # padding
+        a, b = centre[i], centre[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"][0] > 0.5,
+                                                                   a["image"][0] > 127.5 / 255)
+    with pytest.raises(ValueError, match="exclude"):
+        ImageMaskFolder(tmp_path, "all", patch=(16, 16), image_size=(8, 8))

@@ -172,6 +172,37 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
     assert "ground truth" in capsys.readouterr().err
 
 
+def test_isic_patch_training_and_windowed_evaluation(isic_root, tmp_path, capsys):
+    """train --patch: random native-resolution patches; the checkpoint records the patch,
+    evaluate and predict then default to windows of that size."""
+    run = tmp_path / "run"
+    args = ["train", "--model", "raunet", "--dataset", "isic2018", "--data-root", str(isic_root),
+            "--out", str(run), "--epochs", "1", "--batch-size", "4", "--patch", "16", *TINY]
+    assert cli.main(args) == 0
+    prep = json.loads((run / "best" / "preprocessing.json").read_text())
+    assert prep["patch"] == [16, 16] and prep["image_size"] is None
+    ev = tmp_path / "ev"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "isic2018",
+                     "--data-root", str(isic_root), "--split", "test", "--out", str(ev),
+                     "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["window"] == [16, 16] and summary["overlap"] == 0.25
+    assert len(read_csv(ev / "cases.csv")) == 2
+    pr = tmp_path / "pr"
+    assert cli.main(["predict", "--checkpoint", str(run / "best"), "--input",
+                     str(isic_root / "ISIC2018_Task1-2_Test_Input"), "--out", str(pr),
+                     "--no-progress", "--device", "cpu", "--overlap", "0.5"]) == 0
+    assert len(list(pr.glob("*_mask.png"))) == 2
+    # --patch excludes --image-size and BraTS; a resumed run keeps its patch
+    capsys.readouterr()
+    assert cli.main(args[:-len(TINY)] + ["--image-size", "32", *TINY, "--out",
+                                         str(tmp_path / "r2")]) == 2
+    assert "--patch" in capsys.readouterr().err
+    assert cli.main([*args[:-len(TINY)], *TINY, "--resume", "--epochs", "2", "--patch",
+                     "24"]) == 2
+    assert "patch" in capsys.readouterr().err
+
+
 def test_brats_train_resume_evaluate(brats_root, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--model", "attention-unet", "--dataset", "brats2021", "--data-root",

@@ -44,7 +44,8 @@ class ImageMaskFolder(SegmentationFolder2D):
                  image_size: tuple[int, int] | None = None, require_masks: bool = True,
                  fractions: tuple[float, float] = (0.15, 0.15), seed: int = 0,
                  images_dir: str = "images", masks_dir: str = "masks", grayscale: bool = False,
-                 cache: bool = False):
+                 cache: bool = False, patch: tuple[int, int] | None = None,
+                 random_patches: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder root {root} is not a directory")
@@ -74,4 +75,5 @@ class ImageMaskFolder(SegmentationFolder2D):
                 mask = hits[0] if hits else None
             pairs.append((name, images[name], mask))
         self.root, self.split = root, split
-        super().__init__(pairs, image_size, cache, mode="L" if grayscale else "RGB")
+        super().__init__(pairs, image_size, cache, mode="L" if grayscale else "RGB",
+                         patch=patch, random_patches=random_patches)

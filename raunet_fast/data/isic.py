@@ -39,7 +39,10 @@ class SegmentationFolder2D(Dataset):
     Items are dicts: ``image`` ``C x h x w`` float32 in [0, 1], ``mask`` ``1 x h x w``
     float32 {0, 1} (absent when the split has no masks), ``case`` (int index). With
     ``image_size`` every item is resized to it; :meth:`load_case` gives the full-size
-    arrays for evaluation at the original resolution.
+    arrays for evaluation at the original resolution. With ``patch`` (h, w) items are
+    patches of the full-resolution image and mask instead (no resize; images smaller than a
+    patch are zero-padded): at a random position (``random_patches``, training; positions
+    from torch's RNG, seeded per DataLoader worker) or at the centre (validation).
     """
 
     channels = 3
@@ -47,7 +50,8 @@ class SegmentationFolder2D(Dataset):
 
     def __init__(self, pairs: list[tuple[str, Path, Path | None]],
                  image_size: tuple[int, int] | None = None, cache: bool = False,
-                 mode: str = "RGB"):
+                 mode: str = "RGB", patch: tuple[int, int] | None = None,
+                 random_patches: bool = False):
         if not pairs:
             raise ValueError(f"{type(self).__name__}: no cases found")
         self.names = [p[0] for p in pairs]
@@ -55,6 +59,11 @@ class SegmentationFolder2D(Dataset):
         self.mask_paths = [p[2] for p in pairs]
         self.has_masks = all(m is not None for m in self.mask_paths)
         self.image_size = None if image_size is None else tuple(image_size)
+        if patch is not None and image_size is not None:
+            raise ValueError("patch and image_size exclude each other: patches are cut at "
+                             "the image's own resolution")
+        self.patch = None if patch is None else (int(patch[0]), int(patch[1]))
+        self.random_patches = random_patches
         self.mode = mode
         self.channels = 1 if mode == "L" else 3
         self.cache = cache
@@ -91,6 +100,24 @@ class SegmentationFolder2D(Dataset):
             if i not in self._cache:
                 self._cache[i] = resize_pair(*self.load_case(i, self.image_size), self.image_size)
 
+    def _patch(self, image: torch.Tensor, mask: torch.Tensor | None):
+        """The item's patch of ``image`` / ``mask`` (same position in both)."""
+        ph, pw = self.patch
+        h, w = image.shape[-2:]
+        if h < ph or w < pw:  # zero-pad (bottom / right) up to a patch
+            pad = (0, max(pw - w, 0), 0, max(ph - h, 0))
+            image = torch.nn.functional.pad(image, pad)
+            mask = None if mask is None else torch.nn.functional.pad(mask, pad)
+            h, w = image.shape[-2:]
+        if self.random_patches:
+            y = int(torch.randint(0, h - ph + 1, ()).item())
+            x = int(torch.randint(0, w - pw + 1, ()).item())
+        else:
+            y, x = (h - ph) // 2, (w - pw) // 2
+        image = image[:, y:y + ph, x:x + pw].contiguous()
+        mask = None if mask is None else mask[:, y:y + ph, x:x + pw].contiguous()
+        return image, mask
+
     def __getitem__(self, i: int) -> dict:
         if i < 0 or i >= len(self):
             raise IndexError(i)
@@ -100,6 +127,8 @@ class SegmentationFolder2D(Dataset):
             image, mask = resize_pair(*self.load_case(i, self.image_size), self.image_size)
             if self.cache:
                 self._cache[i] = (image, mask)
+        if self.patch is not None:
+            image, mask = self._patch(image, mask)
         item = {"image": image, "case": i}
         if mask is not None:
             item["mask"] = mask
@@ -116,7 +145,8 @@ class ISIC2018(SegmentationFolder2D):
 
     def __init__(self, root: str | Path, split: str = "train",
                  image_size: tuple[int, int] | None = None, require_masks: bool = True,
-                 cache: bool = False):
+                 cache: bool = False, patch: tuple[int, int] | None = None,
+                 random_patches: bool = False):
         root = Path(root)
         if split not in SPLIT_NAMES:
             raise ValueError(f"ISIC 2018 split must be one of {sorted(SPLIT_NAMES)}, got {split!r}")
@@ -148,4 +178,4 @@ class ISIC2018(SegmentationFolder2D):
                     raise FileNotFoundError(f"mask {mask} for image {p} does not exist")
             pairs.append((case, p, mask))
         self.root, self.split, self.input_dir, self.truth_dir = root, split, in_dir, gt_dir
-        super().__init__(pairs, image_size, cache)
+        super().__init__(pairs, image_size, cache, patch=patch, random_patches=random_patches)
