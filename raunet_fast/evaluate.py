@@ -182,7 +182,7 @@ def check_run_options(batch_size: int, image_size, out) -> None:
 
 
 #: preprocessing.json keys that members of an ensemble must share with the first checkpoint
-ENSEMBLE_KEYS = ("dataset", "image_size", "crop", "output", "regions")
+ENSEMBLE_KEYS = ("dataset", "image_size", "patch", "crop", "output", "regions")
 
 
 def load_ensemble(checkpoint: Path, extra, prep: dict[str, Any], model, device) -> list:
