@@ -22,6 +22,7 @@ import io
 import json
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +186,13 @@ def check_run_options(batch_size: int, image_size, out) -> None:
 ENSEMBLE_KEYS = ("dataset", "image_size", "patch", "crop", "output", "regions")
 
 
-def load_ensemble(checkpoint: Path, extra, prep: dict[str, Any], model, device) -> list:
+def load_ensemble(checkpoint: Path, extra, prep: dict[str, Any], model, device,
+                  same_split: bool = False) -> list:
     """The models of the ``extra`` checkpoints (an ensemble with ``model``, the one of
     ``checkpoint``): each must be a checkpoint folder whose preprocessing (:data:`ENSEMBLE_KEYS`)
-    and input / output channels match the first's."""
+    and input / output channels match the first's. ``same_split`` (scoring data sets split by
+    ``split_seed``): the members must share the split too, or one member's training cases
+    would be among the cases scored."""
     from .hub import from_pretrained
 
     models = []
@@ -196,7 +200,7 @@ def load_ensemble(checkpoint: Path, extra, prep: dict[str, Any], model, device) 
         ck = Path(ck)
         check_checkpoint_folder(ck)
         p = read_preprocessing(ck)
-        for key in ENSEMBLE_KEYS:
+        for key in ENSEMBLE_KEYS + (("split_seed",) if same_split else ()):
             if p.get(key) != prep.get(key):
                 raise ValueError(f"--ensemble {ck}: its preprocessing {key!r} is {p.get(key)!r}, "
                                  f"{checkpoint}'s is {prep.get(key)!r}; ensemble members must "
@@ -307,7 +311,14 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if image_size is None and dataset != "brats2021" and window is None:
-        raise ValueError(f"{checkpoint} has no {PREPROCESSING_NAME}; pass --image-size")
+        has = (checkpoint / PREPROCESSING_NAME).is_file()
+        raise ValueError(f"{checkpoint} has no "
+                         f"{'image_size in its ' if has else ''}{PREPROCESSING_NAME} (the size "
+                         f"it was trained at); pass --image-size, or --window for a model "
+                         f"trained on patches")
+    if image_size is not None and prep.get("patch"):
+        warnings.warn(f"{checkpoint} was trained on {prep['patch']} patches at native "
+                      f"resolution; --image-size resizes the images it is scored on")
     if fused and amp != "none":
         raise ValueError(f"--amp {amp} does not apply to --fused (the fused model runs in its "
                          f"own precision): drop --amp and choose --dtype fp32, bf16 or fp16")
@@ -319,7 +330,8 @@ def evaluate(checkpoint: str | Path, dataset: str, data_root: str | Path, split:
     if model is None:
         model = from_pretrained(checkpoint, map_location=dev)
     model = model.to(dev).eval()
-    extra = load_ensemble(checkpoint, ensemble, prep, model, dev)
+    extra = load_ensemble(checkpoint, ensemble, prep, model, dev,
+                          same_split=dataset in ("folder", "brats2021"))
 
     # built (and a model that cannot be fused refused) before any output folder is made
     forward, model_name = build_forward(model, dev, fused, dtype, tta, extra)
@@ -479,7 +491,7 @@ def add_cli(sub) -> None:
                    help="test-time augmentation: the mean of the predictions over 4 flips "
                         "(raunet_fast.tta.FlipTTA; 4x the inference time)")
     p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
-                   help="more checkpoints trained alike (other seeds / splits): score the mean "
+                   help="more checkpoints trained alike (other --seed, same split): score the mean "
                         "of all the models' predictions")
     p.add_argument("--window", type=parse_size, default=None, metavar="S|HxW",
                    help="2-D: predict each image at its own resolution in overlapping S x S "

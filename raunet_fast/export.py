@@ -120,7 +120,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if size is None:  # the training size, rounded up to what a dynamic program needs
         from .evaluate import read_preprocessing
 
-        stored = read_preprocessing(args.checkpoint).get("image_size")
+        prep = read_preprocessing(args.checkpoint)
+        stored = prep.get("image_size") or prep.get("patch")  # patch-trained: its windows
         size = tuple(stored) if stored else (512, 512)
         if not args.static:
             m = model.size_multiple

@@ -230,7 +230,13 @@ def predict(checkpoint: str | Path, input: str | Path, out: str | Path, *, devic
         raise FileNotFoundError(f"--input {input} does not exist")
     prep = read_preprocessing(checkpoint)
     window, overlap = check_window(window, overlap, image_size,
-                                   None if prep.get("dataset") == "brats2021" else prep.get("patch"))
+                                   prep.get("patch") if prep.get("dataset") in ("isic2018", "folder")
+                                   else None)
+    if image_size is not None and prep.get("patch"):
+        import warnings
+
+        warnings.warn(f"{checkpoint} was trained on {prep['patch']} patches at native "
+                      f"resolution; --image-size resizes the images it predicts")
     threshold_given = threshold is not None
     threshold = float(prep.get("threshold", 0.5) if threshold is None else threshold)
     if not 0 < threshold < 1:
@@ -453,7 +459,7 @@ def add_cli(sub) -> None:
                    help="test-time augmentation: the mean of the predictions over 4 flips "
                         "(4x the inference time)")
     p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
-                   help="more checkpoints trained alike (other seeds / splits): the mean of all "
+                   help="more checkpoints trained alike (other seeds or splits): the mean of all "
                         "the models' predictions")
     p.add_argument("--overlap", type=float, default=None,
                    help="with --window: fraction of a window its neighbours share (default 0.25)")

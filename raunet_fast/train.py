@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -286,8 +287,9 @@ def validate(model, loader, loss_fn, device: torch.device, amp_dtype, threshold:
     """Validation loss and Dice per case (image or 3-D volume) and channel, averaged.
 
     Intersections and sizes are summed over all items of a case (all slices of a BraTS
-    volume) before the Dice; a case where both prediction and truth of a channel are
-    empty scores 1 for it.
+    volume, all tiles of a patch-trained 2-D image - counted on their ``valid`` pixels, so
+    each image pixel once) before the Dice; a case where both prediction and truth of a
+    channel are empty scores 1 for it.
     """
     from tqdm import tqdm
 
@@ -303,6 +305,9 @@ def validate(model, loader, loss_fn, device: torch.device, amp_dtype, threshold:
         loss_sum += float(loss_fn(logits, y)) * x.shape[0]
         n_items += x.shape[0]
         pred = (logits.float() > cut).float()
+        if "valid" in batch:  # tiles: each image pixel counted once, padding never
+            valid = batch["valid"].to(device, non_blocking=True)
+            pred, y = pred * valid, y * valid
         dims = tuple(range(2, pred.dim()))
         per = torch.stack([(pred * y).sum(dims), pred.sum(dims), y.sum(dims)], -1).double().cpu()
         if stats is None:
@@ -320,8 +325,8 @@ def validate(model, loader, loss_fn, device: torch.device, amp_dtype, threshold:
 
 def case_ids(dataset) -> list[int]:
     """Indices of the cases a dataset's items cover (BraTS: volumes with slices in it)."""
-    if hasattr(dataset, "index"):
-        return sorted({i for i, _ in dataset.index})
+    if getattr(dataset, "index", None) is not None:
+        return sorted({entry[0] for entry in dataset.index})
     return list(range(len(dataset)))
 
 
@@ -383,6 +388,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if (model.in_channels, model.out_channels) != (in_ch, out_ch):
         raise ValueError(f"the checkpoint's model has {model.in_channels} in / {model.out_channels} "
                          f"out channels; the {cfg.dataset} data needs {in_ch} / {out_ch}")
+    if cfg.patch is not None and any(v % model.size_multiple for v in cfg.patch):
+        warnings.warn(f"--patch {cfg.patch[0]}x{cfg.patch[1]} is not a multiple of the model's "
+                      f"size multiple {model.size_multiple}: every forward pass pads it")
     model.to(device)
     fwd = torch.compile(model) if cfg.compile else model
 
@@ -555,6 +563,8 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 1):
         raise ValueError(f"image_size must be two sizes >= 1 (H, W), got {cfg.image_size}")
     if cfg.patch is not None:
+        if isinstance(cfg.patch, int):
+            cfg.patch = (cfg.patch, cfg.patch)
         if len(cfg.patch) != 2 or min(cfg.patch) < 1:
             raise ValueError(f"patch must be two sizes >= 1 (H, W), got {cfg.patch}")
         if cfg.dataset == "brats2021":
@@ -634,8 +644,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="network input size (default 512 for 2-D data; the crop for BraTS)")
     p.add_argument("--patch", type=parse_size, default=None, metavar="S|HxW",
                    help="2-D: train on random S x S patches of the images at their own "
-                        "resolution (validation: the centre patch); evaluate / predict then "
-                        "default to --window S")
+                        "resolution (validation: whole images in S x S tiles); evaluate / "
+                        "predict then default to --window S")
     p.add_argument("--crop", type=int, default=192, help="BraTS: centre crop of the axial slices")
     p.add_argument("--base-channels", type=int, default=64)
     p.add_argument("--depth", type=int, default=5)
@@ -666,7 +676,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="BraTS: keep preprocessed volumes here as .npy (recommended for real data)")
     p.add_argument("--cache-images", action="store_true",
-                   help="2-D data: keep decoded, resized images in memory (small data sets)")
+                   help="2-D data: keep decoded, resized images in memory (small data sets; "
+                        "with --patch the full-resolution uint8 images: 4 bytes a pixel)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -414,33 +414,60 @@ def test_brats_cache_is_rebuilt_when_its_sources_change(brats_root, tmp_path):
 def test_patches_stay_aligned_with_their_masks(tmp_path):
     """``patch``: image and mask cut at the same place, at native resolution (each mask here
     is the image's red channel > 127, so alignment is checkable pixel by pixel); random
-    positions vary, the centre one does not; small images are zero-padded."""
+    positions vary; small images are zero-padded. Without ``random_patches`` (validation)
+    the tiles cover every image and their ``valid`` masks own each real pixel exactly once:
+    putting the tiles back together over ``valid`` rebuilds the image."""
     rng = np.random.default_rng(1)
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    sizes = [(30, 41), (17, 20), (9, 12)]  # the last is smaller than the patch
-    for i, (h, w) in enumerate(sizes):
+    sizes = {}
+    for i, (h, w) in enumerate([(30, 41), (17, 20), (9, 12)]):  # the last < the patch
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         Image.fromarray(img).save(tmp_path / "images" / f"p{i}.png")
         Image.fromarray(((img[..., 0] > 127) * 255).astype(np.uint8)).save(
             tmp_path / "masks" / f"p{i}.png")
-    ds = ImageMaskFolder(tmp_path, "all", patch=(16, 16), random_patches=True)
-    centre = ImageMaskFolder(tmp_path, "all", patch=(16, 16))
-    for i in range(len(ds)):
-        corners = set()
-        for _ in range(12):
-            item = ds[i]
-            x, m = item["image"], item["mask"]
-            assert x.shape == (3, 16, 16) and m.shape == (1, 16, 16)
-            assert torch.equal(m[0] > 0.5, x[0] > 127.5 / 255), ds.names[i]
-            corners.add(tuple(x[:, 0, 0].tolist()))
-        h, w = sizes[int(ds.names[i][1:])]
-        if h > 16 and w > 16:
-            assert len(corners) > 1  # the position is random
-        else:
-            assert float(x[:, 9:].abs().sum()) == 0 and float(m[:, 9:].sum()) == 0  # padding
-        a, b = centre[i], centre[i]
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"][0] > 0.5,
-                                                                   a["image"][0] > 127.5 / 255)
+        sizes[f"p{i}"] = img
+    for cache in (False, True):
+        ds = ImageMaskFolder(tmp_path, "all", patch=(16, 16), random_patches=True, cache=cache)
+        ds.fill_cache()
+        assert len(ds) == 3 and ds.index is None
+        for i in range(len(ds)):
+            img = sizes[ds.names[i]]
+            h, w = img.shape[:2]
+            corners = set()
+            for _ in range(12):
+                item = ds[i]
+                x, m = item["image"], item["mask"]
+                assert x.shape == (3, 16, 16) and m.shape == (1, 16, 16) and "valid" not in item
+                assert torch.equal(m[0] > 0.5, x[0] > 127.5 / 255), ds.names[i]
+                corners.add(tuple(x[:, 0, 0].tolist()))
+            if h > 16 and w > 16:
+                assert len(corners) > 1  # the position is random
+            else:  # padded bottom and right with zeros, image at the top left
+                assert float(x[:, h:].abs().sum()) == 0 and float(x[:, :, w:].abs().sum()) == 0
+                assert float(m[:, h:].sum()) == 0 and float(m[:, :, w:].sum()) == 0
+                assert torch.equal((x[:, :h, :w] * 255).round().byte(),
+                                   torch.from_numpy(img).permute(2, 0, 1))
+        tiles = ImageMaskFolder(tmp_path, "all", patch=(16, 16), cache=cache)
+        assert len(tiles) == len(tiles.index) == 6 + 4 + 1  # 30x41: 2 x 3 tiles; 17x20: 2 x 2
+        for i, name in enumerate(tiles.names):
+            img = torch.from_numpy(sizes[name]).permute(2, 0, 1).float() / 255
+            h, w = img.shape[1:]
+            canvas = torch.zeros(3, max(h, 16) + 16, max(w, 16) + 16)
+            owned = torch.zeros(max(h, 16) + 16, max(w, 16) + 16)
+            for j, (case, y, x0) in enumerate(tiles.index):
+                if case != i:
+                    continue
+                item = tiles[j]
+                assert item["case"] == i and torch.equal(item["mask"][0] > 0.5,
+                                                         item["image"][0] > 127.5 / 255)
+                v = item["valid"][0]
+                canvas[:, y:y + 16, x0:x0 + 16] += item["image"] * v
+                owned[y:y + 16, x0:x0 + 16] += v
+            assert torch.equal(owned[:h, :w], torch.ones(h, w))  # every pixel once
+            assert float(owned.sum()) == h * w  # nothing outside the image
+            torch.testing.assert_close(canvas[:, :h, :w], img, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="exclude"):
         ImageMaskFolder(tmp_path, "all", patch=(16, 16), image_size=(8, 8))
+    with pytest.raises(ValueError, match="patch"):
+        ImageMaskFolder(tmp_path, "all", patch=(0, 16))

@@ -277,10 +277,19 @@ def test_ensemble_of_checkpoints(isic_images, ck2d, tmp_path, capsys):
                                            align_corners=False))[0, 0]
         np.testing.assert_array_equal(read_png(out / f"{p.stem}_mask.png") == 255,
                                       (prob > 0.5).numpy(), err_msg=p.name)
-    (ck2 / "preprocessing.json").write_text(json.dumps({**prep, "image_size": [48, 48]}))
-    assert run("--checkpoint", str(ck), "--ensemble", str(ck2), "--input", str(isic_images),
-               "--out", str(tmp_path / "o")) == 2
-    one_line_error(capsys, "--ensemble", "image_size")
+    for key, value in (("image_size", [48, 48]), ("patch", [16, 16])):
+        (ck2 / "preprocessing.json").write_text(json.dumps({**prep, key: value}))
+        assert run("--checkpoint", str(ck), "--ensemble", str(ck2), "--input",
+                   str(isic_images), "--out", str(tmp_path / "o")) == 2
+        one_line_error(capsys, "--ensemble", repr(key))
+    # scoring a split: the members must share it (one member's training cases would be
+    # scored otherwise); predicting does not care
+    from raunet_fast.evaluate import load_ensemble
+
+    (ck2 / "preprocessing.json").write_text(json.dumps({**prep, "split_seed": 7}))
+    assert len(load_ensemble(ck, [ck2], prep, model, torch.device("cpu"))) == 1
+    with pytest.raises(ValueError, match="split_seed"):
+        load_ensemble(ck, [ck2], prep, model, torch.device("cpu"), same_split=True)
 
 
 def test_errors_are_one_line(isic_images, ck2d, brats_root, tmp_path, capsys):

@@ -200,7 +200,18 @@ def test_isic_patch_training_and_windowed_evaluation(isic_root, tmp_path, capsys
     assert "--patch" in capsys.readouterr().err
     assert cli.main([*args[:-len(TINY)], *TINY, "--resume", "--epochs", "2", "--patch",
                      "24"]) == 2
-    assert "patch" in capsys.readouterr().err
+    assert "patch: run has [16, 16]" in capsys.readouterr().err
+    # training cuts random patches, validation tiles whole images
+    from raunet_fast.train import TrainConfig, build_datasets
+
+    tr, va = build_datasets(TrainConfig(data_root=str(isic_root), out=str(tmp_path / "x"),
+                                        dataset="isic2018", patch=(16, 16)))
+    assert tr.index is None and tr.random_patches and len(tr) == len(tr.names)
+    assert va.index is not None and len(va) > len(va.names) and "valid" in va[0]
+    # export sizes a patch checkpoint's static program at its patch
+    assert cli.main(["export", "--checkpoint", str(run / "best"), "--out",
+                     str(tmp_path / "m.pt2"), "--static"]) == 0
+    assert "1 x 3 x 16 x 16" in capsys.readouterr().out
 
 
 def test_brats_train_resume_evaluate(brats_root, tmp_path):

@@ -41,8 +41,13 @@ class SegmentationFolder2D(Dataset):
     ``image_size`` every item is resized to it; :meth:`load_case` gives the full-size
     arrays for evaluation at the original resolution. With ``patch`` (h, w) items are
     patches of the full-resolution image and mask instead (no resize; images smaller than a
-    patch are zero-padded): at a random position (``random_patches``, training; positions
-    from torch's RNG, seeded per DataLoader worker) or at the centre (validation).
+    patch are zero-padded): one per image at a random position (``random_patches``,
+    training; positions from torch's RNG, seeded per DataLoader worker), or else tiles that
+    cover every image (validation): :attr:`index` lists ``(case, y, x)`` per item, and each
+    tile carries ``valid``, ``1 x h x w``: 1 on the real pixels it owns (each pixel of an
+    image is owned by exactly one tile; padding by none), so that summing per case over
+    ``valid`` pixels scores whole images. The cache (``cache=True``) then holds the decoded
+    uint8 arrays, not float tensors.
     """
 
     channels = 3
@@ -62,15 +67,40 @@ class SegmentationFolder2D(Dataset):
         if patch is not None and image_size is not None:
             raise ValueError("patch and image_size exclude each other: patches are cut at "
                              "the image's own resolution")
+        if patch is not None:
+            patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+            if len(patch) != 2 or min(int(v) for v in patch) < 1:
+                raise ValueError(f"patch must be two sizes >= 1 (H, W), got {patch}")
         self.patch = None if patch is None else (int(patch[0]), int(patch[1]))
         self.random_patches = random_patches
+        self._last: tuple[int, tuple] | None = None  # the last decoded image (tiles in a row)
+        self.index: list[tuple[int, int, int]] | None = None
+        if self.patch is not None and not random_patches:
+            self.index = self._tile_index()
         self.mode = mode
         self.channels = 1 if mode == "L" else 3
         self.cache = cache
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.names) if self.index is None else len(self.index)
+
+    def _tile_index(self) -> list[tuple[int, int, int]]:
+        from PIL import Image
+
+        from ..sliding_window import window_starts
+
+        ph, pw = self.patch
+        index = []
+        for i, path in enumerate(self.image_paths):
+            try:
+                with Image.open(path) as im:  # the header only
+                    w, h = im.size
+            except (OSError, SyntaxError, ValueError) as e:
+                raise ValueError(f"cannot read image {path}: {e}") from e
+            index += [(i, y, x) for y in window_starts(max(h, ph), ph, 0.0)
+                      for x in window_starts(max(w, pw), pw, 0.0)]
+        return index
 
     def load_case(self, i: int, draft_size: tuple[int, int] | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -95,40 +125,84 @@ class SegmentationFolder2D(Dataset):
             return
         from tqdm import tqdm
 
-        for i in tqdm(range(len(self)), desc=desc, unit="image", leave=False,
+        for i in tqdm(range(len(self.names)), desc=desc, unit="image", leave=False,
                       disable=not progress, dynamic_ncols=True):
             if i not in self._cache:
-                self._cache[i] = resize_pair(*self.load_case(i, self.image_size), self.image_size)
+                self._cache[i] = self._decoded(i)
 
-    def _patch(self, image: torch.Tensor, mask: torch.Tensor | None):
-        """The item's patch of ``image`` / ``mask`` (same position in both)."""
+    def _decoded(self, i: int):
+        """What the cache holds for case ``i``: resized float tensors, or with ``patch`` the
+        full-resolution uint8 image and bool mask (a quarter of the memory; patches are
+        converted after cutting)."""
+        if self.patch is not None:
+            return self.load_case(i)
+        return resize_pair(*self.load_case(i, self.image_size), self.image_size)
+
+    def _raw(self, i: int):
+        if i in self._cache:
+            return self._cache[i]
+        if self._last is not None and self._last[0] == i:
+            return self._last[1]
+        value = self._decoded(i)
+        if self.cache:
+            self._cache[i] = value
+        elif self.patch is not None:
+            self._last = (i, value)
+        return value
+
+    def _patch_item(self, j: int) -> dict:
+        """Item ``j`` in patch mode: the patch (uint8 cut, then converted), and for tiles the
+        ``valid`` ownership mask."""
         ph, pw = self.patch
-        h, w = image.shape[-2:]
-        if h < ph or w < pw:  # zero-pad (bottom / right) up to a patch
-            pad = (0, max(pw - w, 0), 0, max(ph - h, 0))
-            image = torch.nn.functional.pad(image, pad)
-            mask = None if mask is None else torch.nn.functional.pad(mask, pad)
-            h, w = image.shape[-2:]
-        if self.random_patches:
-            y = int(torch.randint(0, h - ph + 1, ()).item())
-            x = int(torch.randint(0, w - pw + 1, ()).item())
+        if self.index is not None:
+            i, y, x = self.index[j]
         else:
-            y, x = (h - ph) // 2, (w - pw) // 2
-        image = image[:, y:y + ph, x:x + pw].contiguous()
-        mask = None if mask is None else mask[:, y:y + ph, x:x + pw].contiguous()
-        return image, mask
+            i = j
+        image, mask = self._raw(i)
+        h, w = image.shape[:2]
+        hp, wp = max(h, ph), max(w, pw)
+        if self.index is None:  # a random position in the (padded) image
+            y = int(torch.randint(0, hp - ph + 1, ()).item())
+            x = int(torch.randint(0, wp - pw + 1, ()).item())
+        # cut the uint8 arrays, zero-padding beyond the image (bottom / right)
+        img = np.zeros((ph, pw) + image.shape[2:], dtype=image.dtype)
+        src = image[y:y + ph, x:x + pw]
+        img[:src.shape[0], :src.shape[1]] = src
+        m = None
+        if mask is not None:
+            m = np.zeros((ph, pw), dtype=bool)
+            msrc = mask[y:y + ph, x:x + pw]
+            m[:msrc.shape[0], :msrc.shape[1]] = msrc
+        image_t, mask_t = resize_pair(img, m, None)
+        item = {"image": image_t, "case": i}
+        if mask_t is not None:
+            item["mask"] = mask_t
+        if self.index is not None:
+            item["valid"] = self._owned(y, x, h, w, hp, wp)
+        return item
+
+    def _owned(self, y: int, x: int, h: int, w: int, hp: int, wp: int) -> torch.Tensor:
+        """``1 x ph x pw``: the real pixels (inside ``h x w``) of the tile at (y, x) that no
+        earlier tile of the grid covers."""
+        from ..sliding_window import window_starts
+
+        ph, pw = self.patch
+
+        def axis(start: int, size: int, padded: int, n: int) -> torch.Tensor:
+            starts = window_starts(padded, n, 0.0)
+            k = starts.index(start)
+            first = start if k == 0 else starts[k - 1] + n  # pixels before belong to k-1
+            pos = torch.arange(start, start + n)
+            return ((pos >= first) & (pos < size)).float()
+
+        return (axis(y, h, hp, ph)[:, None] * axis(x, w, wp, pw)[None, :])[None]
 
     def __getitem__(self, i: int) -> dict:
         if i < 0 or i >= len(self):
             raise IndexError(i)
-        if i in self._cache:
-            image, mask = self._cache[i]
-        else:
-            image, mask = resize_pair(*self.load_case(i, self.image_size), self.image_size)
-            if self.cache:
-                self._cache[i] = (image, mask)
         if self.patch is not None:
-            image, mask = self._patch(image, mask)
+            return self._patch_item(i)
+        image, mask = self._raw(i)
         item = {"image": image, "case": i}
         if mask is not None:
             item["mask"] = mask
