@@ -142,10 +142,25 @@ def build_datasets(cfg: TrainConfig, splits=("train", "val")) -> list:
             kw.update(patch=tuple(cfg.patch))
     out = []
     for split in splits:
-        extra = {"random_patches": split == "train"} if cfg.patch is not None else {}
+        extra = {}
+        if cfg.patch is not None:
+            extra = {"random_patches": split == "train"}
+            if split == "train":
+                extra["context"] = patch_context(cfg)
         out.append(build_dataset(cfg.dataset, cfg.data_root, split, image_size=size, **kw,
                                  **extra))
     return out
+
+
+def patch_context(cfg: TrainConfig) -> tuple[int, int]:
+    """Margin (pixels per side) cut around each training patch when it will be augmented:
+    a square rotated by up to 45 degrees stays inside 1.42x its side, so 0.21 of the patch
+    on each side keeps rotations and deformations on real image pixels; the trainer cuts
+    the patch from the middle after augmenting. (Elastic displacements, a fraction of the
+    augmented input's size, are larger in pixels by the same 1.42x.)"""
+    if cfg.patch is None or not cfg.augment:
+        return (0, 0)
+    return (math.ceil(0.21 * cfg.patch[0]), math.ceil(0.21 * cfg.patch[1]))
 
 
 def preprocessing_info(cfg: TrainConfig, ds) -> dict[str, Any]:
@@ -427,6 +442,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                             cfg.focal_gamma)
     augment = (Augment(padding_mode="zeros" if cfg.dataset == "brats2021" else "reflection")
                if cfg.augment else None)
+    context = patch_context(cfg)
     pin = device.type == "cuda"
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False,
                             num_workers=cfg.num_workers, pin_memory=pin)
@@ -458,6 +474,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             y = batch["mask"].to(device, non_blocking=True)
             if augment is not None:
                 x, y = augment(x, y, aug_gen)
+            if context != (0, 0):  # the patch from the middle of its augmented surroundings
+                (cy, cx), (ph, pw) = context, cfg.patch
+                x, y = x[..., cy:cy + ph, cx:cx + pw], y[..., cy:cy + ph, cx:cx + pw]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
                 out = fwd(x)

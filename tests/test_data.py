@@ -467,6 +467,18 @@ def test_patches_stay_aligned_with_their_masks(tmp_path):
             assert torch.equal(owned[:h, :w], torch.ones(h, w))  # every pixel once
             assert float(owned.sum()) == h * w  # nothing outside the image
             torch.testing.assert_close(canvas[:, :h, :w], img, rtol=0, atol=1e-6)
+    # a context margin around random patches (for augmentation): real pixels around, zeros
+    # beyond the image; the small image sits at (margin + 0, margin + 0)
+    ctx = ImageMaskFolder(tmp_path, "all", patch=(16, 16), random_patches=True, context=(4, 3))
+    for i, name in enumerate(ctx.names):
+        item = ctx[i]
+        x, m = item["image"], item["mask"]
+        assert x.shape == (3, 24, 22) and m.shape == (1, 24, 22)
+        assert torch.equal(m[0] > 0.5, x[0] > 127.5 / 255)
+        img = torch.from_numpy(sizes[name]).permute(2, 0, 1)
+        if name == "p2":  # 9 x 12 < 16 x 16: the patch starts at the image's corner
+            assert torch.equal((x[:, 4:13, 3:15] * 255).round().byte(), img)
+            assert float(x.sum()) == pytest.approx(float(img.float().sum() / 255), rel=1e-5)
     with pytest.raises(ValueError, match="exclude"):
         ImageMaskFolder(tmp_path, "all", patch=(16, 16), image_size=(8, 8))
     with pytest.raises(ValueError, match="patch"):

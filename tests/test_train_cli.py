@@ -207,6 +207,7 @@ def test_isic_patch_training_and_windowed_evaluation(isic_root, tmp_path, capsys
     tr, va = build_datasets(TrainConfig(data_root=str(isic_root), out=str(tmp_path / "x"),
                                         dataset="isic2018", patch=(16, 16)))
     assert tr.index is None and tr.random_patches and len(tr) == len(tr.names)
+    assert tr.context == (4, 4) and tr[0]["image"].shape == (3, 24, 24)  # ceil(0.21 * 16)
     assert va.index is not None and len(va) > len(va.names) and "valid" in va[0]
     # export sizes a patch checkpoint's static program at its patch
     assert cli.main(["export", "--checkpoint", str(run / "best"), "--out",

@@ -47,7 +47,10 @@ class SegmentationFolder2D(Dataset):
     tile carries ``valid``, ``1 x h x w``: 1 on the real pixels it owns (each pixel of an
     image is owned by exactly one tile; padding by none), so that summing per case over
     ``valid`` pixels scores whole images. The cache (``cache=True``) then holds the decoded
-    uint8 arrays, not float tensors.
+    uint8 arrays, not float tensors. ``context`` (cy, cx), random patches only: each item is
+    the patch with ``cy`` / ``cx`` more pixels of the image on every side (zeros beyond it),
+    so that rotations and deformations see real surroundings; the trainer cuts the patch
+    out of the middle after augmenting.
     """
 
     channels = 3
@@ -56,7 +59,7 @@ class SegmentationFolder2D(Dataset):
     def __init__(self, pairs: list[tuple[str, Path, Path | None]],
                  image_size: tuple[int, int] | None = None, cache: bool = False,
                  mode: str = "RGB", patch: tuple[int, int] | None = None,
-                 random_patches: bool = False):
+                 random_patches: bool = False, context: tuple[int, int] = (0, 0)):
         if not pairs:
             raise ValueError(f"{type(self).__name__}: no cases found")
         self.names = [p[0] for p in pairs]
@@ -73,6 +76,9 @@ class SegmentationFolder2D(Dataset):
                 raise ValueError(f"patch must be two sizes >= 1 (H, W), got {patch}")
         self.patch = None if patch is None else (int(patch[0]), int(patch[1]))
         self.random_patches = random_patches
+        self.context = (int(context[0]), int(context[1])) if random_patches else (0, 0)
+        if min(self.context) < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
         self._last: tuple[int, tuple] | None = None  # the last decoded image (tiles in a row)
         self.index: list[tuple[int, int, int]] | None = None
         if self.patch is not None and not random_patches:
@@ -164,15 +170,17 @@ class SegmentationFolder2D(Dataset):
         if self.index is None:  # a random position in the (padded) image
             y = int(torch.randint(0, hp - ph + 1, ()).item())
             x = int(torch.randint(0, wp - pw + 1, ()).item())
-        # cut the uint8 arrays, zero-padding beyond the image (bottom / right)
-        img = np.zeros((ph, pw) + image.shape[2:], dtype=image.dtype)
-        src = image[y:y + ph, x:x + pw]
-        img[:src.shape[0], :src.shape[1]] = src
-        m = None
-        if mask is not None:
-            m = np.zeros((ph, pw), dtype=bool)
-            msrc = mask[y:y + ph, x:x + pw]
-            m[:msrc.shape[0], :msrc.shape[1]] = msrc
+        # cut the uint8 arrays (with the context margin), zeros beyond the image
+        cy, cx = self.context
+        y0, x0, hh, ww = y - cy, x - cx, ph + 2 * cy, pw + 2 * cx
+        sy, sx = max(y0, 0), max(x0, 0)
+        ey, ex = min(y0 + hh, h), min(x0 + ww, w)
+        img = np.zeros((hh, ww) + image.shape[2:], dtype=image.dtype)
+        m = None if mask is None else np.zeros((hh, ww), dtype=bool)
+        if ey > sy and ex > sx:
+            img[sy - y0:ey - y0, sx - x0:ex - x0] = image[sy:ey, sx:ex]
+            if m is not None:
+                m[sy - y0:ey - y0, sx - x0:ex - x0] = mask[sy:ey, sx:ex]
         image_t, mask_t = resize_pair(img, m, None)
         item = {"image": image_t, "case": i}
         if mask_t is not None:
@@ -220,7 +228,7 @@ class ISIC2018(SegmentationFolder2D):
     def __init__(self, root: str | Path, split: str = "train",
                  image_size: tuple[int, int] | None = None, require_masks: bool = True,
                  cache: bool = False, patch: tuple[int, int] | None = None,
-                 random_patches: bool = False):
+                 random_patches: bool = False, context: tuple[int, int] = (0, 0)):
         root = Path(root)
         if split not in SPLIT_NAMES:
             raise ValueError(f"ISIC 2018 split must be one of {sorted(SPLIT_NAMES)}, got {split!r}")
@@ -252,4 +260,5 @@ class ISIC2018(SegmentationFolder2D):
                     raise FileNotFoundError(f"mask {mask} for image {p} does not exist")
             pairs.append((case, p, mask))
         self.root, self.split, self.input_dir, self.truth_dir = root, split, in_dir, gt_dir
-        super().__init__(pairs, image_size, cache, patch=patch, random_patches=random_patches)
+        super().__init__(pairs, image_size, cache, patch=patch, random_patches=random_patches,
+                         context=context)
