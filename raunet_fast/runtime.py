@@ -4,8 +4,8 @@
 mmap threshold) with fresh pages from the kernel and hands them back on free, so each large
 activation of a high-resolution forward pays page faults again on every call (measured on
 2 cores: a fresh 64 MiB buffer filled in 14.6 ms vs 5.0 ms reused). Keeping such memory in
-the heap removes that: RAUNet base 32 at 1 x 3 x 512², fp32: eager 820 -> 590 ms, fused
-484 -> 395 ms. The price: memory freed by the process is kept for reuse, not returned to
+the heap removes that: RAUNet base 32 at 1 x 3 x 512², fp32, 2 cores
+(bench/results/cpu-20261126/realtime.txt): eager 548 -> 451 ms, fused 524 -> 397 ms. The price: memory freed by the process is kept for reuse, not returned to
 the system (the resident size stays at its peak), which suits an inference or training
 process. The CLI calls it for CPU work; library users opt in (or set the environment
 variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` before starting Python).
