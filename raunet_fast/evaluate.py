@@ -108,6 +108,24 @@ def predict_windowed(model, x: torch.Tensor, window, overlap: float, device, amp
                                     batch_size=batch_size, device=device)[0].cpu()
 
 
+def add_prediction_args(p: argparse.ArgumentParser, ensemble_note: str) -> None:
+    """--tta, --ensemble, --window, --overlap: how predictions are made (evaluate, predict)."""
+    from .cli import parse_size
+
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: the mean of the predictions over 4 flips "
+                        "(raunet_fast.tta.FlipTTA; 4x the inference time)")
+    p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
+                   help=f"more checkpoints trained alike ({ensemble_note}): the mean of all "
+                        f"the models' predictions")
+    p.add_argument("--window", type=parse_size, default=None, metavar="S|HxW",
+                   help="2-D: predict each image at its own resolution in overlapping S x S "
+                        "windows, blended, instead of resizing to the network size (for models "
+                        "trained on patches; default for a checkpoint trained with --patch)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="with --window: fraction of a window its neighbours share (default 0.25)")
+
+
 def check_window(window, overlap, image_size, default=None):
     """The (h, w) window and the overlap of ``--window`` / ``--overlap`` (None: no windows),
     or a one-line error for combinations that do not apply. ``default``: the checkpoint's
@@ -487,17 +505,7 @@ def add_cli(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                    help="autocast precision of the reference model (not with --fused)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: the mean of the predictions over 4 flips "
-                        "(raunet_fast.tta.FlipTTA; 4x the inference time)")
-    p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
-                   help="more checkpoints trained alike (other --seed, same split): score the mean "
-                        "of all the models' predictions")
-    p.add_argument("--window", type=parse_size, default=None, metavar="S|HxW",
-                   help="2-D: predict each image at its own resolution in overlapping S x S "
-                        "windows, blended, instead of resizing to the network size")
-    p.add_argument("--overlap", type=float, default=None,
-                   help="with --window: fraction of a window its neighbours share (default 0.25)")
+    add_prediction_args(p, ensemble_note="other --seed, same split")
     p.add_argument("--fused", action="store_true",
                    help="score the folded, fused inference model (the fast path of "
                         "raunet_fast.inference.build_inference_model; norm=batch models) instead "

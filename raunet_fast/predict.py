@@ -451,18 +451,9 @@ def add_cli(sub) -> None:
                    help="probability threshold (default: the checkpoint's, else 0.5)")
     p.add_argument("--image-size", type=parse_size, default=None, metavar="S|HxW",
                    help="network input size (default: the one stored with the checkpoint)")
-    p.add_argument("--window", type=parse_size, default=None, metavar="S|HxW",
-                   help="2-D: predict each image at its own resolution in overlapping S x S "
-                        "windows, blended (for models trained on patches at native "
-                        "resolution; any image size in bounded memory)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: the mean of the predictions over 4 flips "
-                        "(4x the inference time)")
-    p.add_argument("--ensemble", type=Path, nargs="+", default=(), metavar="CHECKPOINT",
-                   help="more checkpoints trained alike (other seeds or splits): the mean of all "
-                        "the models' predictions")
-    p.add_argument("--overlap", type=float, default=None,
-                   help="with --window: fraction of a window its neighbours share (default 0.25)")
+    from .evaluate import add_prediction_args
+
+    add_prediction_args(p, ensemble_note="other seeds or splits")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=8,
                    help="images (BraTS: slices; --window: windows) per forward pass")
