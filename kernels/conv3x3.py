@@ -209,6 +209,121 @@ def _conv3x3_fused_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+_SMALL_INT_ARGS = ["M", "H", "W", "CIN", "COUT_A", "CS",
+                   "sx_n", "sx_c", "sx_h", "sx_w", "sr_n", "sr_c", "sr_h", "sr_w",
+                   "ss_n", "ss_c", "ss_h", "ss_w", "sy_n", "sy_c", "sy_h", "sy_w"]
+
+
+@triton.jit(do_not_specialize=_SMALL_INT_ARGS)
+def _conv3x3_small_k_kernel(
+    x_ptr, w_ptr, b_ptr, r_ptr, s_ptr, y_ptr,
+    M, H, W, CIN, COUT_A, CS,
+    sx_n, sx_c, sx_h, sx_w,
+    sr_n, sr_c, sr_h, sr_w,
+    ss_n, ss_c, ss_h, ss_w,
+    sy_n, sy_c, sy_h, sy_w,
+    HAS_RES: tl.constexpr, HAS_SC: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+    Y_CL: tl.constexpr, YA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, K_STEPS: tl.constexpr,
+):
+    """The same op as :func:`_conv3x3_fused_kernel` for narrow inputs (RA-U-Net's first conv:
+    Cin = 1-4), with the reduction ``K = 9*CIN + CS`` flattened.
+
+    The implicit-GEMM kernel walks K as 9 taps x ``BLOCK_K``-channel chunks, so with 3
+    input channels 29 of every 32 K lanes are masked zeros, in 9 MMA steps. Here column
+    ``k < 9*CIN`` of the A tile is input channel ``k % CIN`` at tap ``k // CIN`` (an im2col
+    gather into registers; the taps of neighbouring pixels hit the same cache lines),
+    columns ``9*CIN + j`` are shortcut channel ``j`` at the pixel itself, the rest zero: K
+    padded only to a multiple of ``BLOCK_K`` (27 -> 32 in one step for RGB, 36 -> 48 in
+    three 16-wide steps for 4 channels), each step one ``tl.dot`` with the packed weights
+    (rows in exactly that order: :func:`raunet_fast.ops.conv3x3.pack_weights`). The layer
+    is then bound by writing its ``COUT``-channel output, stored vectorised when
+    channels-last and 16-aligned (``YA = 16``).
+
+    Args as for :func:`_conv3x3_fused_kernel`, except: channel counts ``CIN``, ``CS``
+    and every x / s stride are plain (the gather needs no alignment);
+    ``COUT_A`` and the n/h/w strides of r and y are divided by ``YA``; ``Y_CL``: y and r
+    have channel stride 1 (their ``*_c`` strides are then not read); ``K_STEPS`` =
+    ``cdiv(9*CIN + CS, BLOCK_K)`` (a constant: trip counts stay compile-time, also for the
+    interpreter).
+    Grid: ``cdiv(M, BLOCK_M) * cdiv(COUT, BLOCK_N)``, output-channel tiles fastest.
+    """
+    COUT = COUT_A * YA
+    sr_n = sr_n * YA
+    sr_h = sr_h * YA
+    sr_w = sr_w * YA
+    sy_n = sy_n * YA
+    sy_h = sy_h * YA
+    sy_w = sy_w * YA
+
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(COUT, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < COUT
+
+    hw_size = H * W
+    img64 = (offs_m // hw_size).to(tl.int64)
+    hw = offs_m % hw_size
+    oh = hw // W
+    ow = hw % W
+    x_row = x_ptr + img64 * sx_n
+    s_row = s_ptr + img64 * ss_n + oh * ss_h + ow * ss_w
+    K_CONV = 9 * CIN
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if K_STEPS > 0:   # interpreter: a constant trip count
+        n_steps = K_STEPS
+    else:             # GPU: a run-time loop (a constant one is unrolled: registers)
+        n_steps = tl.cdiv(K_CONV + CS, BLOCK_K)
+    for step in range(0, n_steps):
+        offs_k = step * BLOCK_K + tl.arange(0, BLOCK_K)
+        # A, built transposed ([BLOCK_K, BLOCK_M], pixels along the fast axis: each thread
+        # then keeps the per-pixel row state of a few pixels, not of a dozen): im2col of the
+        # 3x3 taps (k < 9*CIN), then the shortcut channels, then zeros
+        tap = offs_k // CIN
+        ch = offs_k - tap * CIN
+        ih = oh[None, :] + (tap // 3 - 1)[:, None]
+        iw = ow[None, :] + (tap % 3 - 1)[:, None]
+        ok = (mask_m[None, :] & (offs_k < K_CONV)[:, None] & (ih >= 0) & (ih < H)
+              & (iw >= 0) & (iw < W))
+        a_t = tl.load(x_row[None, :] + (ih * sx_h + iw * sx_w + (ch * sx_c)[:, None]), mask=ok,
+                      other=0.0)
+        if HAS_SC:
+            j = offs_k - K_CONV
+            ok_s = mask_m[None, :] & ((j >= 0) & (j < CS))[:, None]
+            a_t += tl.load(s_row[None, :] + (j * ss_c)[:, None], mask=ok_s, other=0.0)
+        a = tl.trans(a_t)
+        b = tl.load(w_ptr + offs_k[:, None] * COUT + offs_n[None, :],
+                    mask=(offs_k < K_CONV + CS)[:, None] & mask_n[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+
+    # ---- epilogue, in registers: bias, residual, ReLU, cast
+    bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    acc = acc + bias[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if Y_CL:
+        yc = offs_n
+        rc = offs_n
+    else:
+        yc = offs_n * sy_c
+        rc = offs_n * sr_c
+    if HAS_RES:
+        r = tl.load((r_ptr + img64 * sr_n + oh * sr_h + ow * sr_w)[:, None] + rc[None, :],
+                    mask=mask, other=0.0)
+        acc = acc + r.to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y = y_ptr + (img64 * sy_n + oh * sy_h + ow * sy_w)[:, None] + yc[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
 # ------------------------------------------------------------------ configs (data)
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Two families per dtype:
 # ALIGNED for channels-last layers whose x / y (and residual) channel counts and strides are
@@ -232,6 +347,25 @@ IEEE_CONFIGS = [(64, 32, 16, 4, 2)]
 # the interpreter runs each program in numpy: big tiles mean few programs (fast), and it
 # has no shared memory or registers to respect
 INTERPRET_CONFIG = (128, 64, 32, 4, 1)
+
+# Narrow inputs, K = 9*Cin + Cs <= SMALL_K_MAX (the first conv: RGB or 4 MRI modalities):
+# the flat-K kernel, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps), K in cdiv(K, BLOCK_K) steps.
+# Few MMA steps, then the output store: wide M tiles where the output is channels-last and
+# 16-aligned (vector stores; the network's case), small ones for any other output, whose
+# per-element addresses live in registers. The first config that suits a layer is the
+# default; on CUDA all that suit are autotuned over.
+SMALL_K_MAX = 64
+# Registers (ptxas, sm_80 / sm_90) were the constraint: the A tile is gathered transposed
+# (pixels on the fast axis) so per-pixel state is spread over the threads; 8 warps per
+# 128 pixels keep the common configs at <= 128 registers (2+ blocks per SM).
+SMALL_K_CONFIGS = {
+    "16bit": [(128, 64, 32, 8), (128, 64, 16, 8), (256, 64, 32, 16), (64, 64, 32, 4),
+              (128, 128, 32, 8)],
+    "fp32": [(128, 64, 16, 8), (64, 64, 16, 4), (128, 64, 32, 8)],
+}
+SMALL_K_GENERIC_CONFIGS = {"16bit": [(64, 32, 16, 4)], "fp32": [(64, 32, 16, 4)]}
+SMALL_K_IEEE_CONFIGS = [(64, 32, 16, 4)]   # exact fp32: FMAs in registers
+SMALL_K_INTERPRET_CONFIG = (64, 64, 32, 4)   # the interpreter: any tile works
 
 
 def _kind(dtype: torch.dtype) -> str:
@@ -258,6 +392,45 @@ def shipped_configs() -> list[dict]:
     for cfg in IEEE_CONFIGS:
         out.append(dict(dtype=torch.float32, ieee=True, aligns=(1, 1, 1), config=cfg))
     return out
+
+
+def shipped_small_k_configs() -> list[dict]:
+    """Every variant of the flat-K kernel a CUDA launch may compile: dtype, ieee, output
+    alignment (Y_CL, YA), config and the largest ``K_STEPS`` it runs (``SMALL_K_MAX /
+    BLOCK_K``: the loop is not unrolled, so fewer steps compile to the same code). As for
+    :func:`shipped_configs`, fp16 shares the bf16 configs; the AOT build enables the
+    shortcut and the residual together."""
+    out = []
+    for dtype, ieee, kind in ((torch.bfloat16, False, "16bit"), (torch.float32, False, "fp32"),
+                              (torch.float32, True, "ieee")):
+        fams = ([(SMALL_K_IEEE_CONFIGS, (True, 16)), (SMALL_K_IEEE_CONFIGS, (False, 1))]
+                if ieee else [(SMALL_K_CONFIGS[kind], (True, 16)),
+                              (SMALL_K_GENERIC_CONFIGS[kind], (True, 1)),
+                              (SMALL_K_GENERIC_CONFIGS[kind], (False, 1))])
+        for cfgs, (y_cl, ya) in fams:
+            for cfg in cfgs:
+                out.append(dict(dtype=dtype, ieee=ieee, y_cl=y_cl, ya=ya, config=cfg,
+                                k_steps=-(-SMALL_K_MAX // cfg[2])))
+    return out
+
+
+def uses_small_k(cin: int, cs: int) -> bool:
+    """Whether a layer with ``cin`` input and ``cs`` shortcut channels runs the flat-K
+    kernel (:func:`_conv3x3_small_k_kernel`)."""
+    return 9 * cin + cs <= SMALL_K_MAX
+
+
+def small_k_candidates(cout: int, dtype: torch.dtype, ieee: bool, aligned: bool) -> list[tuple]:
+    """Flat-K configs worth trying for one layer (the default first). ``aligned``: the
+    output is channels-last with 16-aligned channels and strides."""
+    if _interpreting():
+        return [SMALL_K_INTERPRET_CONFIG]
+    if ieee:
+        return list(SMALL_K_IEEE_CONFIGS)
+    if not aligned:
+        return list(SMALL_K_GENERIC_CONFIGS[_kind(dtype)])
+    cfgs = SMALL_K_CONFIGS[_kind(dtype)]
+    return [c for c in cfgs if not (cout <= 64 and c[1] > 64)] or [cfgs[0]]
 
 
 def _interpreting() -> bool:
@@ -335,6 +508,55 @@ def _launch(cfg, x, packed, bias, residual, shortcut_input, y, relu, channels_la
         num_warps=warps, num_stages=stages)
 
 
+def _launch_small(cfg, x, packed, bias, residual, shortcut_input, y, relu, y_cl, ieee, ya):
+    bm, bn, bk, warps = cfg
+    n, cin, h, w = x.shape
+    cout = y.shape[1]
+    m = n * h * w
+    r = residual if residual is not None else y
+    s = shortcut_input if shortcut_input is not None else x
+    cs = shortcut_input.shape[1] if shortcut_input is not None else 0
+
+    def strides(t, a):
+        st = t.stride()
+        return st[0] // a, st[1], st[2] // a, st[3] // a
+
+    grid = (triton.cdiv(m, bm) * triton.cdiv(cout, bn),)
+    _conv3x3_small_k_kernel[grid](
+        x, packed, bias, r, s, y,
+        m, h, w, cin, cout // ya, cs,
+        *strides(x, 1), *strides(r, ya), *strides(s, 1), *strides(y, ya),
+        HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, RELU=relu,
+        IEEE=ieee, Y_CL=y_cl, YA=ya, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        K_STEPS=triton.cdiv(9 * cin + cs, bk), num_warps=warps, num_stages=1)
+
+
+def _tuned(key, cands, launch, x) -> tuple:
+    """The config for ``key``: the first candidate, or on CUDA (several candidates,
+    ``RAUNET_FAST_AUTOTUNE`` not 0) the fastest of them, timed once per key."""
+    tune = len(cands) > 1 and x.is_cuda and os.environ.get("RAUNET_FAST_AUTOTUNE", "1") != "0"
+    key = (*key, tune)
+    cfg = _TUNED.get(key)
+    if cfg is not None:
+        return cfg
+    cfg = cands[0]
+    if tune:
+        from triton.testing import do_bench
+
+        best = None
+        for c in cands:
+            try:
+                t = do_bench(lambda c=c: launch(c), warmup=3, rep=15)
+            except Exception:  # e.g. out of shared memory on a smaller GPU
+                continue
+            if best is None or t < best[0]:
+                best = (t, c)
+        if best is not None:
+            cfg = best[1]
+    _TUNED[key] = cfg
+    return cfg
+
+
 def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor,
                           residual: torch.Tensor | None, shortcut_input: torch.Tensor | None,
                           relu: bool, out: torch.Tensor) -> torch.Tensor:
@@ -347,12 +569,23 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
     cs = shortcut_input.shape[1] if shortcut_input is not None else 0
     if out.numel() == 0:
         return out
+    ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    size_class = (n * h * w).bit_length()   # batch 1 and batch 8 may want other tiles
+    if uses_small_k(cin, cs):
+        y_cl = all(_channel_stride_one(t) for t in (out, residual) if t is not None)
+        ya = 16 if y_cl and min(_align(out, True), _align(residual, True)) == 16 else 1
+        key = ("small", cin, cout, cs, x.dtype, ieee, residual is not None, y_cl, ya,
+               size_class, x.device.index)
+        cfg = _tuned(key, small_k_candidates(cout, x.dtype, ieee, ya == 16),
+                     lambda c: _launch_small(c, x, packed, bias, residual, shortcut_input, out,
+                                             relu, y_cl, ieee, ya), x)
+        _launch_small(cfg, x, packed, bias, residual, shortcut_input, out, relu, y_cl, ieee, ya)
+        return out
     tensors = [t for t in (x, residual, shortcut_input, out) if t is not None]
     channels_last = all(_channel_stride_one(t) for t in tensors)
     aligns = (_align(x, channels_last),
               _align(shortcut_input, channels_last) if shortcut_input is not None else 1,
               min(_align(out, channels_last), _align(residual, channels_last)))
-    ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     aligned = not ieee and aligns[0] == 16 and aligns[2] == 16
     # only the variants the AOT test builds: IEEE unaligned, generic with or without an
     # aligned y; fully unaligned runs the strided-channel code (no vector loads to lose)
@@ -363,29 +596,10 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
     if aligns == (1, 1, 1):
         channels_last = False
     cands = candidate_configs(cin, cout, cs, x.dtype, ieee, aligned)
-    # one tuning per layer shape and size class (batch 1 and batch 8 may want other tiles)
-    tune = len(cands) > 1 and x.is_cuda and os.environ.get("RAUNET_FAST_AUTOTUNE", "1") != "0"
     key = (cin, cout, cs, x.dtype, ieee, residual is not None, channels_last, aligns,
-           (n * h * w).bit_length(), x.device.index, tune)
-    cfg = _TUNED.get(key)
-    if cfg is None:
-        cfg = cands[0]
-        if tune:
-            from triton.testing import do_bench
-
-            best = None
-            for c in cands:
-                try:
-                    t = do_bench(lambda c=c: _launch(c, x, packed, bias, residual,
-                                                     shortcut_input, out, relu, channels_last,
-                                                     ieee, aligns), warmup=3, rep=15)
-                except Exception:  # e.g. out of shared memory on a smaller GPU
-                    continue
-                if best is None or t < best[0]:
-                    best = (t, c)
-            if best is not None:
-                cfg = best[1]
-        _TUNED[key] = cfg
+           size_class, x.device.index)
+    cfg = _tuned(key, cands, lambda c: _launch(c, x, packed, bias, residual, shortcut_input,
+                                               out, relu, channels_last, ieee, aligns), x)
     _launch(cfg, x, packed, bias, residual, shortcut_input, out, relu, channels_last, ieee,
             aligns)
     return out

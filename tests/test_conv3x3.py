@@ -252,6 +252,7 @@ def test_conv_triton_interpreter_small_tiles(monkeypatch, shape, cs):
     from raunet_fast.kernels import conv3x3 as k
 
     monkeypatch.setattr(k, "INTERPRET_CONFIG", (32, 16, 16, 4, 1))
+    monkeypatch.setattr(k, "SMALL_K_MAX", 0)   # the implicit-GEMM kernel even for Cin = 3
     monkeypatch.setattr(k, "_TUNED", {})
     args, kw, kk = make_case(*shape, "shortcut", cs=cs)
     check("triton", args, kw, kk, True, torch.float32, f"triton-interp small tiles {shape}")
@@ -273,6 +274,78 @@ def test_conv_triton_interpreter_aligned(cs):
     args, kw, kk = make_case(1, 32, 32, 4, 7, "residual", dtype=torch.float16,
                              channels_last=True)
     check("triton", args, kw, kk, False, torch.float16, "triton-interp aligned residual fp16")
+
+
+# narrow inputs: the flat-K kernel (K = 9*Cin + Cs <= 64): BLOCK_K 16 / 32 / 64, partial
+# M and N tiles, both layouts, an aligned channels-last output (Cout 64)
+SMALL_K_CASES = [  # n, cin, cout, h, w, cs
+    (3, 3, 40, 7, 13, 3),     # K 27 (+3): BLOCK_K 32, N tile masked
+    (2, 1, 64, 5, 9, 6),      # K 9 (+6): BLOCK_K 16
+    (1, 4, 64, 6, 11, 20),    # K 36 (+20 = 56): BLOCK_K 64
+    (2, 7, 24, 3, 4, 1),      # K 63 (+1 = 64): the largest flat K
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", SMALL_K_CASES, ids=lambda s: "x".join(map(str, s)))
+def test_conv_triton_interpreter_small_k(monkeypatch, dtype, shape):
+    """Narrow inputs run the flat-K kernel (asserted through its tuning key) and match the
+    fp64 reference for every epilogue, ReLU on and off, both layouts."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    *dims, cs = shape
+    for i, epilogue in enumerate(EPILOGUES):
+        for relu in (True, False):
+            monkeypatch.setattr(k, "_TUNED", {})
+            cl = (i + relu) % 2 == 0
+            args, kw, kk = make_case(*dims, epilogue, dtype=dtype, channels_last=cl, cs=cs)
+            if kk > k.SMALL_K_MAX:   # 7 channels + a 1-channel shortcut is the edge
+                continue
+            check("triton", args, kw, kk, relu, dtype,
+                  f"flat-K {dtype} {shape} {epilogue} relu={relu} channels_last={cl}")
+            assert [key[0] for key in k._TUNED] == ["small"], "flat-K kernel not used"
+
+
+@interpreter_only
+def test_conv_triton_small_k_routing(monkeypatch):
+    """K = 9*Cin + Cs <= SMALL_K_MAX takes the flat-K kernel, one more channel the
+    implicit-GEMM kernel; both agree with the reference."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    for cin, cs, small in ((7, 1, True), (7, 2, False), (3, 37, True), (3, 38, False)):
+        monkeypatch.setattr(k, "_TUNED", {})
+        args, kw, kk = make_case(1, cin, 16, 4, 5, "shortcut", cs=cs)
+        check("triton", args, kw, kk, True, torch.float32, f"routing cin={cin} cs={cs}")
+        assert (list(k._TUNED)[0][0] == "small") == small, (cin, cs)
+
+
+def _small_k_variants():
+    from raunet_fast.kernels import conv3x3 as k
+
+    seen, out = set(), []
+    for v in k.shipped_small_k_configs():
+        key = (v["config"], v["ieee"])
+        if key not in seen:
+            seen.add(key)
+            out.append(pytest.param(v, id="{}x{}x{}-w{}{}".format(
+                *v["config"], "-ieee" if v["ieee"] else "")))
+    return out
+
+
+@interpreter_only
+@pytest.mark.parametrize("variant", _small_k_variants() if not HAS_CUDA else [])
+def test_conv_triton_interpreter_small_k_configs(monkeypatch, variant):
+    """Every flat-K tile config shipped for the GPU, in the interpreter, at each BLOCK_K."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    monkeypatch.setattr(k, "small_k_candidates", lambda *a, **kw: [variant["config"]])
+    monkeypatch.setattr(k, "_TUNED", {})
+    for (n, cin, cout, h, w, cs), epilogue, cl in zip(
+            SMALL_K_CASES[:3], ("shortcut", "residual", "none"), (True, False, True)):
+        args, kw, kk = make_case(n, cin, cout, h, w, epilogue, channels_last=cl, cs=cs)
+        check("triton", args, kw, kk, True, torch.float32,
+              f"flat-K config {variant['config']} cin={cin} {epilogue}")
 
 
 def _all_cuda_variants():
@@ -297,6 +370,7 @@ def test_conv_triton_interpreter_shipped_configs(monkeypatch, variant):
     from raunet_fast.kernels import conv3x3 as k
 
     monkeypatch.setattr(k, "candidate_configs", lambda *a, **kw: [variant["config"]])
+    monkeypatch.setattr(k, "SMALL_K_MAX", 0)   # narrow layers too: this kernel, not flat-K
     monkeypatch.setattr(k, "_TUNED", {})
     if variant["aligns"][0] == 1:
         cases = [make_case(1, 5, 20, 5, 7, "shortcut", cs=3),
@@ -459,6 +533,7 @@ def test_conv_import_does_not_import_triton():
 # ------------------------------------------------------------------ GPU
 GPU_SHAPES = [  # n, cin, cout, h, w, cs
     (3, 3, 40, 7, 13, 3),
+    (2, 4, 64, 33, 31, 4),    # narrow: the flat-K kernel, aligned channels-last output
     (2, 24, 40, 7, 13, 24),
     (1, 80, 40, 9, 13, 80),
     (2, 64, 128, 33, 31, 64),

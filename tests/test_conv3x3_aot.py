@@ -65,6 +65,58 @@ def _conv_jobs():
     return jobs
 
 
+def _small_k_jobs():
+    pytest.importorskip("triton")
+    from raunet_fast.kernels import conv3x3 as k
+
+    names = k._conv3x3_small_k_kernel.arg_names
+    jobs = []
+    for v in k.shipped_small_k_configs():
+        bm, bn, bk, warps = v["config"]
+        t = TRITON_TYPES[v["dtype"]]
+        consts = dict(HAS_RES=True, HAS_SC=True, RELU=True, IEEE=v["ieee"], Y_CL=v["y_cl"],
+                      YA=v["ya"], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, K_STEPS=v["k_steps"])
+        sig = {n: ("constexpr" if n in consts else
+                   ("*fp32" if n == "b_ptr" else f"*{t}") if n.endswith("_ptr") else "i32")
+               for n in names}
+        for arch in ARCHS:
+            jobs.append({"module": "raunet_fast.kernels.conv3x3",
+                         "kernel": "_conv3x3_small_k_kernel", "signature": sig,
+                         "constexprs": consts, "arch": arch, "num_warps": warps,
+                         "num_stages": 1,
+                         "divisible_by_16": [n for n in names if n.endswith("_ptr")]})
+    return jobs
+
+
+def test_conv_aot_triton_small_k_configs(record_property, capsys):
+    """The flat-K kernel for narrow inputs: every shipped config x output alignment at its
+    largest K_STEPS, sm_80 and sm_90, shortcut and residual both on: zero spills."""
+    jobs = _small_k_jobs()
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(aot_reports, [jobs[0::2], jobs[1::2]]))
+    reports = [r for pair in zip_longest(*parts) for r in pair if r is not None]
+    table = ["dtype prec out    sm  BM  BN  BK warps regs spills shared  mma"]
+    for r in reports:
+        c = r["constexprs"]
+        mma = ("wgmma" if r["ptx_ops"]["wgmma"] else
+               "mma.sync" if r["ptx_ops"]["mma.sync"] else "fma")
+        out = f"{'cl' if c['Y_CL'] else 'cf'}/{c['YA']}"
+        table.append(f"{r['signature']['x_ptr'][1:]:5} {'ieee' if c['IEEE'] else 'tc':4} "
+                     f"{out:6} {r['arch']}  {c['BLOCK_M']:3} {c['BLOCK_N']:3} {c['BLOCK_K']:3} "
+                     f"{r['num_warps']:5} {r['registers']!s:4} {r['spill_stores']!s:6} "
+                     f"{r['shared']:<7} {mma}")
+    record_property("aot_table_small_k", "\n".join(table))
+    with capsys.disabled():
+        print("\nconv3x3_fused flat-K (narrow input) Triton AOT builds:\n" + "\n".join(table))
+    for r in reports:
+        what = f"flat-K {r['signature']['x_ptr']} sm_{r['arch']} {r['constexprs']} w{r['num_warps']}"
+        assert r["ptxas_ok"], f"{what}: ptxas failed:\n{r['ptxas_log']}"
+        assert r["registers"] is not None, f"{what}: no register count in\n{r['ptxas_log']}"
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, \
+            f"{what}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads"
+        assert r["shared"] <= SHARED_LIMIT[r["arch"]], f"{what}: {r['shared']} B shared memory"
+
+
 def test_conv_aot_triton_configs(record_property, capsys):
     jobs = _conv_jobs()
     # two compiler processes (the machines running this have >= 2 cores)
