@@ -13,7 +13,12 @@ For every (batch, level) it times, on one device:
                fused-cuda-epilogue: the cuda backend with cuDNN's runtime fusion off (cuDNN
                conv + the csrc epilogue kernel, which computes the projection from x);
                at level 1 (narrow input, fused_blocks.carry_candidate) also fused-<be>-carry:
-               the input carried through conv1, no separate 1x1 projection conv
+               the input carried through conv1, no separate 1x1 projection conv;
+               fused-auto (GPU): the default backend (cuDNN fusion; narrow convs on cuDNN or
+               the Triton flat-K kernel, whichever a one-time timing picks)
+  conv1-*      (GPU, narrow input) the first conv alone: floor (bare cuDNN conv), cudnn (+ bias
+               + ReLU fused), triton (flat-K kernel, + bias + ReLU), write (a fill of its
+               output: its memory-traffic floor); their "x floor" is against the block's floor
 
 and reports ms, TFLOP/s (2 * multiply-adds of the two 3x3 convs and the 1x1 projection),
 speedup over eager, ratio to the cuDNN floor and the max relative error against eager.
@@ -44,6 +49,7 @@ import torch
 
 from raunet_fast.blocks import ResidualBlock
 from raunet_fast.fold import fold_residual_block
+from raunet_fast.ops import conv3x3_fused
 from raunet_fast.ops.fused_blocks import FusedResidualBlock, carry_candidate
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -73,6 +79,15 @@ def make_block(cin: int, cout: int, device: torch.device, seed: int = 0) -> Resi
                 m.weight.copy_(torch.randn(m.num_features, generator=g) * 0.2 + 1)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
     return block.eval().to(device)
+
+
+def narrow_input(cin: int) -> bool:
+    """Whether the block's first conv takes the flat-K path (kernels.conv3x3.uses_small_k)."""
+    try:
+        from raunet_fast.kernels.conv3x3 import uses_small_k
+    except ImportError:  # no triton
+        return False
+    return uses_small_k(cin, 0)
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -168,9 +183,24 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
             return torch.cudnn_convolution_add_relu(h1, w2, z, 1.0, cb2, one, one, one, 1)
 
         out["cudnn-fused"] = cudnn_fused
+    if x.is_cuda and narrow_input(x.shape[1]):
+        # the narrow first conv alone (+ bias + ReLU): cuDNN vs the Triton flat-K kernel,
+        # the choice "auto" times on first use (ops.conv3x3.NARROW); conv1-floor is the bare
+        # cuDNN conv, conv1-write the output's memory traffic (a fill of its size)
+        c1b = b1.to(x.device, dtype)
+        one = (1, 1)
+        out["conv1-floor"] = lambda: conv(x, w1, padding=1)
+        out["conv1-cudnn"] = lambda: torch.cudnn_convolution_relu(x, w1, c1b, one, one, one, 1)
+        out["conv1-triton"] = lambda: conv3x3_fused(x, w1, c1b, backend="triton")
+        h_buf = torch.empty_like(h)
+        out["conv1-write"] = lambda: h_buf.zero_()
     for be in backends:
         fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
         out[f"fused-{be}"] = lambda fused=fused: fused(x)
+        if be == "cuda" and x.is_cuda:
+            # "auto": cuDNN's fusion, narrow convs by a one-time timing against Triton
+            auto = FusedResidualBlock.from_block(block, dtype=dtype, backend="auto")
+            out["fused-auto"] = lambda auto=auto: auto(x)
         if be == "cuda":
             # cuDNN conv + the csrc epilogue kernel (projection computed in the epilogue from
             # x: no 1x1-conv output written and read back - the level-1/2 question)

@@ -533,12 +533,15 @@ def _launch_small(cfg, x, packed, bias, residual, shortcut_input, y, relu, y_cl,
 
 def _tuned(key, cands, launch, x) -> tuple:
     """The config for ``key``: the first candidate, or on CUDA (several candidates,
-    ``RAUNET_FAST_AUTOTUNE`` not 0) the fastest of them, timed once per key."""
+    ``RAUNET_FAST_AUTOTUNE`` not 0, not capturing a CUDA graph) the fastest of them, timed
+    once per key."""
     tune = len(cands) > 1 and x.is_cuda and os.environ.get("RAUNET_FAST_AUTOTUNE", "1") != "0"
     key = (*key, tune)
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
+    if tune and torch.cuda.is_current_stream_capturing():
+        return cands[0]   # no timing inside a CUDA graph capture (and nothing remembered)
     cfg = cands[0]
     if tune:
         from triton.testing import do_bench

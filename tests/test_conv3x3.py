@@ -320,6 +320,35 @@ def test_conv_triton_small_k_routing(monkeypatch):
         assert (list(k._TUNED)[0][0] == "small") == small, (cin, cs)
 
 
+def test_auto_narrow_pick_faster(monkeypatch):
+    """The one-time backend choice for narrow layers on CUDA ("auto"): the faster candidate
+    by the timer, remembered per key; a failing candidate is out; none left -> default."""
+    from raunet_fast.ops import conv3x3 as op
+
+    monkeypatch.setattr(op, "_NARROW_PICK", {})
+    calls = []
+    cands = {"triton": lambda: calls.append("triton"), "cudnn": lambda: calls.append("cudnn")}
+    ms = {"triton": 0.5, "cudnn": 0.9}
+
+    def timer(fn):
+        fn()
+        return ms[calls[-1]]
+
+    assert op.pick_faster(("a",), cands, timer, "cudnn") == "triton"
+    n = len(calls)
+    assert op.pick_faster(("a",), cands, timer, "cudnn") == "triton" and len(calls) == n
+    ms.update(triton=2.0)
+    assert op.pick_faster(("b",), cands, timer, "cudnn") == "cudnn"
+
+    def boom():
+        raise RuntimeError("no kernel image")
+    assert op.pick_faster(("c",), {"triton": boom, "cudnn": cands["cudnn"]}, timer,
+                          "triton") == "cudnn"
+    assert op.pick_faster(("d",), {"triton": boom}, timer, "cudnn") == "cudnn"
+    assert op._NARROW_PICK == {("a",): "triton", ("b",): "cudnn", ("c",): "cudnn",
+                               ("d",): "cudnn"}
+
+
 def _small_k_variants():
     from raunet_fast.kernels import conv3x3 as k
 
@@ -617,6 +646,25 @@ def test_fused_block_gpu(monkeypatch, backend, dtype):
         # roundings of the conv result and the projected shortcut: 16
         assert_parity(got, want, dtype, k=9 * cout + cin, roundings=16,
                       what=f"fused block {cin}->{cout} {backend}")
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", ["tune", "triton", "cudnn"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_auto_narrow_gpu(no_tf32, monkeypatch, mode, dtype):
+    """"auto" on a narrow first conv (Cin 3 and 4 -> 64, ReLU): whichever backend the
+    one-time timing (or RAUNET_CONV_NARROW) picks agrees with the fp64 reference, every
+    epilogue, and the pick is remembered."""
+    from raunet_fast.ops import conv3x3 as op
+
+    monkeypatch.setitem(op.NARROW, "mode", mode)
+    monkeypatch.setattr(op, "_NARROW_PICK", {})
+    for cin, epilogue in ((3, "none"), (4, "residual"), (3, "shortcut")):
+        args, kw, k = make_case(2, cin, 64, 37, 29, epilogue, dtype=dtype, device="cuda",
+                                channels_last=True, cs=3)
+        check("auto", args, kw, k, True, dtype, f"auto narrow {mode} {dtype} {cin} {epilogue}")
+    assert (len(op._NARROW_PICK) == 3) == (mode == "tune")
+    assert set(op._NARROW_PICK.values()) <= {"triton", "cudnn"}
 
 
 @requires_cuda

@@ -17,7 +17,9 @@ Backends (``backend=``):
 * ``"cpp"``    - fp32: a oneDNN convolution with weights prepacked once, bias (+ add) +
   ReLU as oneDNN post-ops when ReLU is on; otherwise (ReLU off, fp16/bf16,
   ``RAUNET_CPP_ONEDNN_POSTOPS=0``) the same csrc epilogue math built for the CPU.
-* ``"auto"``   - on CUDA the cuDNN fusion when ReLU is on (fastest measured), else ``"triton"``
+* ``"auto"``   - on CUDA the cuDNN fusion when ReLU is on (fastest measured; for narrow
+  inputs, ``9*Cin + Cs <= 64``, that or the Triton flat-K kernel, whichever a one-time
+  timing per layer shape finds faster: :data:`NARROW`), else ``"triton"``
   (``"cuda"``, then ``"torch"`` if Triton is missing),
   ``"cpp"`` on CPU (``"torch"`` if it cannot be built; a warning says why).
 
@@ -326,6 +328,73 @@ def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
     return _as_out(y, x)
 
 
+# Narrow inputs (9*Cin + Cs <= 64: the first conv, RGB or 4 MRI modalities) on CUDA. cuDNN
+# runs the level-1 convolutions of a 512 x 512 RA-U-Net at 0.68 ms for batch 8 on an H200
+# (bench/results/h200-20261126/run1_conv.txt, bf16), while the 64 -> 64 conv alone should
+# take ~0.25 ms at the level-2 convs' measured 660 TFLOP/s: the 3-channel conv, which only
+# has to write its 64-channel output (~0.07 ms of traffic), appears to cost ~0.4 ms. The
+# Triton flat-K kernel (kernels/conv3x3.py) is built for that case but not yet timed on a
+# GPU, so "auto" measures: the first call of each narrow layer shape (size class) times
+# both on the real inputs and keeps the faster, like cudnn.benchmark. Never during CUDA
+# graph capture (cuDNN then, not remembered). RAUNET_CONV_NARROW=triton|cudnn: no timing.
+NARROW = {"mode": os.environ.get("RAUNET_CONV_NARROW", "tune")}
+_NARROW_PICK: dict[tuple, str] = {}
+
+
+def _narrow_applies(x: torch.Tensor, weight: torch.Tensor,
+                    shortcut_input: Optional[torch.Tensor]) -> bool:
+    if not x.is_cuda or x.dtype == torch.float64 or triton_unavailable_reason(x.device):
+        return False
+    from raunet_fast.kernels.conv3x3 import uses_small_k
+
+    return uses_small_k(weight.shape[1], shortcut_input.shape[1] if shortcut_input is not None
+                        else 0)
+
+
+def pick_faster(key: tuple, candidates: dict, timer, default: str) -> str:
+    """The name of the fastest of ``candidates`` (name -> zero-argument callable) by
+    ``timer(fn) -> ms``, remembered under ``key``; ``default`` (not remembered) while a CUDA
+    graph is being captured. A candidate that raises is out of the running."""
+    pick = _NARROW_PICK.get(key)
+    if pick is not None:
+        return pick
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return default
+    times = {}
+    for name, fn in candidates.items():
+        try:
+            fn()                   # first use: Triton autotuning, cuDNN plan, csrc build
+            times[name] = timer(fn)
+        except Exception:  # noqa: BLE001 - this candidate cannot run these inputs
+            continue
+    pick = min(times, key=times.get) if times else default
+    _NARROW_PICK[key] = pick
+    return pick
+
+
+def _bench_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=5, rep=20)
+
+
+def _narrow_backend(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
+                    relu) -> str:
+    """``"triton"`` or ``"cudnn"`` for a narrow layer on CUDA (see :data:`NARROW`)."""
+    mode = NARROW["mode"]
+    if mode in ("triton", "cudnn"):
+        return mode
+    n, cin, h, w = x.shape
+    key = (cin, weight.shape[0], shortcut_input.shape[1] if shortcut_input is not None else 0,
+           residual is not None, relu, x.dtype, out_memory_format(x),
+           (n * h * w).bit_length(), x.device.index, torch.backends.cudnn.allow_tf32)
+    return pick_faster(key, {
+        "triton": lambda: _triton_impl(x, weight, bias, residual, shortcut_input,
+                                       shortcut_weight, packed, relu),
+        "cudnn": lambda: _cudnn_fused(x, weight, bias, residual, shortcut_input,
+                                      shortcut_weight)}, _bench_ms, "cudnn")
+
+
 def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
     ext = _ext(spec)
     if spec is _CPU_EXT:
@@ -350,6 +419,11 @@ def _conv3x3_fused_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if bias.dim() != 1 or not bias.is_contiguous():  # e.g. a strided view or Cout x 1
         bias = bias.reshape(-1).contiguous()
     if backend == "auto" and cudnn_fusion_applies(x, relu):
+        if _narrow_applies(x, weight, shortcut_input) and _narrow_backend(
+                x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
+                relu) == "triton":
+            return _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight,
+                                packed, relu)
         return _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight)
     be = resolve_backend(backend, x.device)
     if be == "triton" and backend == "auto" and x.dtype == torch.float64:
