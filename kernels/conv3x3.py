@@ -209,6 +209,39 @@ def _conv3x3_fused_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _flat_k_step(acc, step, x_row, s_row, oh, ow, mask_m, offs_n, mask_n, w_ptr,
+                 H, W, CIN, CS, COUT, sx_c, sx_h, sx_w, ss_c, ss_h, ss_w,
+                 HAS_SC: tl.constexpr, IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K step ``step`` of the flat-K kernel: columns ``step*BLOCK_K ...`` of the im2col A
+    tile (taps x channels, then shortcut channels, then zeros), times the matching packed
+    weight rows; returns ``acc + A @ B`` (fp32). ``x_row`` / ``s_row``: the image's first
+    element of x / s (scalar pointers)."""
+    K_CONV = 9 * CIN
+    offs_k = step * BLOCK_K + tl.arange(0, BLOCK_K)
+    # A, built transposed ([BLOCK_K, BLOCK_M], pixels along the fast axis: each thread then
+    # keeps the per-pixel row state of a few pixels, not of a dozen)
+    tap = offs_k // CIN
+    ch = offs_k - tap * CIN
+    ih = oh[None, :] + (tap // 3 - 1)[:, None]
+    iw = ow[None, :] + (tap % 3 - 1)[:, None]
+    ok = (mask_m[None, :] & (offs_k < K_CONV)[:, None] & (ih >= 0) & (ih < H)
+          & (iw >= 0) & (iw < W))
+    a_t = tl.load(x_row + (ih * sx_h + iw * sx_w + (ch * sx_c)[:, None]), mask=ok, other=0.0)
+    if HAS_SC:
+        j = offs_k - K_CONV
+        ok_s = mask_m[None, :] & ((j >= 0) & (j < CS))[:, None]
+        a_t += tl.load(s_row + ((oh * ss_h + ow * ss_w)[None, :] + (j * ss_c)[:, None]),
+                       mask=ok_s, other=0.0)
+    a = tl.trans(a_t)
+    b = tl.load(w_ptr + offs_k[:, None] * COUT + offs_n[None, :],
+                mask=(offs_k < K_CONV + CS)[:, None] & mask_n[None, :], other=0.0)
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
 _SMALL_INT_ARGS = ["M", "H", "W", "CIN", "COUT_A", "CS",
                    "sx_n", "sx_c", "sx_h", "sx_w", "sr_n", "sr_c", "sr_h", "sr_w",
                    "ss_n", "ss_c", "ss_h", "ss_w", "sy_n", "sy_c", "sy_h", "sy_w"]
@@ -243,10 +276,13 @@ def _conv3x3_small_k_kernel(
     Args as for :func:`_conv3x3_fused_kernel`, except: channel counts ``CIN``, ``CS``
     and every x / s stride are plain (the gather needs no alignment);
     ``COUT_A`` and the n/h/w strides of r and y are divided by ``YA``; ``Y_CL``: y and r
-    have channel stride 1 (their ``*_c`` strides are then not read); ``K_STEPS`` =
-    ``cdiv(9*CIN + CS, BLOCK_K)`` (a constant: trip counts stay compile-time, also for the
-    interpreter).
-    Grid: ``cdiv(M, BLOCK_M) * cdiv(COUT, BLOCK_N)``, output-channel tiles fastest.
+    have channel stride 1 (their ``*_c`` strides are then not read); ``K_STEPS``: 0 on
+    the GPU (the ``cdiv(9*CIN + CS, BLOCK_K)`` steps counted at run time: a constant trip
+    count gets unrolled, and the unrolled steps' gathers spilled registers in AOT builds);
+    the interpreter gets it as a constant (triton 3.6's cannot ``range()`` over a run-time
+    value).
+    Grid: ``(cdiv(H*W, BLOCK_M) * cdiv(COUT, BLOCK_N), N)``: one image per program (its
+    offsets are then scalars; ``M`` is unused), output-channel tiles fastest.
     """
     COUT = COUT_A * YA
     sr_n = sr_n * YA
@@ -256,53 +292,32 @@ def _conv3x3_small_k_kernel(
     sy_h = sy_h * YA
     sy_w = sy_w * YA
 
+    # one image per program (axis 1): image offsets are scalars, per-pixel state is two ints
     pid = tl.program_id(0)
+    img64 = tl.program_id(1).to(tl.int64)
     num_n = tl.cdiv(COUT, BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    hw = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
+    mask_m = hw < H * W
     mask_n = offs_n < COUT
-
-    hw_size = H * W
-    img64 = (offs_m // hw_size).to(tl.int64)
-    hw = offs_m % hw_size
     oh = hw // W
     ow = hw % W
-    x_row = x_ptr + img64 * sx_n
-    s_row = s_ptr + img64 * ss_n + oh * ss_h + ow * ss_w
-    K_CONV = 9 * CIN
+    x_row = x_ptr + img64 * sx_n     # a scalar
+    s_row = s_ptr + img64 * ss_n     # a scalar
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if K_STEPS > 0:   # interpreter: a constant trip count
-        n_steps = K_STEPS
+        for step in range(0, K_STEPS):
+            acc = _flat_k_step(acc, step, x_row, s_row, oh, ow, mask_m, offs_n, mask_n, w_ptr,
+                               H, W, CIN, CS, COUT, sx_c, sx_h, sx_w, ss_c, ss_h, ss_w,
+                               HAS_SC, IEEE, BLOCK_K)
     else:             # GPU: a run-time loop (a constant one is unrolled: registers)
-        n_steps = tl.cdiv(K_CONV + CS, BLOCK_K)
-    for step in range(0, n_steps):
-        offs_k = step * BLOCK_K + tl.arange(0, BLOCK_K)
-        # A, built transposed ([BLOCK_K, BLOCK_M], pixels along the fast axis: each thread
-        # then keeps the per-pixel row state of a few pixels, not of a dozen): im2col of the
-        # 3x3 taps (k < 9*CIN), then the shortcut channels, then zeros
-        tap = offs_k // CIN
-        ch = offs_k - tap * CIN
-        ih = oh[None, :] + (tap // 3 - 1)[:, None]
-        iw = ow[None, :] + (tap % 3 - 1)[:, None]
-        ok = (mask_m[None, :] & (offs_k < K_CONV)[:, None] & (ih >= 0) & (ih < H)
-              & (iw >= 0) & (iw < W))
-        a_t = tl.load(x_row[None, :] + (ih * sx_h + iw * sx_w + (ch * sx_c)[:, None]), mask=ok,
-                      other=0.0)
-        if HAS_SC:
-            j = offs_k - K_CONV
-            ok_s = mask_m[None, :] & ((j >= 0) & (j < CS))[:, None]
-            a_t += tl.load(s_row[None, :] + (j * ss_c)[:, None], mask=ok_s, other=0.0)
-        a = tl.trans(a_t)
-        b = tl.load(w_ptr + offs_k[:, None] * COUT + offs_n[None, :],
-                    mask=(offs_k < K_CONV + CS)[:, None] & mask_n[None, :], other=0.0)
-        if IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+        for step in range(0, tl.cdiv(9 * CIN + CS, BLOCK_K)):
+            acc = _flat_k_step(acc, step, x_row, s_row, oh, ow, mask_m, offs_n, mask_n, w_ptr,
+                               H, W, CIN, CS, COUT, sx_c, sx_h, sx_w, ss_c, ss_h, ss_w,
+                               HAS_SC, IEEE, BLOCK_K)
 
     # ---- epilogue, in registers: bias, residual, ReLU, cast
     bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -315,12 +330,12 @@ def _conv3x3_small_k_kernel(
         yc = offs_n * sy_c
         rc = offs_n * sr_c
     if HAS_RES:
-        r = tl.load((r_ptr + img64 * sr_n + oh * sr_h + ow * sr_w)[:, None] + rc[None, :],
+        r = tl.load(r_ptr + img64 * sr_n + (oh * sr_h + ow * sr_w)[:, None] + rc[None, :],
                     mask=mask, other=0.0)
         acc = acc + r.to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    y = y_ptr + (img64 * sy_n + oh * sy_h + ow * sy_w)[:, None] + yc[None, :]
+    y = y_ptr + img64 * sy_n + (oh * sy_h + ow * sy_w)[:, None] + yc[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -355,13 +370,14 @@ INTERPRET_CONFIG = (128, 64, 32, 4, 1)
 # per-element addresses live in registers. The first config that suits a layer is the
 # default; on CUDA all that suit are autotuned over.
 SMALL_K_MAX = 64
-# Registers (ptxas, sm_80 / sm_90) were the constraint: the A tile is gathered transposed
-# (pixels on the fast axis) so per-pixel state is spread over the threads; 8 warps per
-# 128 pixels keep the common configs at <= 128 registers (2+ blocks per SM).
+# Registers (ptxas, sm_80 / sm_90, triton 3.6 and 3.9) were the constraint: the A tile is
+# gathered transposed (pixels on the fast axis), one image per program (scalar image
+# offsets), and 16-wide K steps: the defaults need 80-127 registers at 8 warps per 128
+# pixels (2+ blocks per SM); 32-wide steps need 150-210 under triton 3.6.
 SMALL_K_CONFIGS = {
-    "16bit": [(128, 64, 32, 8), (128, 64, 16, 8), (256, 64, 32, 16), (64, 64, 32, 4),
-              (128, 128, 32, 8)],
-    "fp32": [(128, 64, 16, 8), (64, 64, 16, 4), (128, 64, 32, 8)],
+    "16bit": [(128, 64, 16, 8), (256, 64, 16, 16), (64, 64, 16, 4), (128, 64, 32, 8),
+              (128, 128, 16, 8)],
+    "fp32": [(128, 64, 16, 8), (64, 64, 16, 4)],
 }
 SMALL_K_GENERIC_CONFIGS = {"16bit": [(64, 32, 16, 4)], "fp32": [(64, 32, 16, 4)]}
 SMALL_K_IEEE_CONFIGS = [(64, 32, 16, 4)]   # exact fp32: FMAs in registers
@@ -396,10 +412,9 @@ def shipped_configs() -> list[dict]:
 
 def shipped_small_k_configs() -> list[dict]:
     """Every variant of the flat-K kernel a CUDA launch may compile: dtype, ieee, output
-    alignment (Y_CL, YA), config and the largest ``K_STEPS`` it runs (``SMALL_K_MAX /
-    BLOCK_K``: the loop is not unrolled, so fewer steps compile to the same code). As for
-    :func:`shipped_configs`, fp16 shares the bf16 configs; the AOT build enables the
-    shortcut and the residual together."""
+    alignment (Y_CL, YA) and config (the K loop counts its steps at run time: one build per
+    variant serves every narrow K). As for :func:`shipped_configs`, fp16 shares the bf16
+    configs; the AOT build enables the shortcut and the residual together."""
     out = []
     for dtype, ieee, kind in ((torch.bfloat16, False, "16bit"), (torch.float32, False, "fp32"),
                               (torch.float32, True, "ieee")):
@@ -409,8 +424,7 @@ def shipped_small_k_configs() -> list[dict]:
                               (SMALL_K_GENERIC_CONFIGS[kind], (False, 1))])
         for cfgs, (y_cl, ya) in fams:
             for cfg in cfgs:
-                out.append(dict(dtype=dtype, ieee=ieee, y_cl=y_cl, ya=ya, config=cfg,
-                                k_steps=-(-SMALL_K_MAX // cfg[2])))
+                out.append(dict(dtype=dtype, ieee=ieee, y_cl=y_cl, ya=ya, config=cfg))
     return out
 
 
@@ -521,14 +535,15 @@ def _launch_small(cfg, x, packed, bias, residual, shortcut_input, y, relu, y_cl,
         st = t.stride()
         return st[0] // a, st[1], st[2] // a, st[3] // a
 
-    grid = (triton.cdiv(m, bm) * triton.cdiv(cout, bn),)
+    grid = (triton.cdiv(h * w, bm) * triton.cdiv(cout, bn), n)
     _conv3x3_small_k_kernel[grid](
         x, packed, bias, r, s, y,
         m, h, w, cin, cout // ya, cs,
         *strides(x, 1), *strides(r, ya), *strides(s, 1), *strides(y, ya),
         HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, RELU=relu,
         IEEE=ieee, Y_CL=y_cl, YA=ya, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        K_STEPS=triton.cdiv(9 * cin + cs, bk), num_warps=warps, num_stages=1)
+        K_STEPS=triton.cdiv(9 * cin + cs, bk) if _interpreting() else 0,
+        num_warps=warps, num_stages=1)
 
 
 def _tuned(key, cands, launch, x) -> tuple:
