@@ -63,6 +63,7 @@ class TrainConfig:
     batch_size: int = 8
     image_size: tuple[int, int] | None = None  # None: 512x512 (2-D sets), the crop (BraTS)
     patch: tuple[int, int] | None = None       # 2-D: train on patches at native resolution
+    patches_per_image: int = 1                  # with patch: patches cut per decoded image
     crop: int | None = 192                      # BraTS axial crop
     base_channels: int = 64
     depth: int = 5
@@ -147,6 +148,8 @@ def build_datasets(cfg: TrainConfig, splits=("train", "val")) -> list:
             extra = {"random_patches": split == "train"}
             if split == "train":
                 extra["context"] = patch_context(cfg)
+                if cfg.patches_per_image != 1:
+                    extra["patches_per_image"] = cfg.patches_per_image
         out.append(build_dataset(cfg.dataset, cfg.data_root, split, image_size=size, **kw,
                                  **extra))
     return out
@@ -349,6 +352,8 @@ def case_ids(dataset) -> list[int]:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training as configured; returns a summary of the run."""
     from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+
+    from .data.isic import GroupedSampler
     from tqdm import tqdm
 
     from .data import Augment
@@ -456,8 +461,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             break
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        sampler = (WeightedRandomSampler(weights, len(train_ds), replacement=True, generator=g)
-                   if weights is not None else RandomSampler(train_ds, generator=g))
+        if weights is not None:
+            sampler = WeightedRandomSampler(weights, len(train_ds), replacement=True, generator=g)
+        elif cfg.patches_per_image > 1:  # an image's patches together: decoded once
+            sampler = GroupedSampler(len(train_ds), cfg.patches_per_image, generator=g)
+        else:
+            sampler = RandomSampler(train_ds, generator=g)
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
                             num_workers=cfg.num_workers, pin_memory=pin,
                             drop_last=len(train_ds) > cfg.batch_size)
@@ -591,6 +600,11 @@ def _check_config(cfg: TrainConfig) -> None:
         if cfg.image_size is not None:
             raise ValueError("--patch trains on patches at each image's own resolution; "
                              "--image-size (resize) does not apply with it")
+    if cfg.patches_per_image < 1:
+        raise ValueError(f"patches_per_image must be >= 1, got {cfg.patches_per_image}")
+    if cfg.patches_per_image != 1 and cfg.patch is None:
+        raise ValueError("--patches-per-image needs --patch (it cuts several random patches "
+                         "from each decoded image)")
     if not (cfg.tumour_weight > 0 and math.isfinite(cfg.tumour_weight)):
         raise ValueError(f"tumour_weight must be a positive number (1 = uniform sampling), "
                          f"got {cfg.tumour_weight}")
@@ -665,6 +679,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="2-D: train on random S x S patches of the images at their own "
                         "resolution (validation: whole images in S x S tiles); evaluate / "
                         "predict then default to --window S")
+    p.add_argument("--patches-per-image", type=int, default=1, metavar="K",
+                   help="with --patch: K random patches per image and epoch, drawn one after "
+                        "another so that each image is decoded once for K patches (large "
+                        "JPEGs without --cache-images; an epoch is then K times as long; "
+                        "batch size a multiple of K keeps an image's patches in one batch)")
     p.add_argument("--crop", type=int, default=192, help="BraTS: centre crop of the axial slices")
     p.add_argument("--base-channels", type=int, default=64)
     p.add_argument("--depth", type=int, default=5)

@@ -483,3 +483,60 @@ def test_patches_stay_aligned_with_their_masks(tmp_path):
         ImageMaskFolder(tmp_path, "all", patch=(16, 16), image_size=(8, 8))
     with pytest.raises(ValueError, match="patch"):
         ImageMaskFolder(tmp_path, "all", patch=(0, 16))
+
+
+def test_grouped_sampler_keeps_groups_together():
+    from raunet_fast.data.isic import GroupedSampler
+
+    s = list(GroupedSampler(12, 3, torch.Generator().manual_seed(0)))
+    assert sorted(s) == list(range(12)) and len(GroupedSampler(12, 3)) == 12
+    groups = [s[i:i + 3] for i in range(0, 12, 3)]
+    assert all(g == list(range(g[0], g[0] + 3)) and g[0] % 3 == 0 for g in groups)
+    orders = {tuple(GroupedSampler(40, 4, torch.Generator().manual_seed(k))) for k in range(5)}
+    assert len(orders) > 1  # shuffled
+    assert list(GroupedSampler(40, 4, torch.Generator().manual_seed(7))) == \
+        list(GroupedSampler(40, 4, torch.Generator().manual_seed(7)))  # reproducible
+    with pytest.raises(ValueError, match="whole groups"):
+        GroupedSampler(10, 3)
+
+
+def test_patches_per_image_decodes_each_image_once(tmp_path, monkeypatch):
+    """``patches_per_image`` K: K random patches per image (item j from image j // K), each
+    aligned with its mask and at its own position; in grouped order every image is decoded
+    once for its K patches (no cache)."""
+    from raunet_fast.data import isic
+    from raunet_fast.data.isic import GroupedSampler
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i, (h, w) in enumerate([(40, 37), (33, 50), (29, 29)]):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / "images" / f"q{i}.png")
+        Image.fromarray(((img[..., 0] > 127) * 255).astype(np.uint8)).save(
+            tmp_path / "masks" / f"q{i}.png")
+    reads = []
+    real = isic.read_image
+
+    def counting(path, *a, **kw):
+        reads.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(isic, "read_image", counting)
+    ds = ImageMaskFolder(tmp_path, "all", patch=(12, 12), random_patches=True,
+                         patches_per_image=4)
+    assert len(ds) == 12
+    order = list(GroupedSampler(len(ds), 4, torch.Generator().manual_seed(1)))
+    corners = {}
+    for j in order:
+        item = ds[j]
+        assert item["case"] == j // 4
+        assert torch.equal(item["mask"][0] > 0.5, item["image"][0] > 127.5 / 255)
+        corners.setdefault(j // 4, set()).add(tuple(item["image"][:, 0, 0].tolist()))
+    assert sorted(reads) == sorted(f"q{i}.png" for i in range(3)), reads  # once per image
+    assert all(len(c) > 1 for c in corners.values())  # K patches at K positions
+    with pytest.raises(ValueError, match="patches_per_image"):
+        ImageMaskFolder(tmp_path, "all", patch=(12, 12), patches_per_image=2)  # tiles
+    with pytest.raises(ValueError, match="patches_per_image"):
+        ImageMaskFolder(tmp_path, "all", patch=(12, 12), random_patches=True,
+                        patches_per_image=0)

@@ -209,6 +209,19 @@ def test_isic_patch_training_and_windowed_evaluation(isic_root, tmp_path, capsys
     assert tr.index is None and tr.random_patches and len(tr) == len(tr.names)
     assert tr.context == (4, 4) and tr[0]["image"].shape == (3, 24, 24)  # ceil(0.21 * 16)
     assert va.index is not None and len(va) > len(va.names) and "valid" in va[0]
+    # several patches per decoded image: K x the items, an image's patches in a row
+    tr2, _ = build_datasets(TrainConfig(data_root=str(isic_root), out=str(tmp_path / "x"),
+                                        dataset="isic2018", patch=(16, 16), patches_per_image=3))
+    assert len(tr2) == 3 * len(tr2.names) and tr2[5]["case"] == 1
+    run3 = tmp_path / "run3"
+    assert cli.main([*args[:-len(TINY)], *TINY, "--out", str(run3), "--patches-per-image", "2",
+                     "--max-steps-per-epoch", "2"]) == 0
+    log = read_csv(run3 / "log.csv")
+    assert len(log) == 1 and float(log[0]["val_dice"]) >= 0
+    capsys.readouterr()
+    assert cli.main(isic_train_args(isic_root, tmp_path / "r4", 1, "--patches-per-image",
+                                    "2")) == 2
+    assert "--patches-per-image needs --patch" in capsys.readouterr().err
     # export sizes a patch checkpoint's static program at its patch
     assert cli.main(["export", "--checkpoint", str(run / "best"), "--out",
                      str(tmp_path / "m.pt2"), "--static"]) == 0

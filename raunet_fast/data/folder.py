@@ -45,7 +45,8 @@ class ImageMaskFolder(SegmentationFolder2D):
                  fractions: tuple[float, float] = (0.15, 0.15), seed: int = 0,
                  images_dir: str = "images", masks_dir: str = "masks", grayscale: bool = False,
                  cache: bool = False, patch: tuple[int, int] | None = None,
-                 random_patches: bool = False, context: tuple[int, int] = (0, 0)):
+                 random_patches: bool = False, context: tuple[int, int] = (0, 0),
+                 patches_per_image: int = 1):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder root {root} is not a directory")
@@ -76,4 +77,5 @@ class ImageMaskFolder(SegmentationFolder2D):
             pairs.append((name, images[name], mask))
         self.root, self.split = root, split
         super().__init__(pairs, image_size, cache, mode="L" if grayscale else "RGB",
-                         patch=patch, random_patches=random_patches, context=context)
+                         patch=patch, random_patches=random_patches, context=context,
+                         patches_per_image=patches_per_image)

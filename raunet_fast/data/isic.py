@@ -50,7 +50,11 @@ class SegmentationFolder2D(Dataset):
     uint8 arrays, not float tensors. ``context`` (cy, cx), random patches only: each item is
     the patch with ``cy`` / ``cx`` more pixels of the image on every side (zeros beyond it),
     so that rotations and deformations see real surroundings; the trainer cuts the patch
-    out of the middle after augmenting.
+    out of the middle after augmenting. ``patches_per_image`` K, random patches only: K
+    items per image (item ``j`` is a patch of image ``j // K``, each at its own random
+    position); consecutive items of one image decode it once (the last decoded image is
+    kept), so a sampler that keeps an image's K items together (:class:`GroupedSampler`)
+    decodes each image once for K patches.
     """
 
     channels = 3
@@ -59,7 +63,8 @@ class SegmentationFolder2D(Dataset):
     def __init__(self, pairs: list[tuple[str, Path, Path | None]],
                  image_size: tuple[int, int] | None = None, cache: bool = False,
                  mode: str = "RGB", patch: tuple[int, int] | None = None,
-                 random_patches: bool = False, context: tuple[int, int] = (0, 0)):
+                 random_patches: bool = False, context: tuple[int, int] = (0, 0),
+                 patches_per_image: int = 1):
         if not pairs:
             raise ValueError(f"{type(self).__name__}: no cases found")
         self.names = [p[0] for p in pairs]
@@ -79,6 +84,12 @@ class SegmentationFolder2D(Dataset):
         self.context = (int(context[0]), int(context[1])) if random_patches else (0, 0)
         if min(self.context) < 0:
             raise ValueError(f"context must be >= 0, got {context}")
+        if int(patches_per_image) < 1:
+            raise ValueError(f"patches_per_image must be >= 1, got {patches_per_image}")
+        if patches_per_image != 1 and not random_patches:
+            raise ValueError("patches_per_image is for random training patches (patch and "
+                             "random_patches=True)")
+        self.patches_per_image = int(patches_per_image)
         self._last: tuple[int, tuple] | None = None  # the last decoded image (tiles in a row)
         self.index: list[tuple[int, int, int]] | None = None
         if self.patch is not None and not random_patches:
@@ -89,7 +100,9 @@ class SegmentationFolder2D(Dataset):
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def __len__(self) -> int:
-        return len(self.names) if self.index is None else len(self.index)
+        if self.index is not None:
+            return len(self.index)
+        return len(self.names) * self.patches_per_image
 
     def _tile_index(self) -> list[tuple[int, int, int]]:
         from PIL import Image
@@ -163,7 +176,7 @@ class SegmentationFolder2D(Dataset):
         if self.index is not None:
             i, y, x = self.index[j]
         else:
-            i = j
+            i = j // self.patches_per_image
         image, mask = self._raw(i)
         h, w = image.shape[:2]
         hp, wp = max(h, ph), max(w, pw)
@@ -228,7 +241,8 @@ class ISIC2018(SegmentationFolder2D):
     def __init__(self, root: str | Path, split: str = "train",
                  image_size: tuple[int, int] | None = None, require_masks: bool = True,
                  cache: bool = False, patch: tuple[int, int] | None = None,
-                 random_patches: bool = False, context: tuple[int, int] = (0, 0)):
+                 random_patches: bool = False, context: tuple[int, int] = (0, 0),
+                 patches_per_image: int = 1):
         root = Path(root)
         if split not in SPLIT_NAMES:
             raise ValueError(f"ISIC 2018 split must be one of {sorted(SPLIT_NAMES)}, got {split!r}")
@@ -261,4 +275,26 @@ class ISIC2018(SegmentationFolder2D):
             pairs.append((case, p, mask))
         self.root, self.split, self.input_dir, self.truth_dir = root, split, in_dir, gt_dir
         super().__init__(pairs, image_size, cache, patch=patch, random_patches=random_patches,
-                         context=context)
+                         context=context, patches_per_image=patches_per_image)
+
+
+class GroupedSampler(torch.utils.data.Sampler):
+    """Random order of groups of ``group`` consecutive indices: ``[g*group, ...,
+    g*group + group - 1]`` for the groups ``g`` in a random permutation (torch
+    ``generator``). For a dataset with ``patches_per_image = group``, an image's patches
+    come one after another, so a DataLoader worker decodes the image once for all of them
+    (when ``batch_size`` is a multiple of ``group`` each batch holds whole groups; otherwise
+    a group split across batches may be decoded twice). ``len(dataset)`` must be a multiple
+    of ``group``."""
+
+    def __init__(self, n: int, group: int, generator: torch.Generator | None = None):
+        if group < 1 or n % group:
+            raise ValueError(f"GroupedSampler: {n} items are not whole groups of {group}")
+        self.n, self.group, self.generator = n, group, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for g in torch.randperm(self.n // self.group, generator=self.generator).tolist():
+            yield from range(g * self.group, (g + 1) * self.group)
