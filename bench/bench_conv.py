@@ -185,7 +185,7 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
         out["cudnn-fused"] = cudnn_fused
     if x.is_cuda and narrow_input(x.shape[1]):
         # the narrow first conv alone (+ bias + ReLU): cuDNN vs the Triton flat-K kernel,
-        # the choice "auto" times on first use (ops.conv3x3.NARROW); conv1-floor is the bare
+        # the choice "auto" times on first use (ops.conv3x3.AUTO_PICK); conv1-floor is the bare
         # cuDNN conv, conv1-write the output's memory traffic (a fill of its size)
         c1b = b1.to(x.device, dtype)
         one = (1, 1)

@@ -339,6 +339,105 @@ def _conv3x3_small_k_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _tma_tap(acc, it, k_chunks, x_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M: tl.constexpr,
+             BLOCK_K: tl.constexpr):
+    """K step ``it`` of the TMA kernel: tap ``it // k_chunks``, channel chunk
+    ``it % k_chunks``: the ``[1, 1, BLOCK_M, BLOCK_K]`` box of x one row / column off
+    (outside the image: zeros, by the TMA unit), times packed weight rows
+    ``tap*CIN + c0 ...`` (rows of the next tap where ``CIN % BLOCK_K != 0`` meet zero
+    channels of the box, so they add nothing)."""
+    tap = it // k_chunks
+    c0 = (it - tap * k_chunks) * BLOCK_K
+    a = x_desc.load([n, h + tap // 3 - 1, w0 + tap % 3 - 1, c0]).reshape(BLOCK_M, BLOCK_K)
+    b = w_desc.load([tap * CIN + c0, n0])
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    """K step ``it`` of the 1x1 shortcut: shortcut channels ``it*BLOCK_K ...`` at the tile's
+    own pixels, times packed weight rows ``9*CIN + ...``."""
+    a = s_desc.load([n, h, w0, it * BLOCK_K]).reshape(BLOCK_M, BLOCK_K)
+    b = w_desc.load([9 * CIN + it * BLOCK_K, n0])
+    return tl.dot(a, b, acc)
+
+
+@triton.jit(do_not_specialize=["H", "W", "CIN", "CS", "COUT"])
+def _conv3x3_tma_kernel(
+    x_desc, w_desc, s_desc, r_desc, y_desc, b_ptr,
+    H, W, CIN, CS, COUT,
+    HAS_RES: tl.constexpr, HAS_SC: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_ITERS: tl.constexpr = 0, SC_ITERS: tl.constexpr = 0,
+):
+    """The op of :func:`_conv3x3_fused_kernel` on Hopper: every operand moved by the TMA
+    unit (tensor descriptors), multiply-accumulate by ``wgmma`` straight from shared memory.
+
+    A program computes ``BLOCK_M`` consecutive pixels of one image row (``[1, 1, BLOCK_M,
+    C]`` boxes of channels-last 4-D descriptors ``[N, H, W, C]``) x ``BLOCK_N`` output
+    channels. Tap (dy, dx) of the 3x3 kernel is the same box moved by one row / column;
+    where it leaves the image the TMA unit fills zeros - the convolution's padding, with no
+    address arithmetic or masks in the K loop, so Triton pipelines it as a plain GEMM
+    (asynchronous copies into a ``num_stages`` ring, asynchronous ``wgmma``). The 1x1
+    shortcut follows in the same accumulator; the epilogue (bias, residual box, ReLU, cast)
+    is stored by TMA too, which clips the partial tiles at the right edge.
+
+    Args:
+        x_desc / s_desc: ``[N, H, W, CIN|CS]`` descriptors of x / the shortcut input,
+            block ``[1, 1, BLOCK_M, BLOCK_K]`` (s_desc: any such descriptor when not HAS_SC).
+        w_desc: ``[9*CIN + CS, COUT]`` descriptor of the packed weights, block
+            ``[BLOCK_K, BLOCK_N]`` (:func:`raunet_fast.ops.conv3x3.pack_weights`).
+        r_desc / y_desc: ``[N, H, W, COUT]`` descriptors of the residual / output, block
+            ``[1, 1, BLOCK_M, BLOCK_N]`` (r_desc: any such when not HAS_RES).
+        b_ptr: fp32 bias ``[COUT]``.
+        K_ITERS, SC_ITERS: 0 on the GPU; trip counts as constants for the interpreter.
+    Grid: ``cdiv(COUT, BLOCK_N) * cdiv(W, BLOCK_M) * N * H``, output-channel tiles fastest,
+    then along the row, then rows: programs running together share input rows in L2.
+    """
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(COUT, BLOCK_N)
+    tiles_w = tl.cdiv(W, BLOCK_M)
+    pid_n = pid % num_n
+    t = pid // num_n
+    w0 = (t % tiles_w) * BLOCK_M
+    row = t // tiles_w
+    n = row // H
+    h = row % H
+    n0 = pid_n * BLOCK_N
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_chunks = tl.cdiv(CIN, BLOCK_K)
+    if K_ITERS > 0:   # interpreter: constant trip count
+        for it in range(0, K_ITERS):
+            acc = _tma_tap(acc, it, k_chunks, x_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
+                           BLOCK_K)
+    else:
+        for it in range(0, 9 * k_chunks):
+            acc = _tma_tap(acc, it, k_chunks, x_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
+                           BLOCK_K)
+    if HAS_SC:
+        if SC_ITERS > 0:
+            for it in range(0, SC_ITERS):
+                acc = _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
+                                    BLOCK_K)
+        else:
+            for it in range(0, tl.cdiv(CS, BLOCK_K)):
+                acc = _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
+                                    BLOCK_K)
+
+    # ---- epilogue: bias, residual, ReLU, cast; stored by TMA (partial tiles clipped)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    bias = tl.load(b_ptr + offs_n, mask=offs_n < COUT, other=0.0)
+    acc = acc + bias[None, :]
+    if HAS_RES:
+        acc = acc + r_desc.load([n, h, w0, n0]).reshape(BLOCK_M, BLOCK_N).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_desc.store([n, h, w0, n0], acc.to(y_desc.dtype).reshape(1, 1, BLOCK_M, BLOCK_N))
+
+
 # ------------------------------------------------------------------ configs (data)
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Two families per dtype:
 # ALIGNED for channels-last layers whose x / y (and residual) channel counts and strides are
@@ -408,6 +507,74 @@ def shipped_configs() -> list[dict]:
     for cfg in IEEE_CONFIGS:
         out.append(dict(dtype=torch.float32, ieee=True, aligns=(1, 1, 1), config=cfg))
     return out
+
+
+# Hopper (sm_90+) TMA kernel: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_M
+# pixels of one image row, so only layers at least TMA_MIN_WIDTH wide take it (level 5 of a
+# 512 x 512 network, 32 wide, keeps the pointer kernel / cuDNN). Every config's K loop
+# compiles to TMA copies + asynchronous wgmma from shared memory (AOT-checked); a box of
+# several rows would be reshaped through registers instead, so none is shipped.
+TMA_MIN_WIDTH = 64
+TMA_CONFIGS = {
+    "16bit": [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
+              (64, 128, 64, 4, 4), (128, 256, 64, 8, 3)],
+    "fp32": [(128, 64, 32, 4, 3), (64, 64, 32, 4, 4)],
+}
+TMA_INTERPRET_CONFIG = (64, 32, 16, 4, 1)   # the interpreter: small tiles, several K steps
+#: "auto": the TMA kernel where it applies on sm_90+ GPUs; "off": never; "interpret": also
+#: under the Triton interpreter (tests; there "auto" leaves it out)
+TMA = {"mode": os.environ.get("RAUNET_CONV_TMA", "auto")}
+
+
+def shipped_tma_configs() -> list[dict]:
+    """Every variant of the TMA kernel a launch may compile (sm_90+ only): dtype and config;
+    fp16 shares the bf16 configs."""
+    return [dict(dtype=dtype, config=cfg)
+            for dtype, kind in ((torch.bfloat16, "16bit"), (torch.float32, "fp32"))
+            for cfg in TMA_CONFIGS[kind]]
+
+
+def _tma_aligned(t: torch.Tensor) -> bool:
+    """``t`` (N x C x H x W) is channels-last with 16-byte-aligned base and strides: a valid
+    4-D ``[N, H, W, C]`` TMA descriptor."""
+    item = t.element_size()
+    return (t.stride(1) == 1 and t.data_ptr() % 16 == 0
+            and all((st * item) % 16 == 0 for st in (t.stride(0), t.stride(2), t.stride(3))))
+
+
+def tma_applies(x: torch.Tensor, residual: torch.Tensor | None,
+                shortcut_input: torch.Tensor | None, out: torch.Tensor | int,
+                ieee: bool) -> bool:
+    """Whether a launch takes the TMA kernel: sm_90+ (or the interpreter when
+    ``TMA["mode"] == "interpret"``), no exact-fp32 request, fp32/fp16/bf16 operands of one
+    dtype, all channels-last and TMA-aligned (channel counts a multiple of 16 bytes), and
+    the image at least :data:`TMA_MIN_WIDTH` wide. ``out``: the output tensor, or its
+    channel count for an output the launcher will allocate in x's layout."""
+    mode = TMA["mode"]
+    if mode == "off" or ieee or x.shape[3] < TMA_MIN_WIDTH:
+        return False
+    if _interpreting():
+        if mode != "interpret":
+            return False
+    elif not (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9):
+        return False
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    cout = out if isinstance(out, int) else out.shape[1]
+    ts = [t for t in (x, residual, shortcut_input, None if isinstance(out, int) else out)
+          if t is not None]
+    return all(t.dtype == x.dtype and _tma_aligned(t) for t in ts) and \
+        (cout * x.element_size()) % 16 == 0
+
+
+def tma_candidates(cout: int, w: int, dtype: torch.dtype) -> list[tuple]:
+    """TMA configs worth trying for one layer (the default first)."""
+    if _interpreting():
+        return [TMA_INTERPRET_CONFIG]
+    cfgs = TMA_CONFIGS[_kind(dtype)]
+    out = [c for c in cfgs if c[0] <= max(w, 64) and not (cout <= 64 and c[1] > 64)
+           and not (cout < 256 and c[1] > 128)]
+    return out or [cfgs[-1]]
 
 
 def shipped_small_k_configs() -> list[dict]:
@@ -546,6 +713,35 @@ def _launch_small(cfg, x, packed, bias, residual, shortcut_input, y, relu, y_cl,
         num_warps=warps, num_stages=1)
 
 
+def _launch_tma(cfg, x, packed, bias, residual, shortcut_input, y, relu):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    bm, bn, bk, warps, stages = cfg
+    n, cin, h, w = x.shape
+    cout = y.shape[1]
+    cs = shortcut_input.shape[1] if shortcut_input is not None else 0
+
+    def nhwc(t, block_c):
+        st = t.stride()
+        return TensorDescriptor(t, [t.shape[0], t.shape[2], t.shape[3], t.shape[1]],
+                                [st[0], st[2], st[3], st[1]], [1, 1, bm, block_c])
+
+    x_desc = nhwc(x, bk)
+    y_desc = nhwc(y, bn)
+    w_desc = TensorDescriptor(packed, list(packed.shape), list(packed.stride()), [bk, bn])
+    s_desc = nhwc(shortcut_input, bk) if shortcut_input is not None else x_desc
+    r_desc = nhwc(residual, bn) if residual is not None else y_desc
+    interp = _interpreting()
+    grid = (triton.cdiv(cout, bn) * triton.cdiv(w, bm) * n * h,)
+    _conv3x3_tma_kernel[grid](
+        x_desc, w_desc, s_desc, r_desc, y_desc, bias, h, w, cin, cs, cout,
+        HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, RELU=relu,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        K_ITERS=9 * triton.cdiv(cin, bk) if interp else 0,
+        SC_ITERS=triton.cdiv(cs, bk) if interp and cs else 0,
+        num_warps=warps, num_stages=stages)
+
+
 def _tuned(key, cands, launch, x) -> tuple:
     """The config for ``key``: the first candidate, or on CUDA (several candidates,
     ``RAUNET_FAST_AUTOTUNE`` not 0, not capturing a CUDA graph) the fastest of them, timed
@@ -598,6 +794,15 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
                      lambda c: _launch_small(c, x, packed, bias, residual, shortcut_input, out,
                                              relu, y_cl, ieee, ya), x)
         _launch_small(cfg, x, packed, bias, residual, shortcut_input, out, relu, y_cl, ieee, ya)
+        return out
+    if tma_applies(x, residual, shortcut_input, out, ieee):
+        b32 = bias if bias.dtype == torch.float32 else bias.float()
+        key = ("tma", cin, cout, cs, x.dtype, residual is not None, w >= 128, size_class,
+               x.device.index)
+        cfg = _tuned(key, tma_candidates(cout, w, x.dtype),
+                     lambda c: _launch_tma(c, x, packed, b32, residual, shortcut_input, out,
+                                           relu), x)
+        _launch_tma(cfg, x, packed, b32, residual, shortcut_input, out, relu)
         return out
     tensors = [t for t in (x, residual, shortcut_input, out) if t is not None]
     channels_last = all(_channel_stride_one(t) for t in tensors)

@@ -320,12 +320,90 @@ def test_conv_triton_small_k_routing(monkeypatch):
         assert (list(k._TUNED)[0][0] == "small") == small, (cin, cs)
 
 
-def test_auto_narrow_pick_faster(monkeypatch):
-    """The one-time backend choice for narrow layers on CUDA ("auto"): the faster candidate
-    by the timer, remembered per key; a failing candidate is out; none left -> default."""
+def _tma_variants():
+    from raunet_fast.kernels import conv3x3 as k
+
+    return k.shipped_tma_configs()
+
+
+# the Hopper TMA kernel, run by the interpreter (which models descriptors, zero fill of
+# out-of-bounds boxes included): rows at least TMA_MIN_WIDTH wide, partial row tiles, Cin
+# not a multiple of BLOCK_K (chunks reaching into the next tap's weight rows), a partial
+# output-channel tile; channels-last, 16-byte aligned channel counts
+TMA_CASES = [  # n, cin, cout, h, w, cs
+    (2, 24, 40, 3, 70, 8),
+    (1, 16, 32, 2, 64, 24),
+    (1, 8, 16, 4, 100, 16),
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", TMA_CASES, ids=lambda s: "x".join(map(str, s)))
+def test_conv_triton_interpreter_tma(monkeypatch, dtype, shape):
+    from raunet_fast.kernels import conv3x3 as k
+
+    monkeypatch.setitem(k.TMA, "mode", "interpret")
+    *dims, cs = shape
+    for i, epilogue in enumerate(EPILOGUES):
+        relu = i != 1
+        monkeypatch.setattr(k, "_TUNED", {})
+        args, kw, kk = make_case(*dims, epilogue, dtype=dtype, channels_last=True, cs=cs)
+        check("triton", args, kw, kk, relu, dtype, f"TMA {dtype} {shape} {epilogue} relu={relu}")
+        assert [key[0] for key in k._TUNED] == ["tma"], "TMA kernel not used"
+
+
+@interpreter_only
+def test_conv_triton_tma_routing(monkeypatch):
+    """The TMA kernel only where it applies; elsewhere the pointer kernel, same results."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    monkeypatch.setitem(k.TMA, "mode", "interpret")
+    cases = [((1, 16, 32, 2, 63), True, "narrower than TMA_MIN_WIDTH"),
+             ((1, 16, 32, 2, 64), False, "NCHW"),
+             ((1, 12, 32, 2, 64), True, "fp16 Cin 12: 24-byte pixels")]
+    for dims, cl, why in cases:
+        monkeypatch.setattr(k, "_TUNED", {})
+        dtype = torch.float16 if "fp16" in why else torch.float32
+        args, kw, kk = make_case(*dims, "residual", dtype=dtype, channels_last=cl)
+        if not cl:
+            args = (args[0].contiguous(),) + args[1:]
+        check("triton", args, kw, kk, True, dtype, why)
+        assert [key[0] for key in k._TUNED] != ["tma"], why
+    monkeypatch.setitem(k.TMA, "mode", "auto")   # the interpreter leaves it out by default
+    monkeypatch.setattr(k, "_TUNED", {})
+    args, kw, kk = make_case(1, 16, 32, 2, 64, "none", channels_last=True)
+    check("triton", args, kw, kk, True, torch.float32, "auto mode, interpreter")
+    assert [key[0] for key in k._TUNED] != ["tma"]
+
+
+@interpreter_only
+@pytest.mark.parametrize("variant", [pytest.param(v, id="{}x{}x{}-w{}s{}-{}".format(
+    *v["config"], str(v["dtype"])[6:])) for v in _tma_variants()] if not HAS_CUDA else [])
+def test_conv_triton_interpreter_tma_configs(monkeypatch, variant):
+    """Every TMA config shipped for the GPU, in the interpreter (fp32 for the fp32 configs,
+    fp16 for the 16-bit ones): its tile sizes' partial tiles and chunking."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    monkeypatch.setitem(k.TMA, "mode", "interpret")
+    monkeypatch.setattr(k, "tma_candidates", lambda *a, **kw: [variant["config"]])
+    monkeypatch.setattr(k, "_TUNED", {})
+    dtype = torch.float32 if variant["dtype"] == torch.float32 else torch.float16
+    bm, bn, bk = variant["config"][:3]
+    # a row and a half of tiles, Cin = 1.5 chunks, Cout = 1.5 output tiles
+    args, kw, kk = make_case(1, bk + bk // 2, bn + bn // 2, 2, bm + bm // 2, "shortcut",
+                             dtype=dtype, channels_last=True, cs=bk // 2)
+    check("triton", args, kw, kk, True, dtype, f"TMA config {variant['config']}")
+    assert [key[0] for key in k._TUNED] == ["tma"]
+
+
+def test_auto_pick_faster(monkeypatch):
+    """The one-time backend choice on CUDA where Triton contends ("auto"): the faster
+    candidate by the timer, remembered per key; a failing candidate is out; none left ->
+    default."""
     from raunet_fast.ops import conv3x3 as op
 
-    monkeypatch.setattr(op, "_NARROW_PICK", {})
+    monkeypatch.setattr(op, "_PICKED", {})
     calls = []
     cands = {"triton": lambda: calls.append("triton"), "cudnn": lambda: calls.append("cudnn")}
     ms = {"triton": 0.5, "cudnn": 0.9}
@@ -345,8 +423,7 @@ def test_auto_narrow_pick_faster(monkeypatch):
     assert op.pick_faster(("c",), {"triton": boom, "cudnn": cands["cudnn"]}, timer,
                           "triton") == "cudnn"
     assert op.pick_faster(("d",), {"triton": boom}, timer, "cudnn") == "cudnn"
-    assert op._NARROW_PICK == {("a",): "triton", ("b",): "cudnn", ("c",): "cudnn",
-                               ("d",): "cudnn"}
+    assert op._PICKED == {("a",): "triton", ("b",): "cudnn", ("c",): "cudnn", ("d",): "cudnn"}
 
 
 def _small_k_variants():
@@ -651,20 +728,54 @@ def test_fused_block_gpu(monkeypatch, backend, dtype):
 @requires_cuda
 @pytest.mark.parametrize("mode", ["tune", "triton", "cudnn"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_auto_narrow_gpu(no_tf32, monkeypatch, mode, dtype):
-    """"auto" on a narrow first conv (Cin 3 and 4 -> 64, ReLU): whichever backend the
-    one-time timing (or RAUNET_CONV_NARROW) picks agrees with the fp64 reference, every
-    epilogue, and the pick is remembered."""
+def test_auto_pick_gpu(no_tf32, monkeypatch, mode, dtype):
+    """"auto" where Triton contends with cuDNN (narrow first convs, Cin 3 / 4; on sm_90+
+    TMA-aligned layers, with a projection and a residual): whichever backend the one-time
+    timing (or RAUNET_CONV_AUTO) picks agrees with the fp64 reference, and the pick is
+    remembered."""
     from raunet_fast.ops import conv3x3 as op
 
-    monkeypatch.setitem(op.NARROW, "mode", mode)
-    monkeypatch.setattr(op, "_NARROW_PICK", {})
-    for cin, epilogue in ((3, "none"), (4, "residual"), (3, "shortcut")):
-        args, kw, k = make_case(2, cin, 64, 37, 29, epilogue, dtype=dtype, device="cuda",
-                                channels_last=True, cs=3)
-        check("auto", args, kw, k, True, dtype, f"auto narrow {mode} {dtype} {cin} {epilogue}")
-    assert (len(op._NARROW_PICK) == 3) == (mode == "tune")
-    assert set(op._NARROW_PICK.values()) <= {"triton", "cudnn"}
+    monkeypatch.setitem(op.AUTO_PICK, "mode", mode)
+    monkeypatch.setattr(op, "_PICKED", {})
+    cases = [(3, 64, "none", 3), (4, 64, "residual", 3), (3, 64, "shortcut", 3),
+             (64, 128, "shortcut", 64), (32, 64, "residual", 32)]
+    for cin, cout, epilogue, cs in cases:
+        args, kw, k = make_case(2, cin, cout, 9, 70, epilogue, dtype=dtype, device="cuda",
+                                channels_last=True, cs=cs)
+        check("auto", args, kw, k, True, dtype, f"auto {mode} {dtype} {cin} {epilogue}")
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    if mode == "tune":   # fp32 with TF32 off: exact products requested, no TMA contender
+        assert len(op._PICKED) == 3 + (2 if hopper and dtype != torch.float32 else 0)
+    else:
+        assert not op._PICKED
+    assert set(op._PICKED.values()) <= {"triton", "cudnn"}
+
+
+@requires_cuda
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability()[0] < 9,
+                    reason="the TMA kernel needs sm_90+")
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
+def test_conv_gpu_tma(monkeypatch, dtype):
+    """The Hopper TMA kernel on the GPU (fp32 as TF32: the kernel's only fp32 mode; exact
+    fp32 takes the pointer kernel): partial row / channel tiles, Cin not a multiple of the
+    K chunk, every epilogue, against fp64; the launch took the TMA path."""
+    from raunet_fast.kernels import conv3x3 as k
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(k, "_TUNED", {})
+    for shape in ((2, 24, 40, 5, 70, 8), (1, 96, 128, 6, 200, 64), (3, 64, 64, 4, 64, 32)):
+        *dims, cs = shape
+        for i, epilogue in enumerate(EPILOGUES):
+            args, kw, kk = make_case(*dims, epilogue, dtype=dtype, device="cuda",
+                                     channels_last=True, cs=cs)
+            want, mag = reference(*args, relu=i != 1, parts=True, **kw)
+            y = conv3x3_fused(*args, relu=i != 1, backend="triton", **kw)
+            if dtype == torch.float32:   # TF32 products: 10-bit mantissas
+                assert_close_report(y.double().cpu(), want, 3e-3, 3e-3, f"TMA tf32 {shape}")
+            else:
+                assert_parity(y, want, dtype, k=kk, scale=mag, roundings=3,
+                              what=f"TMA {dtype} {shape} {epilogue}")
+    assert any(key[0] == "tma" for key in k._TUNED), "TMA kernel not used"
 
 
 @requires_cuda

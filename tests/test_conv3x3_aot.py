@@ -1,6 +1,8 @@
 """Ahead-of-time builds of the conv3x3_fused kernels for sm_80 and sm_90, no GPU needed.
 
-* every shipped Triton config (``kernels/conv3x3.py: shipped_configs()``) compiles for both
+* every shipped Triton config (``kernels/conv3x3.py: shipped_configs()``, the flat-K
+  kernel's ``shipped_small_k_configs()``; the TMA kernel's ``shipped_tma_configs()`` for
+  sm_90 only, which must compile to TMA copies feeding wgmma) compiles for both
   architectures, with zero register spills and shared memory within the GPU's limit;
   table columns: align = XA/SA/YA (16: aligned channels-last x / shortcut / output; "cf":
   channels-first NCHW build), epi = shortcut K loop + residual tile (both on: an upper
@@ -116,6 +118,53 @@ def test_conv_aot_triton_small_k_configs(record_property, capsys):
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, \
             f"{what}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads"
         assert r["shared"] <= SHARED_LIMIT[r["arch"]], f"{what}: {r['shared']} B shared memory"
+
+
+def _tma_jobs():
+    pytest.importorskip("triton")
+    from raunet_fast.kernels import conv3x3 as k
+
+    jobs = []
+    for v in k.shipped_tma_configs():
+        bm, bn, bk, warps, stages = v["config"]
+        t = TRITON_TYPES[v["dtype"]]
+        consts = dict(HAS_RES=True, HAS_SC=True, RELU=True, BLOCK_M=bm, BLOCK_N=bn,
+                      BLOCK_K=bk, K_ITERS=0, SC_ITERS=0)
+        box_k, box_n = f"tensordesc<{t}[1, 1, {bm}, {bk}]>", f"tensordesc<{t}[1, 1, {bm}, {bn}]>"
+        sig = {"x_desc": box_k, "w_desc": f"tensordesc<{t}[{bk}, {bn}]>", "s_desc": box_k,
+               "r_desc": box_n, "y_desc": box_n, "b_ptr": "*fp32",
+               **{n: "i32" for n in ("H", "W", "CIN", "CS", "COUT")},
+               **{n: "constexpr" for n in consts}}
+        jobs.append({"module": "raunet_fast.kernels.conv3x3", "kernel": "_conv3x3_tma_kernel",
+                     "signature": sig, "constexprs": consts, "arch": 90, "num_warps": warps,
+                     "num_stages": stages, "divisible_by_16": ["b_ptr"]})
+    return jobs
+
+
+def test_conv_aot_triton_tma_configs(record_property, capsys):
+    """The Hopper TMA kernel, every shipped config for sm_90 (shortcut and residual on):
+    zero spills, shared memory within the H100's limit, and the K loop it was written for -
+    TMA copies (cp.async.bulk.tensor) feeding wgmma - not a fallback."""
+    reports = aot_reports(_tma_jobs())
+    table = ["dtype sm  BM  BN  BK warps stages regs spills shared  wgmma tma"]
+    for r in reports:
+        c = r["constexprs"]
+        table.append(f"{r['signature']['y_desc'][11:15]:5} {r['arch']}  {c['BLOCK_M']:3} "
+                     f"{c['BLOCK_N']:3} {c['BLOCK_K']:3} {r['num_warps']:5} {r['num_stages']:6} "
+                     f"{r['registers']!s:4} {r['spill_stores']!s:6} {r['shared']:<7} "
+                     f"{r['ptx_ops']['wgmma']:5} {r['ptx_ops']['tma']}")
+    record_property("aot_table_tma", "\n".join(table))
+    with capsys.disabled():
+        print("\nconv3x3_fused TMA (sm_90) Triton AOT builds:\n" + "\n".join(table))
+    for r in reports:
+        what = f"TMA {r['signature']['y_desc']} {r['constexprs']} w{r['num_warps']}s{r['num_stages']}"
+        assert r["ptxas_ok"], f"{what}: ptxas failed:\n{r['ptxas_log']}"
+        assert r["registers"] is not None, f"{what}: no register count in\n{r['ptxas_log']}"
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, \
+            f"{what}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads"
+        assert r["shared"] <= SHARED_LIMIT[90], f"{what}: {r['shared']} B shared memory"
+        assert r["ptx_ops"]["wgmma"] > 0 and r["ptx_ops"]["tma"] > 0, \
+            f"{what}: no TMA-fed wgmma loop: {r['ptx_ops']}"
 
 
 def test_conv_aot_triton_configs(record_property, capsys):

@@ -7,9 +7,10 @@
 Backends (``backend=``):
 
 * ``"torch"``  - reference math (``F.conv2d`` + add + ReLU), any device.
-* ``"triton"`` - implicit-GEMM kernel (:mod:`raunet_fast.kernels.conv3x3`) with the shortcut
-  GEMM in the same K loop and the epilogue in registers; CUDA, or CPU under
-  ``TRITON_INTERPRET=1`` (tests).
+* ``"triton"`` - implicit-GEMM kernels (:mod:`raunet_fast.kernels.conv3x3`) with the shortcut
+  GEMM in the same K loop and the epilogue in registers: a flat-K one for narrow inputs,
+  a TMA + wgmma one on sm_90+ for TMA-aligned channels-last layers, a pointer-based one
+  for the rest; CUDA, or CPU under ``TRITON_INTERPRET=1`` (tests).
 * ``"cuda"``   - with ReLU on: cuDNN's runtime-fused conv + bias (+ add) + ReLU (the 1x1
   projection as one cuDNN conv feeding the add). With ReLU off (or
   ``RAUNET_CONV_CUDNN_FUSION=0``): cuDNN convolution + one fused vectorised epilogue kernel
@@ -17,9 +18,10 @@ Backends (``backend=``):
 * ``"cpp"``    - fp32: a oneDNN convolution with weights prepacked once, bias (+ add) +
   ReLU as oneDNN post-ops when ReLU is on; otherwise (ReLU off, fp16/bf16,
   ``RAUNET_CPP_ONEDNN_POSTOPS=0``) the same csrc epilogue math built for the CPU.
-* ``"auto"``   - on CUDA the cuDNN fusion when ReLU is on (fastest measured; for narrow
-  inputs, ``9*Cin + Cs <= 64``, that or the Triton flat-K kernel, whichever a one-time
-  timing per layer shape finds faster: :data:`NARROW`), else ``"triton"``
+* ``"auto"``   - on CUDA the cuDNN fusion when ReLU is on (fastest measured; where a Triton
+  kernel was built to beat it - narrow inputs, or sm_90+ TMA-aligned layers - that or
+  the Triton kernel, whichever a one-time timing per layer shape finds faster:
+  :data:`AUTO_PICK`), else ``"triton"``
   (``"cuda"``, then ``"torch"`` if Triton is missing),
   ``"cpp"`` on CPU (``"torch"`` if it cannot be built; a warning says why).
 
@@ -328,34 +330,44 @@ def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
     return _as_out(y, x)
 
 
-# Narrow inputs (9*Cin + Cs <= 64: the first conv, RGB or 4 MRI modalities) on CUDA. cuDNN
-# runs the level-1 convolutions of a 512 x 512 RA-U-Net at 0.68 ms for batch 8 on an H200
-# (bench/results/h200-20261126/run1_conv.txt, bf16), while the 64 -> 64 conv alone should
-# take ~0.25 ms at the level-2 convs' measured 660 TFLOP/s: the 3-channel conv, which only
-# has to write its 64-channel output (~0.07 ms of traffic), appears to cost ~0.4 ms. The
-# Triton flat-K kernel (kernels/conv3x3.py) is built for that case but not yet timed on a
-# GPU, so "auto" measures: the first call of each narrow layer shape (size class) times
+# "auto" on CUDA with ReLU on runs cuDNN's fusion - except where a Triton kernel was built
+# to beat it, and then the faster of the two for that layer, timed once:
+# * narrow inputs (9*Cin + Cs <= 64: the first conv, RGB or 4 MRI modalities): the flat-K
+#   kernel. cuDNN runs the level-1 convolutions of a 512 x 512 RA-U-Net at 0.68 ms for batch
+#   8 on an H200 (bench/results/h200-20261126/run1_conv.txt, bf16) while the 64 -> 64 conv
+#   alone should take ~0.25 ms at the level-2 convs' 660 TFLOP/s: the 3-channel conv, which
+#   only has to write its 64-channel output (~0.07 ms of traffic), appears to take ~0.4 ms;
+# * sm_90+, channels-last, 16-byte-aligned channels, rows >= 64 wide: the TMA kernel, a
+#   Hopper GEMM pipeline (TMA -> shared memory -> wgmma) with the 1x1 projection shortcut
+#   in its K loop: no projection tensor written and read back (level 2's 1.20x over its
+#   bare convolutions with cuDNN).
+# Neither is timed on a GPU yet, so the first call of such a layer shape (size class) times
 # both on the real inputs and keeps the faster, like cudnn.benchmark. Never during CUDA
-# graph capture (cuDNN then, not remembered). RAUNET_CONV_NARROW=triton|cudnn: no timing.
-NARROW = {"mode": os.environ.get("RAUNET_CONV_NARROW", "tune")}
-_NARROW_PICK: dict[tuple, str] = {}
+# graph capture (cuDNN then, not remembered). RAUNET_CONV_AUTO=triton|cudnn: no timing.
+AUTO_PICK = {"mode": os.environ.get("RAUNET_CONV_AUTO", "tune")}
+_PICKED: dict[tuple, str] = {}
 
 
-def _narrow_applies(x: torch.Tensor, weight: torch.Tensor,
-                    shortcut_input: Optional[torch.Tensor]) -> bool:
+def _triton_contends(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor],
+                     shortcut_input: Optional[torch.Tensor]) -> bool:
+    """Whether a Triton kernel built to beat cuDNN applies to this CUDA layer (see
+    :data:`AUTO_PICK`)."""
     if not x.is_cuda or x.dtype == torch.float64 or triton_unavailable_reason(x.device):
         return False
-    from raunet_fast.kernels.conv3x3 import uses_small_k
+    from raunet_fast.kernels import conv3x3 as k
 
-    return uses_small_k(weight.shape[1], shortcut_input.shape[1] if shortcut_input is not None
-                        else 0)
+    if k.uses_small_k(weight.shape[1], shortcut_input.shape[1] if shortcut_input is not None
+                      else 0):
+        return True
+    ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    return k.tma_applies(x, residual, shortcut_input, weight.shape[0], ieee)
 
 
 def pick_faster(key: tuple, candidates: dict, timer, default: str) -> str:
     """The name of the fastest of ``candidates`` (name -> zero-argument callable) by
     ``timer(fn) -> ms``, remembered under ``key``; ``default`` (not remembered) while a CUDA
     graph is being captured. A candidate that raises is out of the running."""
-    pick = _NARROW_PICK.get(key)
+    pick = _PICKED.get(key)
     if pick is not None:
         return pick
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
@@ -368,7 +380,7 @@ def pick_faster(key: tuple, candidates: dict, timer, default: str) -> str:
         except Exception:  # noqa: BLE001 - this candidate cannot run these inputs
             continue
     pick = min(times, key=times.get) if times else default
-    _NARROW_PICK[key] = pick
+    _PICKED[key] = pick
     return pick
 
 
@@ -378,15 +390,15 @@ def _bench_ms(fn) -> float:
     return do_bench(fn, warmup=5, rep=20)
 
 
-def _narrow_backend(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
-                    relu) -> str:
-    """``"triton"`` or ``"cudnn"`` for a narrow layer on CUDA (see :data:`NARROW`)."""
-    mode = NARROW["mode"]
+def _auto_pick(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
+               relu) -> str:
+    """``"triton"`` or ``"cudnn"`` for a layer where Triton contends (:data:`AUTO_PICK`)."""
+    mode = AUTO_PICK["mode"]
     if mode in ("triton", "cudnn"):
         return mode
     n, cin, h, w = x.shape
     key = (cin, weight.shape[0], shortcut_input.shape[1] if shortcut_input is not None else 0,
-           residual is not None, relu, x.dtype, out_memory_format(x),
+           residual is not None, relu, x.dtype, out_memory_format(x), w >= 128,
            (n * h * w).bit_length(), x.device.index, torch.backends.cudnn.allow_tf32)
     return pick_faster(key, {
         "triton": lambda: _triton_impl(x, weight, bias, residual, shortcut_input,
@@ -419,7 +431,7 @@ def _conv3x3_fused_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if bias.dim() != 1 or not bias.is_contiguous():  # e.g. a strided view or Cout x 1
         bias = bias.reshape(-1).contiguous()
     if backend == "auto" and cudnn_fusion_applies(x, relu):
-        if _narrow_applies(x, weight, shortcut_input) and _narrow_backend(
+        if _triton_contends(x, weight, residual, shortcut_input) and _auto_pick(
                 x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
                 relu) == "triton":
             return _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight,
