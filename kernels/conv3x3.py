@@ -364,13 +364,29 @@ def _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M: tl.conste
     return tl.dot(a, b, acc)
 
 
-@triton.jit(do_not_specialize=["H", "W", "CIN", "CS", "COUT"])
+@triton.jit
+def _tma_shortcut_gather(acc, it, s_ptr, w_ptr, n, h, w0, offs_n, W, CIN, CS, COUT,
+                         ss_n, ss_c, ss_h, ss_w, BLOCK_M: tl.constexpr, SC_K: tl.constexpr):
+    """K step ``it`` of a shortcut input TMA cannot describe (e.g. Cs = 3: 6-byte pixels):
+    its ``[BLOCK_M, SC_K]`` tile and the matching packed weight rows ``9*CIN + ...`` loaded
+    with masks (zeros beyond CS and the row) - narrow steps, few registers."""
+    offs_m = w0 + tl.arange(0, BLOCK_M)
+    offs_k = it * SC_K + tl.arange(0, SC_K)
+    base = s_ptr + n.to(tl.int64) * ss_n + h * ss_h
+    a = tl.load(base + (offs_m * ss_w)[:, None] + (offs_k * ss_c)[None, :],
+                mask=(offs_m < W)[:, None] & (offs_k < CS)[None, :], other=0.0)
+    b = tl.load(w_ptr + (9 * CIN + offs_k)[:, None] * COUT + offs_n[None, :],
+                mask=(offs_k < CS)[:, None] & (offs_n < COUT)[None, :], other=0.0)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit(do_not_specialize=["H", "W", "CIN", "CS", "COUT", "ss_n", "ss_c", "ss_h", "ss_w"])
 def _conv3x3_tma_kernel(
-    x_desc, w_desc, s_desc, r_desc, y_desc, b_ptr,
-    H, W, CIN, CS, COUT,
-    HAS_RES: tl.constexpr, HAS_SC: tl.constexpr, RELU: tl.constexpr,
+    x_desc, w_desc, s_desc, r_desc, y_desc, b_ptr, s_ptr, w_ptr,
+    H, W, CIN, CS, COUT, ss_n, ss_c, ss_h, ss_w,
+    HAS_RES: tl.constexpr, HAS_SC: tl.constexpr, SC_DESC: tl.constexpr, RELU: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    K_ITERS: tl.constexpr = 0, SC_ITERS: tl.constexpr = 0,
+    SC_K: tl.constexpr = 16, K_ITERS: tl.constexpr = 0, SC_ITERS: tl.constexpr = 0,
 ):
     """The op of :func:`_conv3x3_fused_kernel` on Hopper: every operand moved by the TMA
     unit (tensor descriptors), multiply-accumulate by ``wgmma`` straight from shared memory.
@@ -386,7 +402,12 @@ def _conv3x3_tma_kernel(
 
     Args:
         x_desc / s_desc: ``[N, H, W, CIN|CS]`` descriptors of x / the shortcut input,
-            block ``[1, 1, BLOCK_M, BLOCK_K]`` (s_desc: any such descriptor when not HAS_SC).
+            block ``[1, 1, BLOCK_M, BLOCK_K]`` (s_desc: any such descriptor unless HAS_SC
+            and SC_DESC).
+        s_ptr, ss_*, w_ptr: the shortcut input, its element strides and the packed
+            weights (contiguous) when not SC_DESC (a shortcut TMA cannot describe, e.g.
+            the first block's 3-channel input: gathered with masked loads in ``SC_K``-wide
+            steps, the rest of the kernel unchanged).
         w_desc: ``[9*CIN + CS, COUT]`` descriptor of the packed weights, block
             ``[BLOCK_K, BLOCK_N]`` (:func:`raunet_fast.ops.conv3x3.pack_weights`).
         r_desc / y_desc: ``[N, H, W, COUT]`` descriptors of the residual / output, block
@@ -418,14 +439,27 @@ def _conv3x3_tma_kernel(
             acc = _tma_tap(acc, it, k_chunks, x_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
                            BLOCK_K)
     if HAS_SC:
-        if SC_ITERS > 0:
-            for it in range(0, SC_ITERS):
-                acc = _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
-                                    BLOCK_K)
+        if SC_DESC:
+            if SC_ITERS > 0:
+                for it in range(0, SC_ITERS):
+                    acc = _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
+                                        BLOCK_K)
+            else:
+                for it in range(0, tl.cdiv(CS, BLOCK_K)):
+                    acc = _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
+                                        BLOCK_K)
         else:
-            for it in range(0, tl.cdiv(CS, BLOCK_K)):
-                acc = _tma_shortcut(acc, it, s_desc, w_desc, n, h, w0, n0, CIN, BLOCK_M,
-                                    BLOCK_K)
+            offs_sn = n0 + tl.arange(0, BLOCK_N)
+            if SC_ITERS > 0:
+                for it in range(0, SC_ITERS):
+                    acc = _tma_shortcut_gather(acc, it, s_ptr, w_ptr, n, h, w0, offs_sn, W,
+                                               CIN, CS, COUT, ss_n, ss_c, ss_h, ss_w, BLOCK_M,
+                                               SC_K)
+            else:
+                for it in range(0, tl.cdiv(CS, SC_K)):
+                    acc = _tma_shortcut_gather(acc, it, s_ptr, w_ptr, n, h, w0, offs_sn, W,
+                                               CIN, CS, COUT, ss_n, ss_c, ss_h, ss_w, BLOCK_M,
+                                               SC_K)
 
     # ---- epilogue: bias, residual, ReLU, cast; stored by TMA (partial tiles clipped)
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -527,11 +561,11 @@ TMA = {"mode": os.environ.get("RAUNET_CONV_TMA", "auto")}
 
 
 def shipped_tma_configs() -> list[dict]:
-    """Every variant of the TMA kernel a launch may compile (sm_90+ only): dtype and config;
-    fp16 shares the bf16 configs."""
-    return [dict(dtype=dtype, config=cfg)
+    """Every variant of the TMA kernel a launch may compile (sm_90+ only): dtype, config and
+    the shortcut's path (``sc_desc``: TMA, else gathered); fp16 shares the bf16 configs."""
+    return [dict(dtype=dtype, config=cfg, sc_desc=sc_desc)
             for dtype, kind in ((torch.bfloat16, "16bit"), (torch.float32, "fp32"))
-            for cfg in TMA_CONFIGS[kind]]
+            for cfg in TMA_CONFIGS[kind] for sc_desc in (True, False)]
 
 
 def _tma_aligned(t: torch.Tensor) -> bool:
@@ -547,8 +581,9 @@ def tma_applies(x: torch.Tensor, residual: torch.Tensor | None,
                 ieee: bool) -> bool:
     """Whether a launch takes the TMA kernel: sm_90+ (or the interpreter when
     ``TMA["mode"] == "interpret"``), no exact-fp32 request, fp32/fp16/bf16 operands of one
-    dtype, all channels-last and TMA-aligned (channel counts a multiple of 16 bytes), and
-    the image at least :data:`TMA_MIN_WIDTH` wide. ``out``: the output tensor, or its
+    dtype, x / residual / output channels-last and TMA-aligned (channel counts a multiple of
+    16 bytes; the shortcut input may be anything), and the image at least
+    :data:`TMA_MIN_WIDTH` wide. ``out``: the output tensor, or its
     channel count for an output the launcher will allocate in x's layout."""
     mode = TMA["mode"]
     if mode == "off" or ieee or x.shape[3] < TMA_MIN_WIDTH:
@@ -561,8 +596,9 @@ def tma_applies(x: torch.Tensor, residual: torch.Tensor | None,
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
     cout = out if isinstance(out, int) else out.shape[1]
-    ts = [t for t in (x, residual, shortcut_input, None if isinstance(out, int) else out)
-          if t is not None]
+    ts = [t for t in (x, residual, None if isinstance(out, int) else out) if t is not None]
+    if shortcut_input is not None and shortcut_input.dtype != x.dtype:
+        return False   # (any layout: gathered when TMA cannot describe it)
     return all(t.dtype == x.dtype and _tma_aligned(t) for t in ts) and \
         (cout * x.element_size()) % 16 == 0
 
@@ -729,16 +765,20 @@ def _launch_tma(cfg, x, packed, bias, residual, shortcut_input, y, relu):
     x_desc = nhwc(x, bk)
     y_desc = nhwc(y, bn)
     w_desc = TensorDescriptor(packed, list(packed.shape), list(packed.stride()), [bk, bn])
-    s_desc = nhwc(shortcut_input, bk) if shortcut_input is not None else x_desc
+    sc_desc = shortcut_input is not None and _tma_aligned(shortcut_input)
+    s_desc = nhwc(shortcut_input, bk) if sc_desc else x_desc
+    s = shortcut_input if shortcut_input is not None else x
     r_desc = nhwc(residual, bn) if residual is not None else y_desc
     interp = _interpreting()
     grid = (triton.cdiv(cout, bn) * triton.cdiv(w, bm) * n * h,)
     _conv3x3_tma_kernel[grid](
-        x_desc, w_desc, s_desc, r_desc, y_desc, bias, h, w, cin, cs, cout,
-        HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, RELU=relu,
+        x_desc, w_desc, s_desc, r_desc, y_desc, bias, s, packed, h, w, cin, cs, cout,
+        s.stride(0), s.stride(1), s.stride(2), s.stride(3),
+        HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, SC_DESC=sc_desc,
+        RELU=relu,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         K_ITERS=9 * triton.cdiv(cin, bk) if interp else 0,
-        SC_ITERS=triton.cdiv(cs, bk) if interp and cs else 0,
+        SC_ITERS=triton.cdiv(cs, bk if sc_desc else 16) if interp and cs else 0,
         num_warps=warps, num_stages=stages)
 
 
@@ -798,7 +838,7 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
     if tma_applies(x, residual, shortcut_input, out, ieee):
         b32 = bias if bias.dtype == torch.float32 else bias.float()
         key = ("tma", cin, cout, cs, x.dtype, residual is not None, w >= 128, size_class,
-               x.device.index)
+               x.device.index, shortcut_input is not None and _tma_aligned(shortcut_input))
         cfg = _tuned(key, tma_candidates(cout, w, x.dtype),
                      lambda c: _launch_tma(c, x, packed, b32, residual, shortcut_input, out,
                                            relu), x)

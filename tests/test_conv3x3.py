@@ -334,6 +334,7 @@ TMA_CASES = [  # n, cin, cout, h, w, cs
     (2, 24, 40, 3, 70, 8),
     (1, 16, 32, 2, 64, 24),
     (1, 8, 16, 4, 100, 16),
+    (2, 16, 32, 3, 66, 3),    # a 3-channel shortcut (the first block): gathered, not TMA
 ]
 
 
@@ -379,7 +380,8 @@ def test_conv_triton_tma_routing(monkeypatch):
 
 @interpreter_only
 @pytest.mark.parametrize("variant", [pytest.param(v, id="{}x{}x{}-w{}s{}-{}".format(
-    *v["config"], str(v["dtype"])[6:])) for v in _tma_variants()] if not HAS_CUDA else [])
+    *v["config"], str(v["dtype"])[6:])) for v in _tma_variants() if v["sc_desc"]]
+    if not HAS_CUDA else [])
 def test_conv_triton_interpreter_tma_configs(monkeypatch, variant):
     """Every TMA config shipped for the GPU, in the interpreter (fp32 for the fp32 configs,
     fp16 for the 16-bit ones): its tile sizes' partial tiles and chunking."""
@@ -390,11 +392,14 @@ def test_conv_triton_interpreter_tma_configs(monkeypatch, variant):
     monkeypatch.setattr(k, "_TUNED", {})
     dtype = torch.float32 if variant["dtype"] == torch.float32 else torch.float16
     bm, bn, bk = variant["config"][:3]
-    # a row and a half of tiles, Cin = 1.5 chunks, Cout = 1.5 output tiles
-    args, kw, kk = make_case(1, bk + bk // 2, bn + bn // 2, 2, bm + bm // 2, "shortcut",
-                             dtype=dtype, channels_last=True, cs=bk // 2)
-    check("triton", args, kw, kk, True, dtype, f"TMA config {variant['config']}")
-    assert [key[0] for key in k._TUNED] == ["tma"]
+    # a row and a half of tiles, Cin = 1.5 chunks, Cout = 1.5 output tiles; the shortcut
+    # through TMA (Cs aligned) and gathered (Cs = 3)
+    for cs in (bk // 2, 3):
+        monkeypatch.setattr(k, "_TUNED", {})
+        args, kw, kk = make_case(1, bk + bk // 2, bn + bn // 2, 2, bm + bm // 2, "shortcut",
+                                 dtype=dtype, channels_last=True, cs=cs)
+        check("triton", args, kw, kk, True, dtype, f"TMA config {variant['config']} cs={cs}")
+        assert [key[0] for key in k._TUNED] == ["tma"]
 
 
 def test_auto_pick_faster(monkeypatch):

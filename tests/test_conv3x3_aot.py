@@ -128,16 +128,17 @@ def _tma_jobs():
     for v in k.shipped_tma_configs():
         bm, bn, bk, warps, stages = v["config"]
         t = TRITON_TYPES[v["dtype"]]
-        consts = dict(HAS_RES=True, HAS_SC=True, RELU=True, BLOCK_M=bm, BLOCK_N=bn,
-                      BLOCK_K=bk, K_ITERS=0, SC_ITERS=0)
+        consts = dict(HAS_RES=True, HAS_SC=True, SC_DESC=v["sc_desc"], RELU=True, BLOCK_M=bm,
+                      BLOCK_N=bn, BLOCK_K=bk, SC_K=16, K_ITERS=0, SC_ITERS=0)
         box_k, box_n = f"tensordesc<{t}[1, 1, {bm}, {bk}]>", f"tensordesc<{t}[1, 1, {bm}, {bn}]>"
         sig = {"x_desc": box_k, "w_desc": f"tensordesc<{t}[{bk}, {bn}]>", "s_desc": box_k,
-               "r_desc": box_n, "y_desc": box_n, "b_ptr": "*fp32",
-               **{n: "i32" for n in ("H", "W", "CIN", "CS", "COUT")},
+               "r_desc": box_n, "y_desc": box_n, "b_ptr": "*fp32", "s_ptr": f"*{t}", "w_ptr": f"*{t}",
+               **{n: "i32" for n in ("H", "W", "CIN", "CS", "COUT", "ss_n", "ss_c", "ss_h",
+                                     "ss_w")},
                **{n: "constexpr" for n in consts}}
         jobs.append({"module": "raunet_fast.kernels.conv3x3", "kernel": "_conv3x3_tma_kernel",
                      "signature": sig, "constexprs": consts, "arch": 90, "num_warps": warps,
-                     "num_stages": stages, "divisible_by_16": ["b_ptr"]})
+                     "num_stages": stages, "divisible_by_16": ["b_ptr", "s_ptr", "w_ptr"]})
     return jobs
 
 
@@ -146,10 +147,11 @@ def test_conv_aot_triton_tma_configs(record_property, capsys):
     zero spills, shared memory within the H100's limit, and the K loop it was written for -
     TMA copies (cp.async.bulk.tensor) feeding wgmma - not a fallback."""
     reports = aot_reports(_tma_jobs())
-    table = ["dtype sm  BM  BN  BK warps stages regs spills shared  wgmma tma"]
+    table = ["dtype sc     sm  BM  BN  BK warps stages regs spills shared  wgmma tma"]
     for r in reports:
         c = r["constexprs"]
-        table.append(f"{r['signature']['y_desc'][11:15]:5} {r['arch']}  {c['BLOCK_M']:3} "
+        table.append(f"{r['signature']['y_desc'][11:15]:5} {'tma' if c['SC_DESC'] else 'gather':6} "
+                     f"{r['arch']}  {c['BLOCK_M']:3} "
                      f"{c['BLOCK_N']:3} {c['BLOCK_K']:3} {r['num_warps']:5} {r['num_stages']:6} "
                      f"{r['registers']!s:4} {r['spill_stores']!s:6} {r['shared']:<7} "
                      f"{r['ptx_ops']['wgmma']:5} {r['ptx_ops']['tma']}")
