@@ -2,7 +2,7 @@
 # One command for a lent GPU machine: install, GPU parity tests, kernel benchmarks and the
 # end-to-end real-time benchmark. Everything lands in $OUT (or bench/results/gpu-<date>).
 #   bash bench/gpu_run.sh [tests|bench]   (default: both)
-# Each step runs under its own time box (TEST_S, GATE_S, CONV_S, NET_S seconds) so one slow step
+# Each step runs under its own time box (TEST_S, CONV_S, THRU_S, NET_S, GATE_S, SWEEP_S seconds) so one slow step
 # cannot starve the rest of a short lease; at most 8 files land in $OUT (the device tool's limit):
 # the conv CSV is left out (conv.txt has the table) to make room for gate_sweep.txt.
 set -uo pipefail
@@ -25,9 +25,11 @@ par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-14}")
 [ "${1:-}" = bench ] || timeout "${TEST_S:-400}" python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" -k "not aot" --durations=30 -W ignore::pytest_benchmark.logger.PytestBenchmarkWarning "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 
 [ "${1:-}" = tests ] && exit 0
-[ -e bench/bench_attention_gate.py ] && timeout "${GATE_S:-90}" python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
-# every gate config pinned (tuning data for kernels/attention_gate.py CONFIGS)
-[ -e bench/gate_sweep.py ] && timeout "${SWEEP_S:-110}" python3 bench/gate_sweep.py 2>&1 | tee "$OUT/gate_sweep.txt" | tail -8
-[ -e bench/bench_conv.py ] && timeout "${CONV_S:-100}" python3 bench/bench_conv.py --compile none 2>&1 | tee "$OUT/conv.txt" | tail -40
-[ -e bench/conv_block_throughput.py ] && timeout 40 python3 bench/conv_block_throughput.py 2>&1 | tee -a "$OUT/conv.txt" | tail -8
+# conv first (issue 4: the flat-K and TMA kernels' first timings), then the network, then
+# the gate (issue 3, resolved: its sweep only with SWEEP_S set)
+[ -e bench/bench_conv.py ] && timeout "${CONV_S:-130}" python3 bench/bench_conv.py --compile none 2>&1 | tee "$OUT/conv.txt" | tail -40
+[ -e bench/conv_block_throughput.py ] && timeout "${THRU_S:-90}" python3 bench/conv_block_throughput.py 2>&1 | tee -a "$OUT/conv.txt" | tail -12
 timeout "${NET_S:-160}" python3 bench/realtime_inference.py --size ${NET_SIZES:-512 1024} --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
+[ -e bench/bench_attention_gate.py ] && timeout "${GATE_S:-90}" python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
+[ -n "${SWEEP_S:-}" ] && [ -e bench/gate_sweep.py ] && timeout "$SWEEP_S" python3 bench/gate_sweep.py 2>&1 | tee "$OUT/gate_sweep.txt" | tail -8
+exit 0
