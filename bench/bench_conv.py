@@ -14,6 +14,8 @@ For every (batch, level) it times, on one device:
                conv + the csrc epilogue kernel, which computes the projection from x);
                at level 1 (narrow input, fused_blocks.carry_candidate) also fused-<be>-carry:
                the input carried through conv1, no separate 1x1 projection conv;
+               fused-triton-no-tma (sm_90+): the pointer-based Triton kernel where the TMA
+               kernel would run;
                fused-auto (GPU): the default backend (cuDNN fusion; narrow convs on cuDNN or
                the Triton flat-K kernel, whichever a one-time timing picks)
   conv1-*      (GPU, narrow input) the first conv alone: floor (bare cuDNN conv), cudnn (+ bias
@@ -197,6 +199,9 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
     for be in backends:
         fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
         out[f"fused-{be}"] = lambda fused=fused: fused(x)
+        if be == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9:
+            # the pointer-based kernel where the TMA kernel would run: what TMA brings
+            out["fused-triton-no-tma"] = lambda fused=fused: _without_tma(fused, x)
         if be == "cuda" and x.is_cuda:
             # "auto": cuDNN's fusion, narrow convs by a one-time timing against Triton
             auto = FusedResidualBlock.from_block(block, dtype=dtype, backend="auto")
@@ -210,6 +215,17 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
             carry = FusedResidualBlock.from_block(block, dtype=dtype, backend=be, carry_input=True)
             out[f"fused-{be}-carry"] = lambda carry=carry: carry(x)
     return out
+
+
+def _without_tma(fn, x):
+    from raunet_fast.kernels import conv3x3 as k
+
+    old = k.TMA["mode"]
+    k.TMA["mode"] = "off"
+    try:
+        return fn(x)
+    finally:
+        k.TMA["mode"] = old
 
 
 def _without_cudnn_fusion(fn, x):
