@@ -551,7 +551,7 @@ def shipped_configs() -> list[dict]:
 TMA_MIN_WIDTH = 64
 TMA_CONFIGS = {
     "16bit": [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
-              (64, 128, 64, 4, 4), (128, 256, 64, 8, 3)],
+              (64, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64, 256, 64, 8, 3)],
     "fp32": [(128, 64, 32, 4, 3), (64, 64, 32, 4, 4)],
 }
 TMA_INTERPRET_CONFIG = (64, 32, 16, 4, 1)   # the interpreter: small tiles, several K steps
