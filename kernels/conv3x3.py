@@ -548,24 +548,31 @@ def shipped_configs() -> list[dict]:
 # 512 x 512 network, 32 wide, keeps the pointer kernel / cuDNN). Every config's K loop
 # compiles to TMA copies + asynchronous wgmma from shared memory (AOT-checked); a box of
 # several rows would be reshaped through registers instead, so none is shipped.
+# fp16 / bf16 only: fp32 (TF32) wgmma wants K-contiguous B tiles, and the packed [K, N]
+# weights made Triton copy each weight tile through registers (seen in the TTGIR); fp32
+# keeps the pointer kernel. Hopper (sm_90) only: the configs' shared memory (up to 147 KB)
+# and wgmma are checked for it, not for sm_100 / sm_120.
 TMA_MIN_WIDTH = 64
-TMA_CONFIGS = {
-    "16bit": [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
-              (64, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64, 256, 64, 8, 3)],
-    "fp32": [(128, 64, 32, 4, 3), (64, 64, 32, 4, 4)],
-}
+TMA_CONFIGS = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
+               (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (128, 256, 64, 8, 3),
+               (64, 256, 64, 8, 3)]
 TMA_INTERPRET_CONFIG = (64, 32, 16, 4, 1)   # the interpreter: small tiles, several K steps
-#: "auto": the TMA kernel where it applies on sm_90+ GPUs; "off": never; "interpret": also
+#: "auto": the TMA kernel where it applies on sm_90 GPUs; "off": never; "interpret": also
 #: under the Triton interpreter (tests; there "auto" leaves it out)
 TMA = {"mode": os.environ.get("RAUNET_CONV_TMA", "auto")}
+if TMA["mode"] not in ("auto", "off", "interpret"):
+    import warnings
+
+    warnings.warn(f"RAUNET_CONV_TMA={TMA['mode']!r} is not one of auto, off, interpret: "
+                  f"using auto", stacklevel=2)
+    TMA["mode"] = "auto"
 
 
 def shipped_tma_configs() -> list[dict]:
-    """Every variant of the TMA kernel a launch may compile (sm_90+ only): dtype, config and
+    """Every variant of the TMA kernel a launch may compile (sm_90 only): dtype, config and
     the shortcut's path (``sc_desc``: TMA, else gathered); fp16 shares the bf16 configs."""
-    return [dict(dtype=dtype, config=cfg, sc_desc=sc_desc)
-            for dtype, kind in ((torch.bfloat16, "16bit"), (torch.float32, "fp32"))
-            for cfg in TMA_CONFIGS[kind] for sc_desc in (True, False)]
+    return [dict(dtype=torch.bfloat16, config=cfg, sc_desc=sc_desc)
+            for cfg in TMA_CONFIGS for sc_desc in (True, False)]
 
 
 def _tma_aligned(t: torch.Tensor) -> bool:
@@ -579,9 +586,8 @@ def _tma_aligned(t: torch.Tensor) -> bool:
 def tma_applies(x: torch.Tensor, residual: torch.Tensor | None,
                 shortcut_input: torch.Tensor | None, out: torch.Tensor | int,
                 ieee: bool) -> bool:
-    """Whether a launch takes the TMA kernel: sm_90+ (or the interpreter when
-    ``TMA["mode"] == "interpret"``), no exact-fp32 request, fp32/fp16/bf16 operands of one
-    dtype, x / residual / output channels-last and TMA-aligned (channel counts a multiple of
+    """Whether a launch takes the TMA kernel: sm_90 (or the interpreter when
+    ``TMA["mode"] == "interpret"``), fp16 / bf16 operands of one dtype, x / residual / output channels-last and TMA-aligned (channel counts a multiple of
     16 bytes; the shortcut input may be anything), and the image at least
     :data:`TMA_MIN_WIDTH` wide. ``out``: the output tensor, or its
     channel count for an output the launcher will allocate in x's layout."""
@@ -591,9 +597,9 @@ def tma_applies(x: torch.Tensor, residual: torch.Tensor | None,
     if _interpreting():
         if mode != "interpret":
             return False
-    elif not (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9):
+    elif not (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9):
         return False
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if x.dtype not in (torch.float16, torch.bfloat16):
         return False
     cout = out if isinstance(out, int) else out.shape[1]
     ts = [t for t in (x, residual, None if isinstance(out, int) else out) if t is not None]
@@ -607,10 +613,10 @@ def tma_candidates(cout: int, w: int, dtype: torch.dtype) -> list[tuple]:
     """TMA configs worth trying for one layer (the default first)."""
     if _interpreting():
         return [TMA_INTERPRET_CONFIG]
-    cfgs = TMA_CONFIGS[_kind(dtype)]
-    out = [c for c in cfgs if c[0] <= max(w, 64) and not (cout <= 64 and c[1] > 64)
-           and not (cout < 256 and c[1] > 128)]
-    return out or [cfgs[-1]]
+    fit = [c for c in TMA_CONFIGS if c[0] <= max(w, 64)]   # no row tile wider than the row
+    out = [c for c in fit if not (cout <= 64 and c[1] > 64) and not (cout < 256 and c[1] > 128)]
+    # none left: the least wasteful tile (narrowest output tile, then shortest row tile)
+    return out or [min(fit, key=lambda c: (c[1], c[0]))]
 
 
 def shipped_small_k_configs() -> list[dict]:
@@ -621,7 +627,8 @@ def shipped_small_k_configs() -> list[dict]:
     out = []
     for dtype, ieee, kind in ((torch.bfloat16, False, "16bit"), (torch.float32, False, "fp32"),
                               (torch.float32, True, "ieee")):
-        fams = ([(SMALL_K_IEEE_CONFIGS, (True, 16)), (SMALL_K_IEEE_CONFIGS, (False, 1))]
+        fams = ([(SMALL_K_IEEE_CONFIGS, (True, 16)), (SMALL_K_IEEE_CONFIGS, (True, 1)),
+                 (SMALL_K_IEEE_CONFIGS, (False, 1))]
                 if ieee else [(SMALL_K_CONFIGS[kind], (True, 16)),
                               (SMALL_K_GENERIC_CONFIGS[kind], (True, 1)),
                               (SMALL_K_GENERIC_CONFIGS[kind], (False, 1))])
@@ -825,7 +832,7 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         return out
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     size_class = (n * h * w).bit_length()   # batch 1 and batch 8 may want other tiles
-    if uses_small_k(cin, cs):
+    if uses_small_k(cin, cs) and n <= 65535:   # (images are grid axis 1: at most 65535)
         y_cl = all(_channel_stride_one(t) for t in (out, residual) if t is not None)
         ya = 16 if y_cl and min(_align(out, True), _align(residual, True)) == 16 else 1
         key = ("small", cin, cout, cs, x.dtype, ieee, residual is not None, y_cl, ya,
@@ -836,7 +843,7 @@ def conv3x3_fused_forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         _launch_small(cfg, x, packed, bias, residual, shortcut_input, out, relu, y_cl, ieee, ya)
         return out
     if tma_applies(x, residual, shortcut_input, out, ieee):
-        b32 = bias if bias.dtype == torch.float32 else bias.float()
+        b32 = bias.float().contiguous()   # no copy for the op layer's fp32 biases
         key = ("tma", cin, cout, cs, x.dtype, residual is not None, w >= 128, size_class,
                x.device.index, shortcut_input is not None and _tma_aligned(shortcut_input))
         cfg = _tuned(key, tma_candidates(cout, w, x.dtype),

@@ -47,8 +47,8 @@ CHECKPOINT_NAME = "checkpoint.json"
 PREPROCESSING_NAME = "preprocessing.json"
 
 #: options that fix the model or the data; a resumed run must be given the same values
-_FIXED = ("model", "dataset", "image_size", "patch", "crop", "base_channels", "depth", "norm",
-          "deep_supervision", "seed", "split_seed")
+_FIXED = ("model", "dataset", "image_size", "patch", "patches_per_image", "crop",
+          "base_channels", "depth", "norm", "deep_supervision", "seed", "split_seed")
 
 
 @dataclass
@@ -657,7 +657,11 @@ def _check_same_run(run: Path, cfg: TrainConfig) -> None:
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
     new = _jsonable(asdict(cfg))
-    diff = [f"{k}: run has {old.get(k)!r}, now {new[k]!r}" for k in _FIXED if old.get(k) != new[k]]
+    # options added later: a run.json without them ran with their defaults
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    diff = [f"{k}: run has {old.get(k, defaults.get(k))!r}, now {new[k]!r}" for k in _FIXED
+            if old.get(k, defaults.get(k)) != new[k]]
     if diff:
         raise ValueError(f"--resume: {run} was started with other settings ({'; '.join(diff)}); "
                          f"pass the same options to continue it")
@@ -682,8 +686,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patches-per-image", type=int, default=1, metavar="K",
                    help="with --patch: K random patches per image and epoch, drawn one after "
                         "another so that each image is decoded once for K patches (large "
-                        "JPEGs without --cache-images; an epoch is then K times as long; "
-                        "batch size a multiple of K keeps an image's patches in one batch)")
+                        "JPEGs without --cache-images; an epoch is then K times as long). A "
+                        "batch then holds batch-size / K images: keep K well below the batch "
+                        "size (BatchNorm statistics), ideally a divisor of it")
     p.add_argument("--crop", type=int, default=192, help="BraTS: centre crop of the axial slices")
     p.add_argument("--base-channels", type=int, default=64)
     p.add_argument("--depth", type=int, default=5)

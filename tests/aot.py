@@ -16,8 +16,10 @@ Optional ``"divisible_by_16": ["x_ptr", "n", ...]``: arguments Triton's runtime 
 specialise as 16-divisible (aligned pointers, ints % 16 == 0), as a real launch does.
 
 Its report adds ``registers``, ``spill_stores``, ``spill_loads``, ``stack``,
-``shared`` (bytes of shared memory from the compiled metadata), ``ptxas_log`` and
-``ptx_ops`` (counts of wgmma / mma.sync / cp.async / TMA instructions in the PTX).
+``shared`` (bytes of shared memory from the compiled metadata), ``ptxas_log``,
+``ptx_ops`` (counts of wgmma / mma.sync / cp.async / TMA instructions in the PTX) and
+``loop_local_loads`` (shared-to-register copies inside each ``scf.for`` of the TTGIR, in
+program order; nested loops are counted in their parent too).
 """
 from __future__ import annotations
 
@@ -72,7 +74,20 @@ for job in json.load(sys.stdin):
     def num(pat):
         mm = re.search(pat, log)
         return int(mm.group(1)) if mm else None
-    out.append(dict(job, registers=num(r"Used (\d+) registers"),
+    # shared -> register copies (ttg.local_load) inside each scf.for loop, in program order:
+    # 0 for a K loop whose MMA operands stay in shared memory
+    ttgir = compiled.asm.get("ttgir", "")
+    loops, lines = [], ttgir.splitlines()
+    for i, line in enumerate(lines):
+        if "scf.for" in line and line.rstrip().endswith("{"):
+            depth, count = 0, 0
+            for inner in lines[i:]:
+                depth += inner.count("{") - inner.count("}")
+                count += inner.count("ttg.local_load")
+                if depth <= 0:
+                    break
+            loops.append(count)
+    out.append(dict(job, loop_local_loads=loops, registers=num(r"Used (\d+) registers"),
                     spill_stores=num(r"(\d+) bytes spill stores"),
                     spill_loads=num(r"(\d+) bytes spill loads"),
                     stack=num(r"(\d+) bytes stack frame"),

@@ -339,12 +339,13 @@ TMA_CASES = [  # n, cin, cout, h, w, cs
 
 
 @interpreter_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("shape", TMA_CASES, ids=lambda s: "x".join(map(str, s)))
-def test_conv_triton_interpreter_tma(monkeypatch, dtype, shape):
+def test_conv_triton_interpreter_tma(monkeypatch, shape):
+    """fp16 (the kernel is 16-bit only; the interpreter has no bf16 arithmetic)."""
     from raunet_fast.kernels import conv3x3 as k
 
     monkeypatch.setitem(k.TMA, "mode", "interpret")
+    dtype = torch.float16
     *dims, cs = shape
     for i, epilogue in enumerate(EPILOGUES):
         relu = i != 1
@@ -362,10 +363,11 @@ def test_conv_triton_tma_routing(monkeypatch):
     monkeypatch.setitem(k.TMA, "mode", "interpret")
     cases = [((1, 16, 32, 2, 63), True, "narrower than TMA_MIN_WIDTH"),
              ((1, 16, 32, 2, 64), False, "NCHW"),
-             ((1, 12, 32, 2, 64), True, "fp16 Cin 12: 24-byte pixels")]
+             ((1, 12, 32, 2, 64), True, "Cin 12: 24-byte pixels"),
+             ((1, 16, 32, 2, 64), True, "fp32: 16-bit only")]
     for dims, cl, why in cases:
         monkeypatch.setattr(k, "_TUNED", {})
-        dtype = torch.float16 if "fp16" in why else torch.float32
+        dtype = torch.float32 if "fp32" in why else torch.float16
         args, kw, kk = make_case(*dims, "residual", dtype=dtype, channels_last=cl)
         if not cl:
             args = (args[0].contiguous(),) + args[1:]
@@ -373,9 +375,13 @@ def test_conv_triton_tma_routing(monkeypatch):
         assert [key[0] for key in k._TUNED] != ["tma"], why
     monkeypatch.setitem(k.TMA, "mode", "auto")   # the interpreter leaves it out by default
     monkeypatch.setattr(k, "_TUNED", {})
-    args, kw, kk = make_case(1, 16, 32, 2, 64, "none", channels_last=True)
-    check("triton", args, kw, kk, True, torch.float32, "auto mode, interpreter")
+    args, kw, kk = make_case(1, 16, 32, 2, 64, "none", dtype=torch.float16, channels_last=True)
+    check("triton", args, kw, kk, True, torch.float16, "auto mode, interpreter")
     assert [key[0] for key in k._TUNED] != ["tma"]
+    monkeypatch.setitem(k.TMA, "mode", "interpret")   # the same call does take it when asked
+    monkeypatch.setattr(k, "_TUNED", {})
+    check("triton", args, kw, kk, True, torch.float16, "interpret mode")
+    assert [key[0] for key in k._TUNED] == ["tma"]
 
 
 @interpreter_only
@@ -383,14 +389,14 @@ def test_conv_triton_tma_routing(monkeypatch):
     *v["config"], str(v["dtype"])[6:])) for v in _tma_variants() if v["sc_desc"]]
     if not HAS_CUDA else [])
 def test_conv_triton_interpreter_tma_configs(monkeypatch, variant):
-    """Every TMA config shipped for the GPU, in the interpreter (fp32 for the fp32 configs,
-    fp16 for the 16-bit ones): its tile sizes' partial tiles and chunking."""
+    """Every TMA config shipped for the GPU, in the interpreter (fp16): its tile sizes'
+    partial tiles and chunking."""
     from raunet_fast.kernels import conv3x3 as k
 
     monkeypatch.setitem(k.TMA, "mode", "interpret")
     monkeypatch.setattr(k, "tma_candidates", lambda *a, **kw: [variant["config"]])
     monkeypatch.setattr(k, "_TUNED", {})
-    dtype = torch.float32 if variant["dtype"] == torch.float32 else torch.float16
+    dtype = torch.float16
     bm, bn, bk = variant["config"][:3]
     # a row and a half of tiles, Cin = 1.5 chunks, Cout = 1.5 output tiles; the shortcut
     # through TMA (Cs aligned) and gathered (Cs = 3)
@@ -409,6 +415,7 @@ def test_auto_pick_faster(monkeypatch):
     from raunet_fast.ops import conv3x3 as op
 
     monkeypatch.setattr(op, "_PICKED", {})
+    monkeypatch.setattr(op, "PICK_TIMES", {})
     calls = []
     cands = {"triton": lambda: calls.append("triton"), "cudnn": lambda: calls.append("cudnn")}
     ms = {"triton": 0.5, "cudnn": 0.9}
@@ -427,8 +434,10 @@ def test_auto_pick_faster(monkeypatch):
         raise RuntimeError("no kernel image")
     assert op.pick_faster(("c",), {"triton": boom, "cudnn": cands["cudnn"]}, timer,
                           "triton") == "cudnn"
-    assert op.pick_faster(("d",), {"triton": boom}, timer, "cudnn") == "cudnn"
-    assert op._PICKED == {("a",): "triton", ("b",): "cudnn", ("c",): "cudnn", ("d",): "cudnn"}
+    assert op.pick_faster(("d",), {"triton": boom}, timer, "cudnn") == "cudnn"   # none ran
+    assert op._PICKED == {("a",): "triton", ("b",): "cudnn", ("c",): "cudnn"}  # d: retried
+    assert op.PICK_TIMES[("a",)] == {"triton": 0.5, "cudnn": 0.9}
+    assert op.PICK_TIMES[("c",)] == {"cudnn": 0.9}
 
 
 def _small_k_variants():
@@ -742,45 +751,42 @@ def test_auto_pick_gpu(no_tf32, monkeypatch, mode, dtype):
 
     monkeypatch.setitem(op.AUTO_PICK, "mode", mode)
     monkeypatch.setattr(op, "_PICKED", {})
+    monkeypatch.setattr(op, "PICK_TIMES", {})
     cases = [(3, 64, "none", 3), (4, 64, "residual", 3), (3, 64, "shortcut", 3),
              (64, 128, "shortcut", 64), (32, 64, "residual", 32)]
     for cin, cout, epilogue, cs in cases:
         args, kw, k = make_case(2, cin, cout, 9, 70, epilogue, dtype=dtype, device="cuda",
                                 channels_last=True, cs=cs)
         check("auto", args, kw, k, True, dtype, f"auto {mode} {dtype} {cin} {epilogue}")
-    hopper = torch.cuda.get_device_capability()[0] >= 9
-    if mode == "tune":   # fp32 with TF32 off: exact products requested, no TMA contender
+    hopper = torch.cuda.get_device_capability()[0] == 9
+    if mode == "tune":   # fp32: no TMA contender (16-bit only)
         assert len(op._PICKED) == 3 + (2 if hopper and dtype != torch.float32 else 0)
+        for key, times in op.PICK_TIMES.items():   # both candidates ran (none raised)
+            assert set(times) == {"triton", "cudnn"}, (key, times)
     else:
         assert not op._PICKED
     assert set(op._PICKED.values()) <= {"triton", "cudnn"}
 
 
 @requires_cuda
-@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability()[0] < 9,
-                    reason="the TMA kernel needs sm_90+")
-@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability()[0] != 9,
+                    reason="the TMA kernel runs on sm_90 (Hopper) only")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_conv_gpu_tma(monkeypatch, dtype):
-    """The Hopper TMA kernel on the GPU (fp32 as TF32: the kernel's only fp32 mode; exact
-    fp32 takes the pointer kernel): partial row / channel tiles, Cin not a multiple of the
-    K chunk, every epilogue, against fp64; the launch took the TMA path."""
+    """The Hopper TMA kernel on the GPU: partial row / channel tiles, Cin not a multiple of
+    the K chunk, a shortcut through TMA and a gathered 3-channel one (level 1's conv2),
+    every epilogue, against fp64; each launch took the TMA path."""
     from raunet_fast.kernels import conv3x3 as k
 
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setattr(k, "_TUNED", {})
-    for shape in ((2, 24, 40, 5, 70, 8), (1, 96, 128, 6, 200, 64), (3, 64, 64, 4, 64, 32)):
+    for shape in ((2, 24, 40, 5, 70, 8), (1, 96, 128, 6, 200, 64), (3, 64, 64, 4, 64, 32),
+                  (2, 64, 64, 4, 96, 3)):
         *dims, cs = shape
         for i, epilogue in enumerate(EPILOGUES):
+            monkeypatch.setattr(k, "_TUNED", {})
             args, kw, kk = make_case(*dims, epilogue, dtype=dtype, device="cuda",
                                      channels_last=True, cs=cs)
-            want, mag = reference(*args, relu=i != 1, parts=True, **kw)
-            y = conv3x3_fused(*args, relu=i != 1, backend="triton", **kw)
-            if dtype == torch.float32:   # TF32 products: 10-bit mantissas
-                assert_close_report(y.double().cpu(), want, 3e-3, 3e-3, f"TMA tf32 {shape}")
-            else:
-                assert_parity(y, want, dtype, k=kk, scale=mag, roundings=3,
-                              what=f"TMA {dtype} {shape} {epilogue}")
-    assert any(key[0] == "tma" for key in k._TUNED), "TMA kernel not used"
+            check("triton", args, kw, kk, i != 1, dtype, f"TMA {dtype} {shape} {epilogue}")
+            assert [key[0] for key in k._TUNED] == ["tma"], f"TMA kernel not used: {shape}"
 
 
 @requires_cuda

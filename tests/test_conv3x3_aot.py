@@ -145,7 +145,8 @@ def _tma_jobs():
 def test_conv_aot_triton_tma_configs(record_property, capsys):
     """The Hopper TMA kernel, every shipped config for sm_90 (shortcut and residual on):
     zero spills, shared memory within the H100's limit, and the K loop it was written for -
-    TMA copies (cp.async.bulk.tensor) feeding wgmma - not a fallback."""
+    TMA copies (cp.async.bulk.tensor) feeding wgmma from shared memory, no operand copied
+    through registers in the loop - not a fallback."""
     reports = aot_reports(_tma_jobs())
     table = ["dtype sc     sm  BM  BN  BK warps stages regs spills shared  wgmma tma"]
     for r in reports:
@@ -167,6 +168,12 @@ def test_conv_aot_triton_tma_configs(record_property, capsys):
         assert r["shared"] <= SHARED_LIMIT[90], f"{what}: {r['shared']} B shared memory"
         assert r["ptx_ops"]["wgmma"] > 0 and r["ptx_ops"]["tma"] > 0, \
             f"{what}: no TMA-fed wgmma loop: {r['ptx_ops']}"
+        # the tap loop (and a TMA shortcut loop) multiply straight from shared memory: no
+        # operand copied into registers inside them (the gathered shortcut's loop does)
+        loops = r["loop_local_loads"]
+        n_clean = 2 if r["constexprs"]["SC_DESC"] else 1
+        assert len(loops) >= n_clean and not any(loops[:n_clean]), \
+            f"{what}: shared-to-register copies in the K loop(s): {loops}"
 
 
 def test_conv_aot_triton_configs(record_property, capsys):

@@ -537,6 +537,10 @@ def test_patches_per_image_decodes_each_image_once(tmp_path, monkeypatch):
     assert all(len(c) > 1 for c in corners.values())  # K patches at K positions
     with pytest.raises(ValueError, match="patches_per_image"):
         ImageMaskFolder(tmp_path, "all", patch=(12, 12), patches_per_image=2)  # tiles
-    with pytest.raises(ValueError, match="patches_per_image"):
-        ImageMaskFolder(tmp_path, "all", patch=(12, 12), random_patches=True,
-                        patches_per_image=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="patches_per_image"):
+            ImageMaskFolder(tmp_path, "all", patch=(12, 12), random_patches=True,
+                            patches_per_image=bad)
+    with pytest.raises(ValueError, match="patches_per_image"):   # resized items: no patches
+        ImageMaskFolder(tmp_path, "all", image_size=(16, 16), random_patches=True,
+                        patches_per_image=2)

@@ -222,6 +222,15 @@ def test_isic_patch_training_and_windowed_evaluation(isic_root, tmp_path, capsys
     assert cli.main(isic_train_args(isic_root, tmp_path / "r4", 1, "--patches-per-image",
                                     "2")) == 2
     assert "--patches-per-image needs --patch" in capsys.readouterr().err
+    # it fixes what an epoch is: a resumed run keeps it; a run.json from before the option
+    # existed counts as K = 1
+    assert cli.main([*args[:-len(TINY)], *TINY, "--out", str(run3), "--patches-per-image", "3",
+                     "--resume", "--epochs", "2"]) == 2
+    assert "patches_per_image: run has 2, now 3" in capsys.readouterr().err
+    old_run = json.loads((run / "run.json").read_text())
+    old_run.pop("patches_per_image", None)
+    (run / "run.json").write_text(json.dumps(old_run))
+    assert cli.main([*args[:-len(TINY)], *TINY, "--resume", "--epochs", "2"]) == 0
     # export sizes a patch checkpoint's static program at its patch
     assert cli.main(["export", "--checkpoint", str(run / "best"), "--out",
                      str(tmp_path / "m.pt2"), "--static"]) == 0

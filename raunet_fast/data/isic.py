@@ -84,9 +84,11 @@ class SegmentationFolder2D(Dataset):
         self.context = (int(context[0]), int(context[1])) if random_patches else (0, 0)
         if min(self.context) < 0:
             raise ValueError(f"context must be >= 0, got {context}")
-        if int(patches_per_image) < 1:
-            raise ValueError(f"patches_per_image must be >= 1, got {patches_per_image}")
-        if patches_per_image != 1 and not random_patches:
+        if isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) \
+                or patches_per_image < 1:
+            raise ValueError(f"patches_per_image must be an integer >= 1, got "
+                             f"{patches_per_image!r}")
+        if patches_per_image != 1 and (self.patch is None or not random_patches):
             raise ValueError("patches_per_image is for random training patches (patch and "
                              "random_patches=True)")
         self.patches_per_image = int(patches_per_image)

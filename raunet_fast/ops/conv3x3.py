@@ -342,10 +342,20 @@ def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
 #   in its K loop: no projection tensor written and read back (level 2's 1.20x over its
 #   bare convolutions with cuDNN).
 # Neither is timed on a GPU yet, so the first call of such a layer shape (size class) times
-# both on the real inputs and keeps the faster, like cudnn.benchmark. Never during CUDA
-# graph capture (cuDNN then, not remembered). RAUNET_CONV_AUTO=triton|cudnn: no timing.
+# both on the real inputs and keeps the faster, like cudnn.benchmark (calls back to back:
+# for tiny layers the host's launch cost counts, which CUDA graphs would hide). Never
+# during CUDA graph capture (cuDNN then, not remembered). RAUNET_CONV_AUTO=triton|cudnn:
+# no timing.
 AUTO_PICK = {"mode": os.environ.get("RAUNET_CONV_AUTO", "tune")}
+if AUTO_PICK["mode"] not in ("tune", "triton", "cudnn"):
+    import warnings
+
+    warnings.warn(f"RAUNET_CONV_AUTO={AUTO_PICK['mode']!r} is not one of tune, triton, cudnn: "
+                  f"using tune", stacklevel=2)
+    AUTO_PICK["mode"] = "tune"
 _PICKED: dict[tuple, str] = {}
+#: the timings behind each pick (ms per candidate that ran), for reports and tests
+PICK_TIMES: dict[tuple, dict[str, float]] = {}
 
 
 def _triton_contends(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor],
@@ -359,14 +369,17 @@ def _triton_contends(x: torch.Tensor, weight: torch.Tensor, residual: Optional[t
     if k.uses_small_k(weight.shape[1], shortcut_input.shape[1] if shortcut_input is not None
                       else 0):
         return True
+    if out_memory_format(x) != torch.channels_last:   # the output the op will allocate
+        return False
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     return k.tma_applies(x, residual, shortcut_input, weight.shape[0], ieee)
 
 
 def pick_faster(key: tuple, candidates: dict, timer, default: str) -> str:
     """The name of the fastest of ``candidates`` (name -> zero-argument callable) by
-    ``timer(fn) -> ms``, remembered under ``key``; ``default`` (not remembered) while a CUDA
-    graph is being captured. A candidate that raises is out of the running."""
+    ``timer(fn) -> ms``, remembered under ``key`` (the timings in :data:`PICK_TIMES`);
+    ``default`` while a CUDA graph is being captured, or when no candidate ran (neither
+    remembered). A candidate that raises is out of the running."""
     pick = _PICKED.get(key)
     if pick is not None:
         return pick
@@ -379,8 +392,11 @@ def pick_faster(key: tuple, candidates: dict, timer, default: str) -> str:
             times[name] = timer(fn)
         except Exception:  # noqa: BLE001 - this candidate cannot run these inputs
             continue
-    pick = min(times, key=times.get) if times else default
+    if not times:   # e.g. out of memory while timing: try again next call
+        return default
+    pick = min(times, key=times.get)
     _PICKED[key] = pick
+    PICK_TIMES[key] = times
     return pick
 
 
@@ -399,12 +415,18 @@ def _auto_pick(x, weight, bias, residual, shortcut_input, shortcut_weight, packe
     n, cin, h, w = x.shape
     key = (cin, weight.shape[0], shortcut_input.shape[1] if shortcut_input is not None else 0,
            residual is not None, relu, x.dtype, out_memory_format(x), w >= 128,
-           (n * h * w).bit_length(), x.device.index, torch.backends.cudnn.allow_tf32)
-    return pick_faster(key, {
-        "triton": lambda: _triton_impl(x, weight, bias, residual, shortcut_input,
-                                       shortcut_weight, packed, relu),
-        "cudnn": lambda: _cudnn_fused(x, weight, bias, residual, shortcut_input,
-                                      shortcut_weight)}, _bench_ms, "cudnn")
+           (n * h * w).bit_length(), x.device.index, torch.backends.cudnn.allow_tf32,
+           x.is_contiguous(memory_format=torch.channels_last),
+           None if shortcut_input is None else shortcut_input.stride(1) == 1)
+    pick = _PICKED.get(key)
+    if pick is not None:
+        return pick
+    with torch.cuda.device(x.device):   # do_bench times (and syncs) the current device
+        return pick_faster(key, {
+            "triton": lambda: _triton_impl(x, weight, bias, residual, shortcut_input,
+                                           shortcut_weight, packed, relu),
+            "cudnn": lambda: _cudnn_fused(x, weight, bias, residual, shortcut_input,
+                                          shortcut_weight)}, _bench_ms, "cudnn")
 
 
 def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
