@@ -14,7 +14,7 @@ For every (batch, level) it times, on one device:
                conv + the csrc epilogue kernel, which computes the projection from x);
                at level 1 (narrow input, fused_blocks.carry_candidate) also fused-<be>-carry:
                the input carried through conv1, no separate 1x1 projection conv;
-               fused-triton-no-tma (sm_90+): the pointer-based Triton kernel where the TMA
+               fused-triton-no-tma (sm_90): the pointer-based Triton kernel where the TMA
                kernel would run;
                fused-auto (GPU): the default backend (cuDNN fusion; narrow convs on cuDNN or
                the Triton flat-K kernel, whichever a one-time timing picks)
@@ -199,7 +199,7 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
     for be in backends:
         fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
         out[f"fused-{be}"] = lambda fused=fused: fused(x)
-        if be == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9:
+        if be == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9:
             # the pointer-based kernel where the TMA kernel would run: what TMA brings
             out["fused-triton-no-tma"] = lambda fused=fused: _without_tma(fused, x)
         if be == "cuda" and x.is_cuda:

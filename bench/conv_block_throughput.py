@@ -1,6 +1,6 @@
 """Residual block throughput on CUDA, 50 calls back to back (launch overhead hidden, unlike
 bench_conv.py, which times single calls): the fused block with the "cuda" backend (cuDNN's
-runtime fusion), "triton" (the flat-K kernel for the narrow first conv; on sm_90+ the TMA
+runtime fusion), "triton" (the flat-K kernel for the narrow first conv; on sm_90 the TMA
 kernel with the projection in its K loop, elsewhere the pointer kernel) and "auto" (the
 per-layer one-time pick between them), each against the block's two bare cuDNN
 convolutions. bf16, channels_last, batch 8, the five encoder levels of a 512x512 RAUNet.

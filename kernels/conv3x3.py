@@ -543,7 +543,7 @@ def shipped_configs() -> list[dict]:
     return out
 
 
-# Hopper (sm_90+) TMA kernel: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_M
+# Hopper (sm_90) TMA kernel: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_M
 # pixels of one image row, so only layers at least TMA_MIN_WIDTH wide take it (level 5 of a
 # 512 x 512 network, 32 wide, keeps the pointer kernel / cuDNN). Every config's K loop
 # compiles to TMA copies + asynchronous wgmma from shared memory (AOT-checked); a box of

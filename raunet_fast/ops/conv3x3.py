@@ -9,7 +9,7 @@ Backends (``backend=``):
 * ``"torch"``  - reference math (``F.conv2d`` + add + ReLU), any device.
 * ``"triton"`` - implicit-GEMM kernels (:mod:`raunet_fast.kernels.conv3x3`) with the shortcut
   GEMM in the same K loop and the epilogue in registers: a flat-K one for narrow inputs,
-  a TMA + wgmma one on sm_90+ for TMA-aligned channels-last layers, a pointer-based one
+  a TMA + wgmma one on sm_90 for fp16 / bf16 TMA-aligned channels-last layers, a pointer-based one
   for the rest; CUDA, or CPU under ``TRITON_INTERPRET=1`` (tests).
 * ``"cuda"``   - with ReLU on: cuDNN's runtime-fused conv + bias (+ add) + ReLU (the 1x1
   projection as one cuDNN conv feeding the add). With ReLU off (or
@@ -19,7 +19,7 @@ Backends (``backend=``):
   ReLU as oneDNN post-ops when ReLU is on; otherwise (ReLU off, fp16/bf16,
   ``RAUNET_CPP_ONEDNN_POSTOPS=0``) the same csrc epilogue math built for the CPU.
 * ``"auto"``   - on CUDA the cuDNN fusion when ReLU is on (fastest measured; where a Triton
-  kernel was built to beat it - narrow inputs, or sm_90+ TMA-aligned layers - that or
+  kernel was built to beat it - narrow inputs, or sm_90 16-bit TMA-aligned layers - that or
   the Triton kernel, whichever a one-time timing per layer shape finds faster:
   :data:`AUTO_PICK`), else ``"triton"``
   (``"cuda"``, then ``"torch"`` if Triton is missing),
@@ -337,7 +337,7 @@ def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
 #   8 on an H200 (bench/results/h200-20261126/run1_conv.txt, bf16) while the 64 -> 64 conv
 #   alone should take ~0.25 ms at the level-2 convs' 660 TFLOP/s: the 3-channel conv, which
 #   only has to write its 64-channel output (~0.07 ms of traffic), appears to take ~0.4 ms;
-# * sm_90+, channels-last, 16-byte-aligned channels, rows >= 64 wide: the TMA kernel, a
+# * sm_90, fp16 / bf16, channels-last, 16-byte-aligned channels, rows >= 64 wide: the TMA kernel, a
 #   Hopper GEMM pipeline (TMA -> shared memory -> wgmma) with the 1x1 projection shortcut
 #   in its K loop: no projection tensor written and read back (level 2's 1.20x over its
 #   bare convolutions with cuDNN).
