@@ -342,8 +342,8 @@ def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
 #   in its K loop: no projection tensor written and read back (level 2's 1.20x over its
 #   bare convolutions with cuDNN).
 # Neither is timed on a GPU yet, so the first call of such a layer shape (size class) times
-# both on the real inputs and keeps the faster, like cudnn.benchmark (calls back to back:
-# for tiny layers the host's launch cost counts, which CUDA graphs would hide). Never
+# both on the real inputs and keeps the faster, like cudnn.benchmark (device time, from
+# calls replayed in a CUDA graph: the host's launch cost is not what decides). Never
 # during CUDA graph capture (cuDNN then, not remembered). RAUNET_CONV_AUTO=triton|cudnn:
 # no timing.
 AUTO_PICK = {"mode": os.environ.get("RAUNET_CONV_AUTO", "tune")}
@@ -400,10 +400,30 @@ def pick_faster(key: tuple, candidates: dict, timer, default: str) -> str:
     return pick
 
 
-def _bench_ms(fn) -> float:
+def _bench_ms(fn, reps: int = 10) -> float:
+    """Device milliseconds per call of ``fn``: ``reps`` calls captured in a CUDA graph and
+    the replay timed (``triton.testing.do_bench``, L2 flushed between replays), so the host's
+    launch cost - which differs between a Triton launch and a cuDNN call, and which CUDA
+    graphs remove in deployment - does not decide. Falls back to timing plain calls if the
+    capture fails."""
     from triton.testing import do_bench
 
-    return do_bench(fn, warmup=5, rep=20)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()   # warm on the capture stream (workspaces, plans)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+        ms = do_bench(graph.replay, warmup=5, rep=20) / reps
+        del graph
+        return ms
+    except Exception:  # noqa: BLE001 - not capturable here: time plain calls
+        torch.cuda.synchronize()
+        return do_bench(fn, warmup=5, rep=20)
 
 
 def _auto_pick(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
