@@ -257,6 +257,15 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
                     print_fn(f"{'':>9} {'':>5} fastest: {best} ({results[best][0]:.3f} ms)")
         for runner in fns.graph_runners:
             runner._graphs.clear()
+        if device.type == "cuda":
+            from .ops import conv3x3 as conv_op
+
+            picks = conv_op.describe_picks()
+            if picks:   # which layers "auto" gave to Triton, and the timings that decided
+                print_fn("# auto's conv backend per layer shape (device ms per call, timed "
+                         "once on first use):")
+                for line in picks:
+                    print_fn("#   " + line)
     finally:
         torch.backends.cudnn.benchmark = old_bench
     if out_csv and rows:

@@ -438,6 +438,14 @@ def test_auto_pick_faster(monkeypatch):
     assert op._PICKED == {("a",): "triton", ("b",): "cudnn", ("c",): "cudnn"}  # d: retried
     assert op.PICK_TIMES[("a",)] == {"triton": 0.5, "cudnn": 0.9}
     assert op.PICK_TIMES[("c",)] == {"cudnn": 0.9}
+    # the report benchmark prints, for a key shaped like _auto_pick's
+    key = (64, 128, 64, False, True, torch.bfloat16, torch.channels_last, True, 20, 0, True,
+           True, True)
+    monkeypatch.setattr(op, "PICK_TIMES", {key: {"triton": 0.21, "cudnn": 0.25}})
+    op._PICKED[key] = "triton"
+    (line,) = op.describe_picks()
+    assert "64 -> 128" in line and "1x1 64" in line and "bfloat16" in line
+    assert "cudnn 0.2500, triton 0.2100 ms -> triton" in line and str(2 ** 20) in line
 
 
 def _small_k_variants():

@@ -426,6 +426,19 @@ def _bench_ms(fn, reps: int = 10) -> float:
         return do_bench(fn, warmup=5, rep=20)
 
 
+def describe_picks() -> list[str]:
+    """One line per layer shape "auto" has timed (:data:`PICK_TIMES`): the layer, each
+    candidate's device milliseconds and the pick."""
+    lines = []
+    for key, times in PICK_TIMES.items():
+        cin, cout, cs, has_res, _, dtype, _, _, size_class = key[:9]
+        extra = f" + 1x1 {cs}" if cs else (" + residual" if has_res else "")
+        t = ", ".join(f"{name} {ms:.4f}" for name, ms in sorted(times.items()))
+        lines.append(f"{cin:>5} -> {cout:<5}{extra:<14} {str(dtype)[6:]:<9} "
+                     f"<{2 ** size_class:>9} px: {t} ms -> {_PICKED.get(key, '?')}")
+    return lines
+
+
 def _auto_pick(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
                relu) -> str:
     """``"triton"`` or ``"cudnn"`` for a layer where Triton contends (:data:`AUTO_PICK`)."""
