@@ -240,6 +240,8 @@ def _without_cudnn_fusion(fn, x):
 
 
 def run(args) -> list[dict]:
+    # every Triton config's time as the autotuner tries it (tuning data for kernels/conv3x3.py)
+    os.environ.setdefault("RAUNET_FAST_AUTOTUNE_VERBOSE", "1")
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     backends = args.backends or available_backends(device)

@@ -805,11 +805,16 @@ def _tuned(key, cands, launch, x) -> tuple:
         from triton.testing import do_bench
 
         best = None
+        verbose = os.environ.get("RAUNET_FAST_AUTOTUNE_VERBOSE", "0") != "0"
         for c in cands:
             try:
                 t = do_bench(lambda c=c: launch(c), warmup=3, rep=15)
-            except Exception:  # e.g. out of shared memory on a smaller GPU
+            except Exception as e:  # e.g. out of shared memory on a smaller GPU
+                if verbose:
+                    print(f"# autotune {key[:4]} {c}: failed: {type(e).__name__}", flush=True)
                 continue
+            if verbose:   # the tuning data behind the config tables (bench_conv sets it)
+                print(f"# autotune {key[:4]} {c}: {t:.4f} ms", flush=True)
             if best is None or t < best[0]:
                 best = (t, c)
         if best is not None:
