@@ -7,7 +7,13 @@ a config. Kernels know nothing of models; :mod:`raunet_fast.ops.conv3x3` is the 
 The GEMM view: ``M = N*H*W`` output pixels, ``N = Cout``, ``K = 9*Cin (+ Cs)``. The K loop
 runs over 9 taps x ``ceil(Cin / BLOCK_K)`` channel chunks (one flattened loop, so Triton
 software-pipelines it), then over the shortcut's ``Cs`` channels at the centre pixel, all
-into one fp32 accumulator. Zero padding is done by load masks, never by a padded copy.
+into one fp32 accumulator. Zero padding is done by load masks (or the TMA unit's zero
+fill), never by a padded copy. Three kernels, one op, picked by the launcher:
+
+* :func:`_conv3x3_small_k_kernel` (flat K) for narrow inputs, ``9*Cin + Cs <= 64``;
+* :func:`_conv3x3_tma_kernel` on Hopper (sm_90) for fp16 / bf16 channels-last layers whose
+  rows are >= 64 px and channel counts TMA-aligned: tensor descriptors + wgmma;
+* :func:`_conv3x3_fused_kernel` (pointer-based) for everything else.
 """
 from __future__ import annotations
 
@@ -390,6 +396,8 @@ def _conv3x3_tma_kernel(
 ):
     """The op of :func:`_conv3x3_fused_kernel` on Hopper: every operand moved by the TMA
     unit (tensor descriptors), multiply-accumulate by ``wgmma`` straight from shared memory.
+    fp16 / bf16 (fp32 would be TF32 wgmma, which wants K-contiguous weight tiles: Triton
+    copied each through registers, so the launcher keeps fp32 on the pointer kernel).
 
     A program computes ``BLOCK_M`` consecutive pixels of one image row (``[1, 1, BLOCK_M,
     C]`` boxes of channels-last 4-D descriptors ``[N, H, W, C]``) x ``BLOCK_N`` output
