@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine: install, GPU parity tests, kernel benchmarks and the
 # end-to-end real-time benchmark. Everything lands in $OUT (or bench/results/gpu-<date>).
-#   bash bench/gpu_run.sh [tests|bench]   (default: both)
+#   bash bench/gpu_run.sh [tests|bench|maxautotune]   (default: tests and bench)
 # Each step runs under its own time box (TEST_S, CONV_S, THRU_S, NET_S, GATE_S, SWEEP_S seconds) so one slow step
 # cannot starve the rest of a short lease; at most 8 files land in $OUT (the device tool's limit):
 # the conv CSV is left out (conv.txt has the table) to make room for gate_sweep.txt.
@@ -25,6 +25,12 @@ par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-14}")
 [ "${1:-}" = bench ] || timeout "${TEST_S:-400}" python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" -k "not aot" --durations=30 -W ignore::pytest_benchmark.logger.PytestBenchmarkWarning "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 
 [ "${1:-}" = tests ] && exit 0
+if [ "${1:-}" = maxautotune ]; then
+  # issue 4's torch.compile(mode="max-autotune") row of the block, batch 8 (minutes of
+  # compilation per shape: a session of its own)
+  timeout "${MAXAT_S:-500}" python3 bench/bench_conv.py --compile max-autotune --batch 8 --backends cuda 2>&1 | tee "$OUT/conv_max_autotune.txt" | tail -40
+  exit 0
+fi
 # conv first (issue 4: the flat-K and TMA kernels' first timings), then the network, then
 # the gate (issue 3, resolved: its sweep only with SWEEP_S set)
 [ -e bench/bench_conv.py ] && timeout "${CONV_S:-130}" python3 bench/bench_conv.py --compile none 2>&1 | tee "$OUT/conv.txt" | tail -40
