@@ -34,6 +34,8 @@ fi
 # conv first (issue 4: the flat-K and TMA kernels' first timings), then the network, then
 # the gate (issue 3, resolved: its sweep only with SWEEP_S set)
 [ -e bench/bench_conv.py ] && timeout "${CONV_S:-130}" python3 bench/bench_conv.py --compile none 2>&1 | tee "$OUT/conv.txt" | tail -40
+# issue 4's targets per (batch, level) from that table, appended to it
+[ -e bench/conv_targets.py ] && python3 bench/conv_targets.py "$OUT/conv.txt" > /tmp/conv_targets.txt 2>&1; cat /tmp/conv_targets.txt | tee -a "$OUT/conv.txt"
 [ -e bench/conv_block_throughput.py ] && timeout "${THRU_S:-90}" python3 bench/conv_block_throughput.py 2>&1 | tee -a "$OUT/conv.txt" | tail -12
 timeout "${NET_S:-160}" python3 bench/realtime_inference.py --size ${NET_SIZES:-512 1024} --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
 [ -e bench/bench_attention_gate.py ] && timeout "${GATE_S:-90}" python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
