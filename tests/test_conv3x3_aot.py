@@ -36,6 +36,16 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
+def assert_clean_build(r: dict, what: str) -> None:
+    """An AOT report ``r`` built: ptxas succeeded, registers known, no spills, shared memory
+    within the architecture's limit."""
+    assert r["ptxas_ok"], f"{what}: ptxas failed:\n{r['ptxas_log']}"
+    assert r["registers"] is not None, f"{what}: no register count in\n{r['ptxas_log']}"
+    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, \
+        f"{what}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads"
+    assert r["shared"] <= SHARED_LIMIT[r["arch"]], f"{what}: {r['shared']} B shared memory"
+
+
 def _conv_jobs():
     pytest.importorskip("triton")
     from raunet_fast.kernels import conv3x3 as k
@@ -113,11 +123,7 @@ def test_conv_aot_triton_small_k_configs(record_property, capsys):
         print("\nconv3x3_fused flat-K (narrow input) Triton AOT builds:\n" + "\n".join(table))
     for r in reports:
         what = f"flat-K {r['signature']['x_ptr']} sm_{r['arch']} {r['constexprs']} w{r['num_warps']}"
-        assert r["ptxas_ok"], f"{what}: ptxas failed:\n{r['ptxas_log']}"
-        assert r["registers"] is not None, f"{what}: no register count in\n{r['ptxas_log']}"
-        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, \
-            f"{what}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads"
-        assert r["shared"] <= SHARED_LIMIT[r["arch"]], f"{what}: {r['shared']} B shared memory"
+        assert_clean_build(r, what)
 
 
 def _tma_jobs():
@@ -161,11 +167,7 @@ def test_conv_aot_triton_tma_configs(record_property, capsys):
         print("\nconv3x3_fused TMA (sm_90) Triton AOT builds:\n" + "\n".join(table))
     for r in reports:
         what = f"TMA {r['signature']['y_desc']} {r['constexprs']} w{r['num_warps']}s{r['num_stages']}"
-        assert r["ptxas_ok"], f"{what}: ptxas failed:\n{r['ptxas_log']}"
-        assert r["registers"] is not None, f"{what}: no register count in\n{r['ptxas_log']}"
-        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, \
-            f"{what}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads"
-        assert r["shared"] <= SHARED_LIMIT[90], f"{what}: {r['shared']} B shared memory"
+        assert_clean_build(r, what)   # (arch 90: the H100's shared-memory limit)
         assert r["ptx_ops"]["wgmma"] > 0 and r["ptx_ops"]["tma"] > 0, \
             f"{what}: no TMA-fed wgmma loop: {r['ptx_ops']}"
         # the tap loop (and a TMA shortcut loop) multiply straight from shared memory: no
@@ -204,11 +206,7 @@ def test_conv_aot_triton_configs(record_property, capsys):
         print("\nconv3x3_fused Triton AOT builds:\n" + "\n".join(table))
     for r in reports:
         what = f"{r['signature']['x_ptr']} sm_{r['arch']} {r['constexprs']} w{r['num_warps']}s{r['num_stages']}"
-        assert r["ptxas_ok"], f"{what}: ptxas failed:\n{r['ptxas_log']}"
-        assert r["registers"] is not None, f"{what}: no register count in\n{r['ptxas_log']}"
-        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, \
-            f"{what}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads"
-        assert r["shared"] <= SHARED_LIMIT[r["arch"]], f"{what}: {r['shared']} B shared memory"
+        assert_clean_build(r, what)
 
 
 def _nvcc_or_skip():
