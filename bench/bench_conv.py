@@ -16,10 +16,12 @@ For every (batch, level) it times, on one device:
                the input carried through conv1, no separate 1x1 projection conv;
                fused-triton-no-tma (sm_90): the pointer-based Triton kernel where the TMA
                kernel would run;
-               fused-auto (GPU): the default backend (cuDNN fusion; narrow convs on cuDNN or
-               the Triton flat-K kernel, whichever a one-time timing picks)
+               fused-auto (GPU): the default backend (cuDNN fusion; narrow convs on cuDNN,
+               cuDNN on zero-padded channels or the Triton flat-K kernel, whichever a one-time
+               timing picks)
   conv1-*      (GPU, narrow input) the first conv alone: floor (bare cuDNN conv), cudnn (+ bias
-               + ReLU fused), triton (flat-K kernel, + bias + ReLU), write (a fill of its
+               + ReLU fused), cudnn-pad (the same on the input zero-padded to 8 channels, the
+               copy included), triton (flat-K kernel, + bias + ReLU), write (a fill of its
                output: its memory-traffic floor); their "x floor" is against the block's floor
 
 and reports ms, TFLOP/s (2 * multiply-adds of the two 3x3 convs and the 1x1 projection),
@@ -52,6 +54,7 @@ import torch
 from raunet_fast.blocks import ResidualBlock
 from raunet_fast.fold import fold_residual_block
 from raunet_fast.ops import conv3x3_fused
+from raunet_fast.ops.conv3x3 import pad_channels
 from raunet_fast.ops.fused_blocks import FusedResidualBlock, carry_candidate
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -194,6 +197,11 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
         out["conv1-floor"] = lambda: conv(x, w1, padding=1)
         out["conv1-cudnn"] = lambda: torch.cudnn_convolution_relu(x, w1, c1b, one, one, one, 1)
         out["conv1-triton"] = lambda: conv3x3_fused(x, w1, c1b, backend="triton")
+
+        def conv1_pad():   # what "auto"'s "cudnn-pad" candidate runs, the input's copy included
+            xp, w1p = pad_channels(x, w1, torch.channels_last)
+            return torch.cudnn_convolution_relu(xp, w1p, c1b, one, one, one, 1)
+        out["conv1-cudnn-pad"] = conv1_pad
         h_buf = torch.empty_like(h)
         out["conv1-write"] = lambda: h_buf.zero_()
     for be in backends:

@@ -448,6 +448,89 @@ def test_auto_pick_faster(monkeypatch):
     assert "cudnn 0.2500, triton 0.2100 ms -> triton" in line and str(2 ** 20) in line
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("cin", [1, 3, 4, 13, 16])
+def test_pad_channels(channels_last, cin):
+    """Zero channels up to a multiple of 8 ("cudnn-pad"): the same convolution (fp64, against
+    the unpadded one), in the requested layout; the padded weight is made once per weight
+    tensor and made again after an in-place update."""
+    from raunet_fast.ops import conv3x3 as op
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, cin, 7, 13, dtype=torch.float64).contiguous(memory_format=fmt)
+    w = torch.randn(5, cin, 3, 3, dtype=torch.float64)
+    xp, wp = op.pad_channels(x, w, fmt)
+    cp = -(-cin // 8) * 8
+    assert xp.shape == (2, cp, 7, 13) and wp.shape == (5, cp, 3, 3)
+    if cp == cin:
+        assert xp is x and wp is w
+        return
+    assert xp.is_contiguous(memory_format=fmt) and wp.is_contiguous(memory_format=fmt)
+    assert not xp[:, cin:].any() and not wp[:, cin:].any()
+    torch.testing.assert_close(F.conv2d(xp, wp, padding=1), F.conv2d(x, w, padding=1),
+                               rtol=1e-12, atol=1e-12)
+    assert op.pad_channels(x, w, fmt)[1] is wp        # cached per weight tensor
+    with torch.no_grad():
+        w.mul_(2)
+    wp2 = op.pad_channels(x, w, fmt)[1]
+    assert wp2 is not wp and torch.equal(wp2[:, :cin], w)
+
+
+def test_auto_candidates_pad():
+    """"cudnn-pad" is a candidate exactly where the conv's or the projection's input is not
+    a multiple of 8 channels (on a CPU tensor Triton never contends)."""
+    from raunet_fast.ops import conv3x3 as op
+
+    def cands(cin, cs=None):
+        x = torch.randn(1, cin, 4, 4)
+        s = None if cs is None else torch.randn(1, cs, 4, 4)
+        return op.auto_candidates(x, torch.randn(8, cin, 3, 3), None, s)
+    assert cands(3) == ["cudnn-pad"] and cands(4) == ["cudnn-pad"] and cands(1) == ["cudnn-pad"]
+    assert cands(64) == [] and cands(64, 64) == [] and cands(24, 16) == []
+    assert cands(64, 3) == ["cudnn-pad"]      # level 1's conv2: the 3-channel projection
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cudnn_fused_pad_plumbing(monkeypatch, epilogue, channels_last):
+    """The "cudnn-pad" path on the CPU, with cuDNN's two fused ops replaced by plain
+    ``F.conv2d`` stand-ins (which check that the channels reaching them were padded): the
+    padding of the input, of the 3-channel projection and of their weights, and the output
+    layout, against the fp64 reference."""
+    from raunet_fast.ops import conv3x3 as op
+
+    seen = []
+
+    def conv_relu(x, w, b, stride, padding, dilation, groups):
+        seen.append(x.shape[1])
+        return torch.relu(F.conv2d(x, w, b, stride, padding, dilation, groups))
+
+    def conv_add_relu(x, w, z, alpha, b, stride, padding, dilation, groups):
+        seen.append(x.shape[1])
+        return torch.relu(F.conv2d(x, w, b, stride, padding, dilation, groups) + alpha * z)
+
+    class ProjectionSpy:   # the module's F: the 1x1 projection's input width
+        @staticmethod
+        def conv2d(x, w, *a, **kw):
+            seen.append(("1x1", x.shape[1]))
+            return F.conv2d(x, w, *a, **kw)
+
+    monkeypatch.setattr(torch, "cudnn_convolution_relu", conv_relu)
+    monkeypatch.setattr(torch, "cudnn_convolution_add_relu", conv_add_relu)
+    monkeypatch.setattr(op, "F", ProjectionSpy)
+    cin = 3 if epilogue != "shortcut" else 16
+    args, kw, k = make_case(2, cin, 12, 7, 13, epilogue, dtype=torch.float64,
+                            channels_last=channels_last, cs=3)
+    got = op._cudnn_fused(*args, kw.get("residual"), kw.get("shortcut_input"),
+                          kw.get("shortcut_weight"), pad=True)
+    assert seen == ([("1x1", 8)] if epilogue == "shortcut" else []) + [8 if cin == 3 else 16]
+    want = reference(*args, **kw)
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last
+                             else torch.contiguous_format)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 def _small_k_variants():
     from raunet_fast.kernels import conv3x3 as k
 
@@ -748,7 +831,7 @@ def test_fused_block_gpu(monkeypatch, backend, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("mode", ["tune", "triton", "cudnn"])
+@pytest.mark.parametrize("mode", ["tune", "triton", "cudnn", "cudnn-pad"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_auto_pick_gpu(no_tf32, monkeypatch, mode, dtype):
     """"auto" where Triton contends with cuDNN (narrow first convs, Cin 3 / 4; on sm_90+
@@ -769,11 +852,12 @@ def test_auto_pick_gpu(no_tf32, monkeypatch, mode, dtype):
     hopper = torch.cuda.get_device_capability()[0] == 9
     if mode == "tune":   # fp32: no TMA contender (16-bit only)
         assert len(op._PICKED) == 3 + (2 if hopper and dtype != torch.float32 else 0)
-        for key, times in op.PICK_TIMES.items():   # both candidates ran (none raised)
-            assert set(times) == {"triton", "cudnn"}, (key, times)
+        for key, times in op.PICK_TIMES.items():   # every candidate ran (none raised)
+            assert set(times) == {*key[-1], "cudnn"}, (key, times)
+            assert ("cudnn-pad" in key[-1]) == (key[0] % 8 != 0 or key[2] % 8 != 0), key
     else:
         assert not op._PICKED
-    assert set(op._PICKED.values()) <= {"triton", "cudnn"}
+    assert set(op._PICKED.values()) <= {"triton", "cudnn", "cudnn-pad"}
 
 
 @requires_cuda

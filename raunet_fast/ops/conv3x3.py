@@ -19,9 +19,9 @@ Backends (``backend=``):
   ReLU as oneDNN post-ops when ReLU is on; otherwise (ReLU off, fp16/bf16,
   ``RAUNET_CPP_ONEDNN_POSTOPS=0``) the same csrc epilogue math built for the CPU.
 * ``"auto"``   - on CUDA the cuDNN fusion when ReLU is on (fastest measured; where a Triton
-  kernel was built to beat it - narrow inputs, or sm_90 16-bit TMA-aligned layers - that or
-  the Triton kernel, whichever a one-time timing per layer shape finds faster:
-  :data:`AUTO_PICK`), else ``"triton"``
+  kernel was built to beat it - narrow inputs, or sm_90 16-bit TMA-aligned layers - or the
+  input is narrow (cuDNN on zero-padded channels), whichever a one-time timing per layer
+  shape finds fastest: :data:`AUTO_PICK`), else ``"triton"``
   (``"cuda"``, then ``"torch"`` if Triton is missing),
   ``"cpp"`` on CPU (``"torch"`` if it cannot be built; a warning says why).
 
@@ -312,22 +312,63 @@ def cudnn_fusion_applies(x: torch.Tensor, relu: bool) -> bool:
             and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled)
 
 
-def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
+#: The channel multiple cuDNN's tensor-core convolutions are built for (16 bytes of fp16 /
+#: bf16): a narrow input (RGB: 3, MRI: 4, grayscale: 1) is otherwise left to slower kernels.
+CUDNN_CHANNEL_MULTIPLE = 8
+
+
+def _padded_channels(c: int) -> int:
+    m = CUDNN_CHANNEL_MULTIPLE
+    return -(-c // m) * m
+
+
+def pad_channels(x: torch.Tensor, weight: torch.Tensor, fmt: torch.memory_format,
+                 key: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (``N x C x H x W``) and ``weight`` (``Cout x C x kh x kw``) with zero channels
+    appended up to a multiple of :data:`CUDNN_CHANNEL_MULTIPLE`, in layout ``fmt``: the
+    same convolution exactly (the added products are zeros). The padded weight is cached
+    per ``key`` tensor (the caller's weight, ``weight`` itself by default: a view made per
+    call would miss); ``x`` is copied once per call (a narrow tensor: a few percent of the
+    layer's output traffic)."""
+    n, c, h, w = x.shape
+    cp = _padded_channels(c)
+    if cp == c:
+        return x, weight
+
+    def make():
+        wp = weight.new_zeros((weight.shape[0], cp, *weight.shape[2:]), dtype=x.dtype)
+        wp[:, :c] = weight.detach()
+        return wp.contiguous(memory_format=fmt)
+    xp = torch.empty((n, cp, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    xp[:, :c].copy_(x)
+    xp[:, c:].zero_()
+    return xp, _cached("pad", make, weight if key is None else key, None, x.dtype, fmt, cp)
+
+
+def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight, pad=False):
+    """cuDNN's runtime-fused conv + bias (+ add) + ReLU; ``pad``: narrow inputs (the conv's
+    and the projection's) zero-padded to :data:`CUDNN_CHANNEL_MULTIPLE` channels first."""
+    x0 = x
     fmt = out_memory_format(x)
     w = _weight_as(weight, x.dtype, fmt)
     b = bias if bias.dtype == x.dtype else _cached("bias", lambda: bias.detach().to(x.dtype),
                                                    bias, None, x.dtype)
     b = b.contiguous()  # cuDNN reads the bias as dense (a no-op for the modules' buffers)
     one = (1, 1)
+    if pad:
+        x, w = pad_channels(x, w, fmt, key=weight)
     if shortcut_input is not None:
         cout, cs = weight.shape[0], shortcut_input.shape[1]
         sw = _weight_as(shortcut_weight.reshape(cout, cs, 1, 1), x.dtype, fmt)
-        residual = F.conv2d(shortcut_input.to(x.dtype), sw)
+        s = shortcut_input.to(x.dtype)
+        if pad:
+            s, sw = pad_channels(s, sw, fmt, key=shortcut_weight)
+        residual = F.conv2d(s, sw)
     if residual is None:
         y = torch.cudnn_convolution_relu(x, w, b, one, one, one, 1)
     else:
         y = torch.cudnn_convolution_add_relu(x, w, residual.to(x.dtype), 1.0, b, one, one, one, 1)
-    return _as_out(y, x)
+    return _as_out(y, x0)
 
 
 # "auto" on CUDA with ReLU on runs cuDNN's fusion - except where a Triton kernel was built
@@ -341,17 +382,21 @@ def _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight):
 #   Hopper GEMM pipeline (TMA -> shared memory -> wgmma) with the 1x1 projection shortcut
 #   in its K loop: no projection tensor written and read back (level 2's 1.20x over its
 #   bare convolutions with cuDNN).
-# Neither is timed on a GPU yet, so the first call of such a layer shape (size class) times
-# both on the real inputs and keeps the faster, like cudnn.benchmark (device time, from
-# calls replayed in a CUDA graph: the host's launch cost is not what decides). Never
-# during CUDA graph capture (cuDNN then, not remembered). RAUNET_CONV_AUTO=triton|cudnn:
-# no timing.
+# * narrow inputs also run through cuDNN on zero-padded channels (a multiple of 8, the
+#   width its tensor-core kernels take; ``"cudnn-pad"``): the same convolution for the price
+#   of a copy of the narrow input.
+# None of these is timed on a GPU yet, so the first call of such a layer shape (size class)
+# times the candidates on the real inputs and keeps the fastest, like cudnn.benchmark
+# (device time, from calls replayed in a CUDA graph: the host's launch cost is not what
+# decides). Never during CUDA graph capture (cuDNN then, not remembered).
+# RAUNET_CONV_AUTO=triton|cudnn|cudnn-pad: that one where it applies (else cuDNN), no timing.
+AUTO_MODES = ("tune", "triton", "cudnn", "cudnn-pad")
 AUTO_PICK = {"mode": os.environ.get("RAUNET_CONV_AUTO", "tune")}
-if AUTO_PICK["mode"] not in ("tune", "triton", "cudnn"):
+if AUTO_PICK["mode"] not in AUTO_MODES:
     import warnings
 
-    warnings.warn(f"RAUNET_CONV_AUTO={AUTO_PICK['mode']!r} is not one of tune, triton, cudnn: "
-                  f"using tune", stacklevel=2)
+    warnings.warn(f"RAUNET_CONV_AUTO={AUTO_PICK['mode']!r} is not one of "
+                  f"{', '.join(AUTO_MODES)}: using tune", stacklevel=2)
     AUTO_PICK["mode"] = "tune"
 _PICKED: dict[tuple, str] = {}
 #: the timings behind each pick (ms per candidate that ran), for reports and tests
@@ -373,6 +418,20 @@ def _triton_contends(x: torch.Tensor, weight: torch.Tensor, residual: Optional[t
         return False
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     return k.tma_applies(x, residual, shortcut_input, weight.shape[0], ieee)
+
+
+def auto_candidates(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor],
+                    shortcut_input: Optional[torch.Tensor]) -> list[str]:
+    """What "auto" times against plain cuDNN fusion for this CUDA layer (:data:`AUTO_PICK`):
+    ``"triton"`` where a Triton kernel built to beat it applies, ``"cudnn-pad"`` where the
+    conv's or the projection's input channels are not a multiple of
+    :data:`CUDNN_CHANNEL_MULTIPLE`; empty: cuDNN, no timing."""
+    out = ["triton"] if _triton_contends(x, weight, residual, shortcut_input) else []
+    cs = shortcut_input.shape[1] if shortcut_input is not None else 0
+    if x.dtype != torch.float64 and (_padded_channels(weight.shape[1]) != weight.shape[1]
+                                     or _padded_channels(cs) != cs):
+        out.append("cudnn-pad")
+    return out
 
 
 def pick_faster(key: tuple, candidates: dict, timer, default: str) -> str:
@@ -440,26 +499,31 @@ def describe_picks() -> list[str]:
 
 
 def _auto_pick(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
-               relu) -> str:
-    """``"triton"`` or ``"cudnn"`` for a layer where Triton contends (:data:`AUTO_PICK`)."""
+               relu, candidates: list[str]) -> str:
+    """One of ``candidates`` (:func:`auto_candidates`) or ``"cudnn"`` for this layer."""
     mode = AUTO_PICK["mode"]
-    if mode in ("triton", "cudnn"):
-        return mode
+    if mode != "tune":
+        return mode if mode in candidates else "cudnn"
     n, cin, h, w = x.shape
     key = (cin, weight.shape[0], shortcut_input.shape[1] if shortcut_input is not None else 0,
            residual is not None, relu, x.dtype, out_memory_format(x), w >= 128,
            (n * h * w).bit_length(), x.device.index, torch.backends.cudnn.allow_tf32,
            x.is_contiguous(memory_format=torch.channels_last),
-           None if shortcut_input is None else shortcut_input.stride(1) == 1)
+           None if shortcut_input is None else shortcut_input.stride(1) == 1,
+           tuple(candidates))
     pick = _PICKED.get(key)
     if pick is not None:
         return pick
+    run = {
+        "triton": lambda: _triton_impl(x, weight, bias, residual, shortcut_input,
+                                       shortcut_weight, packed, relu),
+        "cudnn": lambda: _cudnn_fused(x, weight, bias, residual, shortcut_input,
+                                      shortcut_weight),
+        "cudnn-pad": lambda: _cudnn_fused(x, weight, bias, residual, shortcut_input,
+                                          shortcut_weight, pad=True)}
     with torch.cuda.device(x.device):   # do_bench times (and syncs) the current device
-        return pick_faster(key, {
-            "triton": lambda: _triton_impl(x, weight, bias, residual, shortcut_input,
-                                           shortcut_weight, packed, relu),
-            "cudnn": lambda: _cudnn_fused(x, weight, bias, residual, shortcut_input,
-                                          shortcut_weight)}, _bench_ms, "cudnn")
+        return pick_faster(key, {name: run[name] for name in [*candidates, "cudnn"]},
+                           _bench_ms, "cudnn")
 
 
 def _csrc_impl(spec, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
@@ -486,12 +550,14 @@ def _conv3x3_fused_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if bias.dim() != 1 or not bias.is_contiguous():  # e.g. a strided view or Cout x 1
         bias = bias.reshape(-1).contiguous()
     if backend == "auto" and cudnn_fusion_applies(x, relu):
-        if _triton_contends(x, weight, residual, shortcut_input) and _auto_pick(
-                x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
-                relu) == "triton":
+        cands = auto_candidates(x, weight, residual, shortcut_input)
+        pick = _auto_pick(x, weight, bias, residual, shortcut_input, shortcut_weight, packed,
+                          relu, cands) if cands else "cudnn"
+        if pick == "triton":
             return _triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight,
                                 packed, relu)
-        return _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight)
+        return _cudnn_fused(x, weight, bias, residual, shortcut_input, shortcut_weight,
+                            pad=pick == "cudnn-pad")
     be = resolve_backend(backend, x.device)
     if be == "triton" and backend == "auto" and x.dtype == torch.float64:
         be = "torch"
