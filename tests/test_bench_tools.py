@@ -1,5 +1,5 @@
-"""The benchmark helper scripts' logic (no timing): bench/conv_targets.py reads bench_conv
-tables and judges issue 4's targets."""
+"""The benchmark helper scripts' logic (no timing asserted): bench/conv_targets.py reads
+bench_conv tables and judges issue 4's targets; bench/op_overhead.py runs."""
 from __future__ import annotations
 
 import importlib.util
@@ -49,3 +49,10 @@ def test_conv_targets_reads_tables_and_judges(tmp_path, capsys):
     assert ct.main([str(f)]) == 0
     out = capsys.readouterr().out
     assert "fused-triton" in out and "fused-broken" not in out
+
+
+def test_op_overhead_runs(capsys):
+    _load("op_overhead").main(["--calls", "20"])
+    out = capsys.readouterr().out
+    for row in ("module", "op", "impl", "eager_direct", "check", "overhead"):
+        assert f"  {row} " in out, out

@@ -708,6 +708,45 @@ def test_conv_argument_errors():
         conv3x3_fused(x, w, b, backend="cuda")
 
 
+def test_module_fast_check_agrees_with_check():
+    """FusedConv3x3 runs the full checks only when its fast one fails: on valid and broken
+    activations alike, the fast check never passes what the full one refuses, and passes
+    every valid call (so the fast path is the one taken); the module's errors are the
+    full check's."""
+    from raunet_fast.ops.conv3x3 import _check, inputs_ok
+
+    n, cin, cout, cs, h, w = 2, 5, 6, 3, 7, 9
+    wt, b, sw = torch.randn(cout, cin, 3, 3), torch.randn(cout), torch.randn(cout, cs)
+    x = torch.randn(n, cin, h, w)
+    good = [(x, None, None, None), (x, torch.randn(n, cout, h, w), None, None),
+            (x, None, torch.randn(n, cs, h, w), sw),
+            (x.contiguous(memory_format=torch.channels_last), None, torch.randn(n, cs, h, w), sw),
+            (x.half(), torch.randn(n, cout, h, w).half(), None, None)]
+    bad = [(x[0], None, None, None), (x[:, :4], None, None, None), (x[:, :, :0], None, None, None),
+           (x.int(), None, None, None), (x, torch.randn(n, cout, h, w - 1), None, None),
+           (x, torch.randn(n, cout, h, w), torch.randn(n, cs, h, w), sw),
+           (x, None, torch.randn(n, cs, h, w), None), (x, None, None, sw),
+           (x, None, torch.randn(n, cs + 1, h, w), sw), (x, None, torch.randn(n + 1, cs, h, w), sw),
+           (x, None, torch.randn(n, cs, h + 1, w), sw), (x, None, torch.randn(n, cs, h), sw),
+           (x, torch.randn(n, cout, h, w, device="meta"), None, None),
+           (x.to("meta"), None, None, None)]
+    for xi, r, s, swi in good:
+        assert inputs_ok(xi, wt, r, s, swi)
+        _check(xi, wt, b, r, s, swi)
+    for i, (xi, r, s, swi) in enumerate(bad):
+        assert not inputs_ok(xi, wt, r, s, swi), f"bad case {i} passed the fast check"
+        with pytest.raises((ValueError, TypeError)):
+            _check(xi, wt, b, r, s, swi)
+    block = ResidualBlock(cin, cout)
+    fused = FusedResidualBlock.from_block(block.eval(), dtype=torch.float32, backend="torch")
+    with pytest.raises(ValueError, match=r"weight must be Cout x 4 x 3 x 3"):
+        fused.conv1(x[:, :4])
+    with pytest.raises(ValueError, match="shortcut_input must be"):
+        fused.conv2(torch.randn(n, cout, h, w), shortcut_input=torch.randn(n, cin, h, w + 1))
+    with pytest.raises(ValueError, match="pass shortcut_input iff"):
+        fused.conv2(torch.randn(n, cout, h, w))
+
+
 @pytest.mark.parametrize("backend", ["torch", "cpp"] + ([] if HAS_CUDA else ["triton"]))
 def test_conv_opcheck(backend):
     from raunet_fast.ops.conv3x3 import _conv3x3_fused_op, pack_weights

@@ -601,6 +601,28 @@ def conv3x3_call(x, weight, bias, residual, shortcut_input, shortcut_weight, pac
 
 
 # ------------------------------------------------------------------ public op
+_X_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def inputs_ok(x, weight, residual, shortcut_input, shortcut_weight) -> bool:
+    """A fast test that :func:`_check` passes, for callers whose weights were checked when
+    they were built (the inference modules): the activations against the weights' shapes and
+    device, nothing else. False: run :func:`_check` for the error message."""
+    if x.dim() != 4 or x.dtype not in _X_DTYPES:
+        return False
+    n, cin, h, w = x.shape
+    if cin != weight.shape[1] or h == 0 or w == 0 or x.device != weight.device:
+        return False
+    if residual is not None and (shortcut_input is not None or residual.device != x.device
+                                 or residual.shape != (n, weight.shape[0], h, w)):
+        return False
+    if (shortcut_input is None) != (shortcut_weight is None):
+        return False
+    return shortcut_input is None or (
+        shortcut_input.dim() == 4 and shortcut_input.device == x.device
+        and shortcut_input.shape == (n, shortcut_weight.shape[1], h, w))
+
+
 def _check(x, weight, bias, residual, shortcut_input, shortcut_weight):
     if x.dim() != 4:
         raise ValueError(f"conv3x3_fused: x must be N x Cin x H x W, got shape {tuple(x.shape)}")

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..blocks import PlainBlock, ResidualBlock
 from ..fold import carry_input_through, fold_plain_block, fold_residual_block
-from .conv3x3 import _check, conv3x3_call, pack_weights
+from .conv3x3 import _check, conv3x3_call, inputs_ok, pack_weights
 from ._backend import check_backend_name
 
 __all__ = ["FusedConv3x3", "FusedPlainBlock", "FusedResidualBlock", "fuse_block"]
@@ -72,11 +72,17 @@ class FusedConv3x3(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 shortcut_input: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if (shortcut_input is None) != (self.shortcut_weight is None):
+        # buffers straight from the dict (nn.Module.__getattr__ costs ~0.6 us a lookup, and
+        # eager batch-1 inference on a GPU is host-bound), the full checks only when the
+        # fast one fails (for their message): the weights were checked when built
+        bufs = self._buffers
+        weight, bias, sw = bufs["weight"], bufs["bias"], bufs["shortcut_weight"]
+        if (shortcut_input is None) != (sw is None):
             raise ValueError("FusedConv3x3: pass shortcut_input iff the layer has a shortcut_weight")
-        _check(x, self.weight, self.bias, residual, shortcut_input, self.shortcut_weight)
-        return conv3x3_call(x, self.weight, self.bias, residual, shortcut_input,
-                            self.shortcut_weight, self.packed, self.relu, self.backend)
+        if not inputs_ok(x, weight, residual, shortcut_input, sw):
+            _check(x, weight, bias, residual, shortcut_input, sw)
+        return conv3x3_call(x, weight, bias, residual, shortcut_input, sw, bufs["packed"],
+                            self.relu, self.backend)
 
 
 class FusedPlainBlock(nn.Module):
