@@ -531,17 +531,22 @@ def test_cudnn_fused_pad_plumbing(monkeypatch, epilogue, channels_last):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+def _unique_params(variants, key, name):
+    """One pytest param per distinct ``key(v)`` of the shipped ``variants``, id ``name(v)``."""
+    seen, out = set(), []
+    for v in variants:
+        if key(v) not in seen:
+            seen.add(key(v))
+            out.append(pytest.param(v, id=name(v)))
+    return out
+
+
 def _small_k_variants():
     from raunet_fast.kernels import conv3x3 as k
 
-    seen, out = set(), []
-    for v in k.shipped_small_k_configs():
-        key = (v["config"], v["ieee"])
-        if key not in seen:
-            seen.add(key)
-            out.append(pytest.param(v, id="{}x{}x{}-w{}{}".format(
-                *v["config"], "-ieee" if v["ieee"] else "")))
-    return out
+    return _unique_params(k.shipped_small_k_configs(), lambda v: (v["config"], v["ieee"]),
+                          lambda v: "{}x{}x{}-w{}{}".format(*v["config"],
+                                                            "-ieee" if v["ieee"] else ""))
 
 
 @interpreter_only
@@ -562,14 +567,11 @@ def test_conv_triton_interpreter_small_k_configs(monkeypatch, variant):
 def _all_cuda_variants():
     from raunet_fast.kernels import conv3x3 as k
 
-    seen, out = set(), []
-    for v in k.shipped_configs():
-        key = (v["config"], v["aligns"][0] == 1, v["ieee"])
-        if key not in seen:
-            seen.add(key)
-            out.append(pytest.param(v, id="{}x{}x{}-w{}s{}-{}{}".format(
-                *v["config"], "generic" if key[1] else "aligned", "-ieee" if v["ieee"] else "")))
-    return out
+    return _unique_params(
+        k.shipped_configs(), lambda v: (v["config"], v["aligns"][0] == 1, v["ieee"]),
+        lambda v: "{}x{}x{}-w{}s{}-{}{}".format(
+            *v["config"], "generic" if v["aligns"][0] == 1 else "aligned",
+            "-ieee" if v["ieee"] else ""))
 
 
 @interpreter_only
