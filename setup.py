@@ -42,7 +42,7 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0",
+        "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "triton>=3.0",
                  "medpy>=0.5"],   # medpy: external reference for dc/jc/hd/hd95
         "bench": ["pytest-benchmark>=4", "triton>=3.0"],
     },

@@ -24,7 +24,7 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_close_report, assert_parity, requires_cuda, tolerance
+from helpers.numerics import assert_close_report, assert_parity, requires_cuda, tolerance
 
 import raunet_fast.ops as ops
 from raunet_fast.blocks import AttentionGate

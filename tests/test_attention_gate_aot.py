@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aot import aot_reports, nvcc_compile, ptxas_spills
+from helpers.aot import aot_reports, nvcc_compile, ptxas_spills
 
 ARCHS = (80, 90)
 _TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

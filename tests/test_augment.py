@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from raunet_fast.data import Augment
+from helpers.numerics import requires_cuda
 
 STRONG = dict(hflip=0.5, vflip=0.5, rotate=1.0, max_angle=40.0, elastic=1.0,
               elastic_magnitude=0.04, padding_mode="reflection")
@@ -110,7 +111,7 @@ def test_bad_inputs():
         aug(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 5))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_same_transform_on_gpu():
     image, mask = coordinate_pattern(3, 32, 40)
     aug = Augment(**STRONG)

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_report, assert_parity, requires_cuda, tolerance
+from helpers.numerics import assert_close_report, assert_parity, requires_cuda, tolerance
 from raunet_fast.blocks import PlainBlock, ResidualBlock
 from raunet_fast.fold import fold_plain_block, fold_residual_block
 from raunet_fast.ops import BackendUnavailable, conv3x3_fused

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aot import aot_reports, nvcc_compile, ptxas_spills
+from helpers.aot import aot_reports, nvcc_compile, ptxas_spills
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import requires_cuda
+from helpers.numerics import requires_cuda
 from raunet_fast import AttentionUNet, RAUNet, ResUNet, UNet
 from raunet_fast.inference import build_inference_model
 

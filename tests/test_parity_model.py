@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_parity
+from helpers.numerics import assert_parity
 from raunet_fast import ops
 from test_attention_gate import make_inputs, reference64
 from test_conv3x3 import make_case, reference
