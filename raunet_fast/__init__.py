@@ -18,6 +18,7 @@ __all__ = ["UNet", "AttentionUNet", "ResUNet", "RAUNet", "SegmentationUNet", "bu
            "from_pretrained", "ARCHITECTURES", "MODEL_NAMES", "__version__"]
 
 _LAZY = {"ops", "inference", "metrics", "losses", "data", "train", "evaluate", "summary",
+         "config", "engine", "io", "predict",
          "kernels", "cli", "sliding_window", "tta", "benchmark", "export"}
 
 

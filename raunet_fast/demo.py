@@ -39,9 +39,10 @@ def run_demo(out: str | Path = "raunet-demo", cases: int = 160, epochs: int = 20
     import torch
 
     from .data.generate import make_isic2018
-    from .evaluate import evaluate
+    from .config import TrainConfig
+    from .engine import evaluate, train
+    from .io.checkpoints import PREPROCESSING_NAME
     from .models import build_model
-    from .train import PREPROCESSING_NAME, TrainConfig, train
     from .hub import atomic_write_json
 
     if threads:

@@ -101,10 +101,10 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Pat
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .evaluate import check_checkpoint_folder
+    from .engine.device import resolve_device
     from .hub import from_pretrained
     from .inference import inference_dtype
-    from .train import resolve_device
+    from .io.checkpoints import check_checkpoint_folder
 
     check_checkpoint_folder(args.checkpoint)
     if args.out.is_dir():
@@ -118,7 +118,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = from_pretrained(args.checkpoint, map_location=device).eval()
     size = args.size
     if size is None:  # the training size, rounded up to what a dynamic program needs
-        from .evaluate import read_preprocessing
+        from .io.checkpoints import read_preprocessing
 
         prep = read_preprocessing(args.checkpoint)
         stored = prep.get("image_size") or prep.get("patch")  # patch-trained: its windows
@@ -141,7 +141,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub) -> None:
-    from .cli import parse_size
+    from .config import DTYPE_NAMES, parse_size
 
     p = sub.add_parser("export", help="write a trained model as a torch.export program (.pt2)",
                        description="Export a checkpoint with torch.export for deployment: "
@@ -156,12 +156,12 @@ def add_cli(sub) -> None:
                    help="example input size (the fixed size with --static; default: the "
                         "checkpoint's training size, else 512)")
     p.add_argument("--batch", type=int, default=1,
-                   help="example batch size (the fixed one with --static)")
+                   help="example batch size (the fixed one with --static; default: 1)")
     p.add_argument("--static", action="store_true", help="fix the example shape")
     p.add_argument("--fused", action="store_true",
                    help="export the fused inference model (folded BN, fused ops)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                    help="--fused model precision (default fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                   help="device the program is traced for (default cpu)")
+                   help="device the program is traced for (default: cpu)")
     p.set_defaults(func=_cmd_export)

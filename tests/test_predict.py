@@ -20,6 +20,7 @@ from raunet_fast.data import make_brats2021, make_isic2018
 from raunet_fast.models import build_model
 
 SIZE = 32  # network input size stored with the 2-D checkpoint
+CONFIG = "predict_config.json"  # the resolved config every predict run writes next to its masks
 
 
 def _image_tensor(path: Path, size: int = SIZE) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -102,7 +103,7 @@ def test_isic_images_masks_match_the_reference_model(isic_images, ck2d, tmp_path
     images = sorted(isic_images.glob("*.jpg"))  # LICENSE.txt / ATTRIBUTION.txt are skipped
     assert len(images) == 4
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{p.stem}{s}.png" for p in images for s in ("_mask", "_prob"))
+        [f"{p.stem}{s}.png" for p in images for s in ("_mask", "_prob")] + [CONFIG])
     sizes = set()
     for p in images:
         x, (h, w) = _image_tensor(p)
@@ -124,7 +125,9 @@ def test_isic_images_masks_match_the_reference_model(isic_images, ck2d, tmp_path
     assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out", str(fused),
                "--fused") == 0
     assert "fused fp32" in capsys.readouterr().out
-    assert sorted(p.name for p in fused.iterdir()) == sorted(f"{p.stem}_mask.png" for p in images)
+    assert sorted(p.name for p in fused.iterdir()) == sorted(
+        [f"{p.stem}_mask.png" for p in images] + [CONFIG])
+    assert json.loads((fused / CONFIG).read_text())["fused"] is True
     for p in images:
         a, b = read_png(out / f"{p.stem}_mask.png"), read_png(fused / f"{p.stem}_mask.png")
         assert a.shape == b.shape and (a != b).sum() <= 5, (p.name, int((a != b).sum()))
@@ -136,7 +139,7 @@ def test_single_image_file_softmax_and_grayscale(ck2d, tmp_path, capsys):
     png = tmp_path / "odd size.png"
     Image.fromarray(rng.integers(0, 256, (27, 61, 3), dtype=np.uint8)).save(png)
     assert run("--checkpoint", str(ck), "--input", str(png), "--out", str(tmp_path / "o")) == 0
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["odd size_mask.png"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted([CONFIG, "odd size_mask.png"])
     assert read_png(tmp_path / "o" / "odd size_mask.png").shape == (27, 61)
 
     # a multi-class (softmax) checkpoint writes the label map; a grayscale one reads L images
@@ -284,7 +287,7 @@ def test_ensemble_of_checkpoints(isic_images, ck2d, tmp_path, capsys):
         one_line_error(capsys, "--ensemble", repr(key))
     # scoring a split: the members must share it (one member's training cases would be
     # scored otherwise); predicting does not care
-    from raunet_fast.evaluate import load_ensemble
+    from raunet_fast.engine import load_ensemble
 
     (ck2 / "preprocessing.json").write_text(json.dumps({**prep, "split_seed": 7}))
     assert len(load_ensemble(ck, [ck2], prep, model, torch.device("cpu"))) == 1
@@ -362,7 +365,8 @@ def test_brats_cases(brats_root, tmp_path, capsys):
     assert run("--checkpoint", str(ck), "--input", str(brats_root), "--out", str(out),
                "--batch-size", "4") == 0
     assert "wrote 3 segmentations for 3 cases" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{c.name}_pred_seg.nii.gz" for c in cases)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{c.name}_pred_seg.nii.gz" for c in cases] + [CONFIG])
     for c in cases:
         img = nib.load(str(out / f"{c.name}_pred_seg.nii.gz"))
         flair = nib.load(str(c / f"{c.name}_flair.nii.gz"))

@@ -18,9 +18,10 @@ import torch
 
 import raunet_fast
 from raunet_fast import cli
+from raunet_fast.cli import summary as cli_summary
 from raunet_fast.data import make_brats2021, make_isic2018
-from raunet_fast.train import (CHECKPOINT_NAME, STATE_NAME, checkpoint_ok, load_training_state,
-                               recover_checkpoint, write_checkpoint)
+from raunet_fast.io.checkpoints import (CHECKPOINT_NAME, STATE_NAME, checkpoint_ok, load_training_state,
+                                       recover_checkpoint, write_checkpoint)
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
@@ -202,7 +203,8 @@ def test_isic_patch_training_and_windowed_evaluation(isic_root, tmp_path, capsys
                      "24"]) == 2
     assert "patch: run has [16, 16]" in capsys.readouterr().err
     # training cuts random patches, validation tiles whole images
-    from raunet_fast.train import TrainConfig, build_datasets
+    from raunet_fast.config import TrainConfig
+    from raunet_fast.engine.training import build_datasets
 
     tr, va = build_datasets(TrainConfig(data_root=str(isic_root), out=str(tmp_path / "x"),
                                         dataset="isic2018", patch=(16, 16)))
@@ -544,7 +546,7 @@ def test_cli_error_classes_and_debug(monkeypatch, capsys):
     argv = ["summary", "--base-channels", "4", "--depth", "3"]
     for exc in (InputTypeError("x must be a tensor"), NotADirectoryError(20, "Not a directory"),
                 PermissionError(13, "Permission denied"), ValueError("bad\nvalue")):
-        monkeypatch.setattr(cli, "_cmd_summary", raising(exc))
+        monkeypatch.setattr(cli_summary, "run", raising(exc))
         monkeypatch.delenv("RAUNET_DEBUG", raising=False)
         assert cli.main(argv) == 2
         _one_line_error(capsys, "raunet-fast summary: error:")
@@ -553,7 +555,7 @@ def test_cli_error_classes_and_debug(monkeypatch, capsys):
             cli.main(argv)
     # a TypeError the package did not raise on purpose is a bug: traceback, not a user error
     monkeypatch.delenv("RAUNET_DEBUG", raising=False)
-    monkeypatch.setattr(cli, "_cmd_summary", raising(TypeError("unsupported operand type(s)")))
+    monkeypatch.setattr(cli_summary, "run", raising(TypeError("unsupported operand type(s)")))
     with pytest.raises(TypeError, match="unsupported operand"):
         cli.main(argv)
     with pytest.raises(SystemExit):

@@ -1,8 +1,8 @@
-"""The ``raunet-fast`` command line.
+"""raunet-fast: train, evaluate and run RA-U-Net segmentation models.
 
-Each subcommand lives next to the code it drives and registers itself through an
-``add_cli(subparsers)`` function listed in :data:`SUBCOMMANDS` (module path), so this
-file stays a table of contents.
+One module per subcommand in this package (``raunet_fast/cli/<command>.py``), each
+``parse -> config -> engine``: it registers its parser in ``add_cli(subparsers)`` (options
+generated from the command's dataclass in :mod:`raunet_fast.config`) and runs the engine.
 """
 from __future__ import annotations
 
@@ -11,67 +11,34 @@ import importlib
 import os
 import sys
 
-#: module that defines ``add_cli(subparsers)`` for each group of subcommands
+from ..config import parse_size  # noqa: F401  (kept here for existing imports)
+
+#: module that defines ``add_cli(subparsers)`` for each subcommand, in --help order
 SUBCOMMANDS = [
-    "raunet_fast.cli",            # summary
-    "raunet_fast.data.generate",  # make-data
-    "raunet_fast.train",          # train
-    "raunet_fast.evaluate",       # evaluate
-    "raunet_fast.predict",        # predict
-    "raunet_fast.demo",           # demo
-    "raunet_fast.benchmark",      # benchmark
-    "raunet_fast.export",         # export
+    "raunet_fast.cli.summary",
+    "raunet_fast.cli.make_data",
+    "raunet_fast.cli.train",
+    "raunet_fast.cli.evaluate",
+    "raunet_fast.cli.predict",
+    "raunet_fast.cli.demo",
+    "raunet_fast.cli.benchmark",
+    "raunet_fast.cli.export",
 ]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512"`` -> (512, 512); ``"480x640"`` -> (480, 640)."""
-    parts = text.lower().split("x")
-    try:
-        hw = tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512 or 480x640, got {text!r}")
-    if len(hw) == 1:
-        hw = hw * 2
-    if len(hw) != 2 or min(hw) < 1:
-        raise argparse.ArgumentTypeError(f"size must look like 512 or 480x640, got {text!r}")
-    return hw  # type: ignore[return-value]
-
-
-def _cmd_summary(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import build_model
-    from .summary import summarize
-
-    model = build_model(args.model, in_channels=args.in_channels, out_channels=args.out_channels,
-                        base_channels=args.base_channels, depth=args.depth, norm=args.norm)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    h, w = args.image_size
-    print(summarize(model, (args.batch_size, args.in_channels, h, w), dtype).format())
-    return 0
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str = "raunet") -> None:
     """Architecture options shared by every subcommand that builds a model."""
-    p.add_argument("--model", default=default_model,
-                   choices=["raunet", "attention-unet", "unet", "resunet"])
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--out-channels", type=int, default=1)
-    p.add_argument("--base-channels", type=int, default=64)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--norm", default="batch", choices=["batch", "instance", "group"])
+    from ..config import MODELS, NORMS
 
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("summary", help="per-level shapes, parameters, GFLOPs, activation memory",
-                       description="Print a model's per-level tensor shapes, parameter count, "
-                                   "GFLOPs per image and activation memory (no weights needed).")
-    add_model_args(p)
-    p.add_argument("--image-size", type=parse_size, default=(512, 512), metavar="S|HxW")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.set_defaults(func=_cmd_summary)
+    p.add_argument("--model", default=default_model, choices=MODELS,
+                   help="architecture (default: %(default)s)")
+    p.add_argument("--in-channels", type=int, default=3, help="input channels (default: 3)")
+    p.add_argument("--out-channels", type=int, default=1, help="output channels (default: 1)")
+    p.add_argument("--base-channels", type=int, default=64,
+                   help="channels of the first level (default: 64)")
+    p.add_argument("--depth", type=int, default=5, help="levels of the U (default: 5)")
+    p.add_argument("--norm", default="batch", choices=NORMS,
+                   help="normalisation layer (default: batch)")
 
 
 EPILOG = ("Errors in the input (bad paths, files, options) are reported in one line; set "
@@ -79,7 +46,7 @@ EPILOG = ("Errors in the input (bad paths, files, options) are reported in one l
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="raunet-fast", description=__doc__.splitlines()[0],
                                      epilog=EPILOG)
@@ -101,7 +68,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     needed, permissions, ...) and the TypeErrors the package raises on purpose for wrong
     input types (:class:`~raunet_fast.errors.InputTypeError`). Any other TypeError is a bug
     and shows its traceback."""
-    from .errors import InputTypeError
+    from ..errors import InputTypeError
 
     return (ValueError, OSError, InputTypeError)
 
@@ -117,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RAUNET_CPU_ALLOCATOR", "tuned") != "default":
         # large CPU activations reuse heap memory instead of fresh pages per call
         # (raunet_fast.runtime; RAUNET_CPU_ALLOCATOR=default keeps glibc's defaults)
-        from .runtime import tune_cpu_allocator
+        from ..runtime import tune_cpu_allocator
 
         tune_cpu_allocator()
     try:

@@ -21,7 +21,9 @@ from .isic import SegmentationFolder2D
 MASK_SUFFIXES = ("", "_mask", "_segmentation", "_seg", "_label")
 
 
-def _images(folder: Path) -> dict[str, Path]:
+def images_by_stem(folder: Path) -> dict[str, Path]:
+    """The image files of ``folder`` by stem (sorted; hidden files and other extensions
+    skipped); two images with one stem are an error."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
@@ -55,13 +57,13 @@ class ImageMaskFolder(SegmentationFolder2D):
         if not img_dir.is_dir():
             raise FileNotFoundError(f"no {images_dir}/ folder in {base}; expected "
                                     f"{base}/{images_dir}/ and {base}/{masks_dir}/")
-        images = _images(img_dir)
+        images = images_by_stem(img_dir)
         if not images:
             raise ValueError(f"{img_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         names = list(images)
         if base is root:
             names = split_names(names, split, fractions, seed)
-        masks = _images(mask_dir) if mask_dir.is_dir() else {}
+        masks = images_by_stem(mask_dir) if mask_dir.is_dir() else {}
         if require_masks and not mask_dir.is_dir():
             raise FileNotFoundError(f"no {masks_dir}/ folder in {base}")
         pairs = []

@@ -1,0 +1,31 @@
+"""``raunet-fast train``: parse -> :class:`~raunet_fast.config.TrainConfig` -> Trainer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import TrainConfig
+from .common import add_parser, resolve
+
+
+def run(args) -> int:
+    cfg = resolve(args)
+    if cfg is None:
+        return 0
+    from ..engine import train
+
+    result = train(cfg)
+    print(f"best val Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}; "
+          f"weights in {result['best']} (best) and {result['last']} (last), log in "
+          f"{Path(result['run_dir']) / 'log.csv'}")
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = add_parser(sub, "train", TrainConfig,
+                   help="train a model on ISIC 2018, BraTS 2021 or an image folder",
+                   description="Train a model of the family with Adam and Dice+Focal loss, "
+                               "augmentation and early stopping on validation Dice. Writes "
+                               "RUN_DIR/best/, RUN_DIR/last/, RUN_DIR/log.csv and the resolved "
+                               "configuration RUN_DIR/run.json; --resume continues an "
+                               "interrupted run.")
+    p.set_defaults(func=run)

@@ -1,0 +1,493 @@
+"""Run configurations: the one home of every command's defaults, choices and checks.
+
+Each command (``train``, ``evaluate``, ``predict``) is described by a dataclass whose fields
+carry their help text and choices as metadata (:func:`option`). The command line is
+generated from the dataclass (:func:`add_options`), so a default is written once; a run can
+also be read from a JSON / YAML file (``--config FILE``, flags override it), and
+``--print-config`` prints the resolved configuration. :meth:`RunConfig.validate` checks types
+and ranges with one-line errors before anything is built.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+DATASETS = ("isic2018", "brats2021", "folder")
+MODELS = ("raunet", "attention-unet", "unet", "resunet")
+NORMS = ("batch", "instance", "group")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("none", "bf16", "fp16")
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+SPLITS = ("train", "val", "test")
+SCHEDULERS = ("plateau", "cosine", "none")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"480x640"`` -> (480, 640)."""
+    parts = str(text).lower().split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512 or 480x640, got {text!r}")
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"size must look like 512 or 480x640, got {text!r}")
+    return hw  # type: ignore[return-value]
+
+
+def option(default: Any = None, help: str = "", *, choices=None, flag: str | None = None,
+           parse=None, metavar: str | None = None, nargs: str | None = None,
+           required: bool = False):
+    """A config field with its command-line description. ``flag``: the option's name when
+    it is not ``--<field-name>`` (``--no-augment`` for a field that defaults to True);
+    ``parse``: the argparse ``type``; ``required``: must be given (flag or config file)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "parse": parse,
+            "metavar": metavar, "nargs": nargs, "required": required}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------- checks (one place each)
+def check_threshold(value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {value}")
+
+
+def check_size(name: str, value) -> None:
+    if value is not None and (len(value) != 2 or min(value) < 1):
+        raise ValueError(f"{name} must be two sizes >= 1 (H, W), got {value}")
+
+
+def check_at_least(name: str, value, low: int) -> None:
+    if value is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def check_out_folder(out) -> None:
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+
+
+def _type_ok(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, (str, Path))
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return len(items) == len(value) and all(_type_ok(v, a) for v, a in zip(value, items))
+    return True
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, type):
+        return {"bool": "true or false", "str": "a string", "int": "an integer",
+                "float": "a number"}.get(hint.__name__, hint.__name__)
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+# ---------------------------------------------------------------------- base class
+@dataclass
+class RunConfig:
+    """Shared behaviour of the command configurations."""
+
+    command: ClassVar[str] = ""
+    #: fields that hold paths (stored as str, so a config is JSON)
+    path_fields: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> "RunConfig":
+        """Types of every field, then the command's own ranges (:meth:`check`)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _type_ok(value, hints[f.name]):
+                raise ValueError(f"{self.command} option {f.name} must be "
+                                 f"{_type_name(hints[f.name])}, got {value!r}")
+            if f.metadata.get("required") and value is None:
+                raise ValueError(f"{self.command}: {flag_of(f)} is required (a flag or a "
+                                 f"key of --config)")
+            choices = f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise ValueError(f"{self.command} option {f.name} must be one of "
+                                 f"{', '.join(choices)}, got {value!r}")
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Ranges and combinations (subclasses)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self),
+                                     default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "RunConfig":
+        """Build from plain values (a config file, flags): unknown keys are an error, lists
+        become tuples, paths strings."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"{where}: unknown {cls.command} option(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(names)}")
+        kw = {k: _normalise(v, k in cls.path_fields) for k, v in values.items()}
+        return cls(**kw)
+
+
+def _normalise(value, is_path: bool):
+    if isinstance(value, list):
+        return tuple(_normalise(v, is_path) for v in value)
+    if is_path and isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+# ---------------------------------------------------------------------- argparse generation
+def add_options(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
+    """One option per field of ``cls`` (help text and default from the field), plus
+    ``--config FILE`` and ``--print-config``. Options are parsed with no argparse defaults,
+    so :func:`from_args` knows which ones the user gave."""
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help") is None:
+            continue
+        parser.add_argument(flag_of(f), dest=f.name, default=argparse.SUPPRESS,
+                            help=_help(f), **_argparse_kind(f))
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="read options from a JSON or YAML file (flags given as well "
+                             "override it)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration as JSON and exit")
+    parser.set_defaults(config_class=cls)
+
+
+def _argparse_kind(f: dataclasses.Field) -> dict[str, Any]:
+    meta = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if isinstance(default, bool):
+        return {"action": "store_false" if default else "store_true"}
+    kind: dict[str, Any] = {}
+    if meta.get("choices"):
+        kind["choices"] = meta["choices"]
+    if meta.get("nargs"):
+        kind["nargs"] = meta["nargs"]
+    if meta.get("metavar"):
+        kind["metavar"] = meta["metavar"]
+    parse = meta.get("parse")
+    if parse is None and isinstance(default, (int, float)):
+        parse = type(default)
+    if parse is not None:
+        kind["type"] = parse
+    return kind
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata["help"]
+    if f.metadata.get("required"):
+        return f"{text} (required)"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if isinstance(default, bool):
+        return text
+    shown = "x".join(map(str, default)) if isinstance(default, tuple) and default else default
+    return f"{text} (default: {shown})".replace("%", "%%")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The options in a JSON or YAML file (YAML needs PyYAML)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot be read ({e.strerror or e})") from e
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError("--config: YAML files need PyYAML: pip install pyyaml "
+                             "(or give the config as JSON)") from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config {path} is not valid YAML ({e})") from e
+    else:
+        try:
+            values = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"--config {path} is not valid JSON ({e})") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must hold an object of options, not a "
+                         f"{type(values).__name__}")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def from_args(args: argparse.Namespace) -> RunConfig:
+    """The validated config of a parsed command line: the dataclass defaults, then the
+    ``--config`` file, then the flags given."""
+    cls = args.config_class
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = read_config_file(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    cfg = cls.from_dict(values, where=f"--config {args.config}" if args.config else "options")
+    return cfg.validate()
+
+
+def print_config(cfg: RunConfig, file=None) -> None:
+    print(json.dumps(cfg.to_dict(), indent=2), file=file or sys.stdout)
+
+
+def write_config(cfg: RunConfig, folder: Path, name: str = "config.json") -> Path:
+    """The resolved config next to a run's results (atomically)."""
+    from .hub import atomic_write_json
+
+    path = Path(folder) / name
+    atomic_write_json(path, cfg.to_dict())
+    return path
+
+
+def _finite_positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+# ---------------------------------------------------------------------- the commands
+@dataclass
+class TrainConfig(RunConfig):
+    """Everything a training run depends on (``raunet-fast train --help`` documents each)."""
+
+    command: ClassVar[str] = "train"
+    path_fields: ClassVar[tuple[str, ...]] = ("data_root", "out", "cache_dir")
+
+    data_root: str | None = option(None, "folder holding the data set", required=True,
+                                   parse=str)
+    out: str | None = option(None, "run directory (created)", required=True, parse=str)
+    model: str = option("raunet", "architecture", choices=MODELS)
+    dataset: str = option("isic2018", "data set layout", choices=DATASETS)
+    epochs: int = option(150, "training epochs")
+    batch_size: int = option(8, "images (slices, patches) per step")
+    image_size: tuple[int, int] | None = option(
+        None, "network input size (default 512 for 2-D data; the crop for BraTS)",
+        parse=parse_size, metavar="S|HxW")
+    patch: tuple[int, int] | None = option(
+        None, "2-D: train on random S x S patches of the images at their own resolution "
+              "(validation: whole images in S x S tiles); evaluate / predict then default to "
+              "--window S", parse=parse_size, metavar="S|HxW")
+    patches_per_image: int = option(
+        1, "with --patch: K random patches per image and epoch, drawn one after another so "
+           "that each image is decoded once for K patches (an epoch is then K times as long; "
+           "a batch holds batch-size / K images: keep K well below the batch size)",
+        metavar="K")
+    crop: int | None = option(192, "BraTS: centre crop of the axial slices", parse=int)
+    base_channels: int = option(64, "channels of the first level (doubled per level)")
+    depth: int = option(5, "levels of the U (4 poolings at 5)")
+    norm: str = option("batch", "normalisation layer", choices=NORMS)
+    dropout: float = option(0.1, "dropout in the decoder blocks")
+    deep_supervision: bool = option(False, "auxiliary losses on coarser decoder levels")
+    lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)")
+    weight_decay: float = option(0.0, "Adam weight decay")
+    scheduler: str = option("plateau", "learning-rate schedule", choices=SCHEDULERS)
+    patience: int = option(20, "early stopping: epochs without val Dice improvement")
+    lambda_dice: float = option(1.0, "weight of the Dice loss")
+    lambda_focal: float = option(1.0, "weight of the focal loss")
+    focal_alpha: float = option(0.25, "focal loss alpha")
+    focal_gamma: float = option(2.0, "focal loss gamma")
+    augment: bool = option(True, "no random flips, rotations and elastic deformation",
+                           flag="--no-augment")
+    tumour_weight: float = option(3.0, "BraTS: sampling weight of slices with tumour "
+                                       "(1 = uniform)")
+    threshold: float = option(0.5, "probability threshold of the validation Dice")
+    amp: str = option("none", "autocast precision", choices=AMP_MODES)
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(0, "seed of initialisation, data order and augmentation")
+    num_workers: int = option(2, "DataLoader worker processes")
+    max_steps_per_epoch: int | None = option(None, "cap on the steps of an epoch", parse=int)
+    device: str = option("auto", "auto: CUDA when present, else CPU", choices=DEVICES)
+    cache_dir: str | None = option(
+        None, "BraTS: keep preprocessed volumes here as .npy (recommended for real data)",
+        parse=str)
+    cache_images: bool = option(
+        False, "2-D data: keep decoded, resized images in memory (small data sets; with "
+               "--patch the full-resolution uint8 images: 4 bytes a pixel)")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
+    split_seed: int = option(0, "BraTS / folder: seed of the reproducible train/val/test "
+                                "split by case")
+
+    def resolved_image_size(self) -> tuple[int, int] | None:
+        if self.image_size is not None:
+            return tuple(self.image_size)
+        if self.patch is not None or self.dataset == "brats2021":  # native resolution / crop
+            return None
+        return (512, 512)
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "patches_per_image",
+                     "max_steps_per_epoch"):
+            check_at_least(name, getattr(self, name), 1)
+        check_at_least("num_workers", self.num_workers, 0)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_threshold(self.threshold)
+        if self.crop is not None and self.crop < 1:
+            raise ValueError(f"crop must be >= 1 (pixels of the BraTS axial crop), got {self.crop}")
+        check_size("image_size", self.image_size)
+        check_size("patch", self.patch)
+        if self.patch is not None and self.dataset == "brats2021":
+            raise ValueError("--patch is for 2-D data; BraTS slices are cropped with --crop")
+        if self.patch is not None and self.image_size is not None:
+            raise ValueError("--patch trains on patches at each image's own resolution; "
+                             "--image-size (resize) does not apply with it")
+        if self.patches_per_image != 1 and self.patch is None:
+            raise ValueError("--patches-per-image needs --patch (it cuts several random "
+                             "patches from each decoded image)")
+        if not (self.tumour_weight > 0 and math.isfinite(self.tumour_weight)):
+            raise ValueError(f"tumour_weight must be a positive number (1 = uniform "
+                             f"sampling), got {self.tumour_weight}")
+
+    def validate(self) -> "TrainConfig":
+        if isinstance(self.patch, int) and not isinstance(self.patch, bool):
+            self.patch = (self.patch, self.patch)
+        for name in ("image_size", "patch"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
+        for name in self.path_fields:
+            if isinstance(getattr(self, name), Path):
+                setattr(self, name, str(getattr(self, name)))
+        return super().validate()
+
+
+@dataclass(kw_only=True)
+class InferenceConfig(RunConfig):
+    """How predictions are made: the options ``evaluate`` and ``predict`` share."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "out", "ensemble")
+
+    checkpoint: str | None = option(None, "checkpoint folder, e.g. RUN_DIR/best",
+                                    required=True, parse=str)
+    out: str | None = option(None, "output folder (created)", required=True, parse=str)
+    image_size: tuple[int, int] | None = option(
+        None, "network input size (default: the one stored with the checkpoint)",
+        parse=parse_size, metavar="S|HxW")
+    threshold: float | None = option(
+        None, "probability threshold (default: the checkpoint's, else 0.5)", parse=float)
+    tta: bool = option(False, "test-time augmentation: the mean of the predictions over 4 "
+                              "flips (raunet_fast.tta.FlipTTA; 4x the inference time)")
+    ensemble: tuple[str, ...] = option(
+        (), "more checkpoints trained alike: the mean of all the models' predictions",
+        nargs="+", metavar="CHECKPOINT", parse=str)
+    window: tuple[int, int] | None = option(
+        None, "2-D: predict each image at its own resolution in overlapping S x S windows, "
+              "blended, instead of resizing to the network size (for models trained on "
+              "patches; default for a checkpoint trained with --patch)",
+        parse=parse_size, metavar="S|HxW")
+    overlap: float | None = option(
+        None, "with --window: fraction of a window its neighbours share (default 0.25)",
+        parse=float)
+    device: str = option("auto", "auto: CUDA when present, else CPU", choices=DEVICES)
+    batch_size: int = option(8, "images (BraTS: slices; --window: windows) per forward pass")
+    fused: bool = option(False, "run the folded, fused inference model "
+                                "(build_inference_model; norm=batch models), the fast path; "
+                                "evaluate: --amp is rejected with it, use --dtype")
+    dtype: str | None = option(None, "precision of the --fused model (default fp32 on CPU, "
+                                     "bf16 on CUDA)", choices=DTYPE_NAMES)
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
+
+    def check(self) -> None:
+        check_at_least("batch_size", self.batch_size, 1)
+        check_size("image_size", self.image_size)
+        check_size("window", self.window)
+        check_out_folder(self.out)
+        if self.threshold is not None:
+            check_threshold(self.threshold)
+        if self.window is not None and self.image_size is not None:
+            raise ValueError("--window predicts at each image's own resolution; --image-size "
+                             "(resize to the network size) does not apply with it")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig(InferenceConfig):
+    """``raunet-fast evaluate``: score a checkpoint on a split of a data set."""
+
+    command: ClassVar[str] = "evaluate"
+    path_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "out", "ensemble", "data_root",
+                                              "cache_dir")
+
+    out: str | None = option(None, "output folder for cases.csv, summary.json and config.json "
+                                   "(created; none: print the scores only)", parse=str)
+    dataset: str | None = option(None, "data set layout", choices=DATASETS, required=True)
+    data_root: str | None = option(None, "folder holding the data set", required=True,
+                                   parse=str)
+    split: str = option("val", "the split scored", choices=SPLITS)
+    crop: int | None = option(None, "BraTS crop (default: from the checkpoint)", parse=int)
+    split_seed: int | None = option(
+        None, "BraTS / folder split seed (default: the one used in training)", parse=int)
+    amp: str = option("none", "autocast precision of the reference model (not with --fused)",
+                      choices=AMP_MODES)
+    save_predictions: bool = option(
+        False, "also write the predicted masks (PNG / NIfTI) to OUT/predictions/")
+    cache_dir: str | None = option(
+        None, "BraTS: keep preprocessed volumes here as .npy (the same folder can be shared "
+              "with training)", parse=str)
+
+    def check(self) -> None:
+        super().check()
+        if self.window is not None and self.dataset == "brats2021":
+            raise ValueError("--window is for 2-D data; BraTS volumes are scored slice by "
+                             "slice at the checkpoint's crop and size")
+        if self.crop is not None and self.crop < 1:
+            raise ValueError(f"crop must be >= 1, got {self.crop}")
+        if self.fused and self.amp != "none":
+            raise ValueError(f"--amp {self.amp} does not apply to --fused (the fused model "
+                             f"runs in its own precision): drop --amp and choose --dtype "
+                             f"fp32, bf16 or fp16")
+        if self.dtype is not None and not self.fused:
+            raise ValueError(f"--dtype {self.dtype} is the precision of the fused model; pass "
+                             f"--fused with it (the reference model's precision is --amp)")
+
+
+@dataclass(kw_only=True)
+class PredictConfig(InferenceConfig):
+    """``raunet-fast predict``: masks for new data (no ground truth)."""
+
+    command: ClassVar[str] = "predict"
+    path_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "out", "ensemble", "input")
+
+    input: str | None = option(None, "an image, a folder of images, a BraTS case folder or "
+                                     "a folder of them", required=True, parse=str)
+    overwrite: bool = option(False, "replace output files that already exist in --out "
+                                    "(refused otherwise)")
+    probabilities: bool = option(False, "2-D: also write the foreground probability as "
+                                        "8-bit <stem>_prob.png")
+    num_workers: int | None = option(
+        None, "threads decoding images and writing masks next to the network (default: up "
+              "to 4; 0: none)", parse=int)
+    dtype: str | None = option(
+        None, "precision: of the --fused model (default fp32 on CPU, bf16 on CUDA); without "
+              "--fused bf16 / fp16 run the reference model under autocast (default fp32)",
+        choices=DTYPE_NAMES)
+
+    def check(self) -> None:
+        super().check()
+        check_at_least("num_workers", self.num_workers, 0)

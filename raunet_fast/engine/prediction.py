@@ -1,0 +1,351 @@
+"""``predict``: masks for new data (no ground truth) from a trained checkpoint.
+
+2-D checkpoints (ISIC 2018, image folders): the input is an image file or a folder of
+images. Each image is decoded and resized exactly as in training and evaluation (the
+checkpoint's ``preprocessing.json``), the logits are resized back to the image's own size
+and written to the output folder as
+
+* ``<stem>_mask.png``: 0/255 mask (sigmoid probability > threshold), or for a multi-class
+  checkpoint (``"output": "softmax"`` in ``preprocessing.json``) the label map, one class
+  index per pixel; a multi-label sigmoid checkpoint (several output channels) writes one
+  ``<stem>_mask_<region>.png`` per channel;
+* with ``probabilities``: ``<stem>_prob.png``, the foreground probability as 8-bit
+  (0..255; softmax: 1 - P(class 0)), ``<stem>_prob_<region>.png`` per channel likewise.
+
+With a window (2-D only) each image is not resized: the network runs at the image's own
+resolution on overlapping windows, blended.
+
+BraTS checkpoints: the input is a case folder (flair, t1, t1ce and t2 NIfTI files) or a
+folder of case folders; each case goes through the slice-wise inference and label
+re-stacking of evaluation and is written as ``<case>_pred_seg.nii.gz`` (uint8 labels
+0/1/2/4, the flair's affine and header).
+
+Existing output files are never replaced unless ``overwrite``; that is checked for every
+output before anything is computed.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import PredictConfig, check_threshold, write_config
+from ..io.checkpoints import check_checkpoint_folder, read_preprocessing
+from ..io.images import MASK_SUFFIX, PROB_SUFFIX, check_image, list_images, png_bytes
+from .device import resolve_device
+from .predictor import (Predictor, default_window, load_ensemble, missing_size_error,
+                        resize_logits, resolve_image_size)
+
+BRATS_SUFFIX = "_pred_seg.nii.gz"
+#: the resolved configuration of the latest run, next to the masks
+CONFIG_FILE = "predict_config.json"
+
+
+def brats_cases(input: Path, strict: bool = True) -> list[Path]:
+    """The case folders ``input`` stands for: itself when it holds ``<name>_flair.nii.gz``,
+    else the ``BraTS2021_<5 digits>`` folders at or below it."""
+    from ..data.brats import case_files, find_cases
+
+    if not input.is_dir():
+        if strict:
+            raise ValueError(f"--input {input} is a file; this checkpoint was trained on BraTS: "
+                             f"pass a case folder (BraTS2021_xxxxx/ with the flair, t1, t1ce "
+                             f"and t2 NIfTI files) or a folder of case folders")
+        return []
+    if case_files(input)["flair"].is_file():
+        return [input]
+    cases = [folder for _, folder in sorted(find_cases(input).items())]
+    if not cases and strict:
+        raise ValueError(f"--input {input} holds no BraTS case folders (BraTS2021_<5 digits>/ "
+                         f"with BraTS2021_<id>_flair.nii.gz, _t1, _t1ce, _t2); this checkpoint "
+                         f"was trained on BraTS")
+    return cases
+
+
+def input_kind(prep: dict[str, Any], model, input: Path) -> str:
+    """``"brats"`` or ``"2d"``: from the data set the checkpoint was trained on, else from
+    the input (BraTS case folders) and the model (4 input channels)."""
+    dataset = prep.get("dataset")
+    if dataset in ("brats2021", "isic2018", "folder"):
+        return "brats" if dataset == "brats2021" else "2d"
+    if model.in_channels == 4 and input.is_dir() and brats_cases(input, strict=False):
+        return "brats"
+    return "2d"
+
+
+def region_names(prep: dict[str, Any], n: int) -> list[str]:
+    names = prep.get("regions")
+    if isinstance(names, list) and len(names) == n and all(isinstance(r, str) for r in names):
+        return names
+    return [f"c{i}" for i in range(n)]
+
+
+def output_names(stem: str, head: str, regions: list[str], probabilities: bool) -> list[str]:
+    parts = [""] if head in ("binary", "softmax") else [f"_{r}" for r in regions]
+    names = [f"{stem}{MASK_SUFFIX}{p}.png" for p in parts]
+    if probabilities:
+        names += [f"{stem}{PROB_SUFFIX}{p}.png" for p in parts]
+    return names
+
+
+def check_out(out: Path, names: list[str], overwrite: bool) -> None:
+    """Refuse existing outputs (before anything is computed) unless ``overwrite``."""
+    if overwrite or not out.is_dir():
+        return
+    existing = [n for n in names if (out / n).exists()]
+    if existing:
+        raise ValueError(f"--out {out} already holds {len(existing)} of the {len(names)} files "
+                         f"this run would write (e.g. {existing[0]}); pass --overwrite to "
+                         f"replace them, or choose another --out")
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int):
+    """``fn`` over ``items`` in ``pool``, in order, at most ``ahead`` items decoded ahead of
+    the consumer (memory stays bounded on large folders)."""
+    pending: deque[Future] = deque()
+    it = iter(items)
+    while True:
+        while len(pending) < ahead:
+            item = next(it, None)
+            if item is None:
+                break
+            pending.append(pool.submit(fn, item))
+        if not pending:
+            return
+        yield pending.popleft().result()
+
+
+class PredictionRun:
+    """One ``predict`` run (see the module docstring): :meth:`run` returns a summary (files
+    written, images or cases and slices, seconds, images per second)."""
+
+    def __init__(self, cfg: PredictConfig):
+        self.cfg = cfg.validate()
+        self.checkpoint, self.input, self.out = (Path(cfg.checkpoint), Path(cfg.input),
+                                                 Path(cfg.out))
+        self.workers = (min(4, os.cpu_count() or 1) if cfg.num_workers is None
+                        else cfg.num_workers)
+
+    def setup(self) -> None:
+        from ..hub import from_pretrained
+
+        cfg = self.cfg
+        check_checkpoint_folder(self.checkpoint)
+        if not self.input.exists():
+            raise FileNotFoundError(f"--input {self.input} does not exist")
+        self.prep = prep = read_preprocessing(self.checkpoint)
+        patch = prep.get("patch") if prep.get("dataset") in ("isic2018", "folder") else None
+        self.window, self.overlap = default_window(cfg.window, cfg.overlap, cfg.image_size,
+                                                   patch)
+        self.size = resolve_image_size(self.checkpoint, prep, cfg.image_size, self.window,
+                                       "predicts")
+        self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None
+                               else cfg.threshold)
+        check_threshold(self.threshold)
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = self._autocast_dtype()
+        self.model = from_pretrained(self.checkpoint, map_location=self.device).eval()
+        self.extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, self.model, self.device)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """Without ``--fused``, ``--dtype bf16 / fp16`` runs the reference under autocast."""
+        dtype = self.cfg.dtype
+        if self.cfg.fused or dtype in (None, "fp32"):
+            return None
+        if dtype == "fp16" and self.device.type != "cuda":
+            raise ValueError("--dtype fp16 for the reference model needs a CUDA device; on CPU "
+                             "use --dtype bf16, fp32, or --fused")
+        return torch.bfloat16 if dtype == "bf16" else torch.float16
+
+    def predictor(self) -> Predictor:
+        cfg = self.cfg
+        p = Predictor.from_model(self.model, self.device, fused=cfg.fused, dtype=cfg.dtype,
+                                 tta=cfg.tta, ensemble=self.extra, amp_dtype=self.amp_dtype,
+                                 batch_size=cfg.batch_size)
+        if self.amp_dtype is not None:
+            p.name += f" (autocast {cfg.dtype})"
+        return p
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        kind = input_kind(self.prep, self.model, self.input)
+        t0 = time.perf_counter()
+        summary = self.run_brats() if kind == "brats" else self.run_images()
+        summary["seconds"] = seconds = time.perf_counter() - summary.pop("t0", t0)
+        count = summary["slices"] if kind == "brats" else summary["images"]
+        summary["images_per_s"] = count / max(seconds, 1e-9)
+        write_config(self.cfg, self.out, CONFIG_FILE)
+        return summary
+
+    # ------------------------------------------------------------------ BraTS
+    def _check_brats(self) -> list[Path]:
+        from ..data.brats import REGIONS, case_files
+
+        cfg, model = self.cfg, self.model
+        cases = brats_cases(self.input)
+        if self.window is not None:
+            raise ValueError("--window is for 2-D checkpoints; BraTS volumes are predicted "
+                             "slice by slice at the checkpoint's crop and size")
+        if cfg.probabilities:
+            raise ValueError("--probabilities is for 2-D checkpoints; BraTS predictions are "
+                             "label maps")
+        if model.in_channels != 4 or model.out_channels != len(REGIONS):
+            raise ValueError(f"the model in {self.checkpoint} has {model.in_channels} input / "
+                             f"{model.out_channels} output channels; BraTS needs 4 / 3")
+        for folder in cases:  # every file there before anything is computed
+            for mod, f in case_files(folder).items():
+                if mod != "seg" and not f.is_file():
+                    raise FileNotFoundError(f"BraTS file {f} does not exist")
+        check_out(self.out, [f"{c.name}{BRATS_SUFFIX}" for c in cases], self.cfg.overwrite)
+        return cases
+
+    def run_brats(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        from ..data.brats import case_files, load_case
+        from ..io.nifti import write_labels
+
+        cases = self._check_brats()
+        predictor = self.predictor()
+        self.out.mkdir(parents=True, exist_ok=True)
+        crop, written, slices = self.prep.get("crop", 192), [], 0
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            load = lambda folder: load_case(folder, with_seg=False)  # noqa: E731
+            loaded = bounded_map(pool, load, cases, 2) if self.workers else map(load, cases)
+            for folder, case in tqdm(zip(cases, loaded), total=len(cases), desc="predict",
+                                     unit="case", disable=not self.cfg.progress):
+                vol = torch.from_numpy(np.asarray(case["image"], dtype=np.float32))
+                labels = predictor.predict_volume(vol, crop, self.size, self.threshold)
+                written.append(self.out / f"{folder.name}{BRATS_SUFFIX}")
+                write_labels(labels, case_files(folder)["flair"], written[-1])
+                slices += vol.shape[0]
+        return {"kind": "brats", "model": predictor.name, "files": [str(p) for p in written],
+                "cases": len(cases), "slices": slices, "t0": t0}
+
+    # ------------------------------------------------------------------ 2-D images
+    def _image_paths(self) -> list[Path]:
+        try:
+            return list_images(self.input)
+        except ValueError:
+            if self.input.is_dir() and brats_cases(self.input, strict=False):
+                raise ValueError(f"--input {self.input} holds BraTS case folders, but the "
+                                 f"checkpoint {self.checkpoint} was trained on 2-D images "
+                                 f"({self.prep.get('dataset') or 'no data set recorded'})"
+                                 ) from None
+            raise
+
+    def _head(self) -> str:
+        """How logits become masks: ``binary``, ``multilabel`` (sigmoid) or ``softmax``."""
+        out_ch = self.model.out_channels
+        if not str(self.prep.get("output", "sigmoid")).lower().startswith("softmax"):
+            return "binary" if out_ch == 1 else "multilabel"
+        if self.cfg.threshold is not None:
+            raise ValueError("--threshold applies to sigmoid outputs; this checkpoint's output "
+                             "is softmax (its label map takes the most probable class)")
+        if out_ch > 256:
+            raise ValueError(f"{out_ch} classes do not fit an 8-bit label map")
+        return "softmax"
+
+    def _check_images(self) -> list[Path]:
+        paths = self._image_paths()
+        if self.size is None and self.window is None:
+            raise missing_size_error(self.checkpoint)
+        self.modes = {p: check_image(p, self.model.in_channels) for p in paths}
+        self.head = self._head()
+        regions = region_names(self.prep, self.model.out_channels)
+        self.outputs = {p: output_names(p.stem, self.head, regions, self.cfg.probabilities)
+                        for p in paths}
+        check_out(self.out, [n for names in self.outputs.values() for n in names],
+                  self.cfg.overwrite)
+        return paths
+
+    def load(self, path: Path):
+        """The network input of one image (decoded and scaled as in training) and its size."""
+        from ..data.common import read_image, resize_pair
+
+        if self.window is not None:  # full resolution, scaled as in training
+            image, full = read_image(path, self.modes[path])
+            return resize_pair(image, None, None)[0], full
+        image, full = read_image(path, self.modes[path], draft_size=self.size)
+        return resize_pair(image, None, self.size)[0], full
+
+    def write(self, path: Path, logits: torch.Tensor, full) -> list[Path]:
+        """Masks (and probabilities) of one image from its ``K x h x w`` logits."""
+        from ..hub import atomic_write_bytes
+
+        logits = resize_logits(logits[None], full)[0]
+        if self.head == "softmax":
+            prob = torch.softmax(logits, dim=0)
+            masks, probs = [prob.argmax(0).to(torch.uint8).numpy()], [1.0 - prob[0]]
+        else:
+            prob = torch.sigmoid(logits)
+            masks = [(p > self.threshold).numpy().astype(np.uint8) * 255 for p in prob]
+            probs = list(prob)
+        if self.cfg.probabilities:
+            masks += [(p * 255).round_().clamp_(0, 255).to(torch.uint8).numpy() for p in probs]
+        names = self.outputs[path]
+        for name, array in zip(names, masks):
+            atomic_write_bytes(self.out / name, png_bytes(array))
+        return [self.out / n for n in names]
+
+    def run_images(self) -> dict[str, Any]:
+        paths = self._check_images()
+        predictor = self.predictor()
+        self.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        written = self._stream(paths, predictor)
+        return {"kind": "2d", "model": predictor.name, "files": [str(p) for p in written],
+                "images": len(paths), "t0": t0}
+
+    def _stream(self, paths: list[Path], predictor: Predictor) -> list[Path]:
+        """Decode ahead, predict in batches, write behind, in ``workers`` threads."""
+        from tqdm import tqdm
+
+        # windows: one (full-resolution) image at a time, batch_size counts windows
+        per_call = 1 if self.window is not None else self.cfg.batch_size
+        written: list[Path] = []
+        bar = tqdm(total=len(paths), desc="predict", unit="image", disable=not self.cfg.progress)
+        pool = ThreadPoolExecutor(max(1, self.workers))
+        try:
+            writes: deque[Future] = deque()
+            loaded = (bounded_map(pool, self.load, paths, 2 * per_call) if self.workers
+                      else map(self.load, paths))
+            for i in range(0, len(paths), per_call):
+                batch = paths[i:i + per_call]
+                items = [next(loaded) for _ in batch]
+                logits = self._batch_logits(predictor, items)
+                for j, (path, (_, full)) in enumerate(zip(batch, items)):
+                    if self.workers:
+                        writes.append(pool.submit(self.write, path, logits[j], full))
+                    else:
+                        written += self.write(path, logits[j], full)
+                while len(writes) > 2 * per_call or (writes and writes[0].done()):
+                    written += writes.popleft().result()
+                bar.update(len(batch))
+            while writes:
+                written += writes.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+        return written
+
+    def _batch_logits(self, predictor: Predictor, items) -> torch.Tensor:
+        if self.window is not None:
+            return predictor.logits_windowed(items[0][0], self.window, self.overlap)[None]
+        return predictor.logits(torch.stack([x for x, _ in items]))
+
+
+def predict(checkpoint, input, out, **options) -> dict[str, Any]:
+    """Predict masks for ``input`` with ``checkpoint`` into ``out`` (Python API of
+    ``raunet-fast predict``; ``options``: the fields of
+    :class:`~raunet_fast.config.PredictConfig`). Returns a summary."""
+    cfg = PredictConfig.from_dict(dict(options, checkpoint=checkpoint, input=input, out=out),
+                                  where="predict()")
+    return PredictionRun(cfg).run()

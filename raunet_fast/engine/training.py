@@ -1,0 +1,112 @@
+"""Pieces of a training run that need no Trainer state: data sets, the patch margin, the
+preprocessing record, validation Dice per case."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+
+
+def build_datasets(cfg: TrainConfig, splits=("train", "val")) -> list:
+    from ..data import build_dataset
+
+    size = cfg.resolved_image_size()
+    kw: dict[str, Any] = {}
+    if cfg.dataset == "brats2021":
+        kw.update(crop=cfg.crop, cache_dir=cfg.cache_dir, seed=cfg.split_seed,
+                  progress=cfg.progress)
+    else:
+        kw.update(cache=cfg.cache_images)
+        if cfg.dataset == "folder":
+            kw.update(seed=cfg.split_seed)
+        if cfg.patch is not None:
+            kw.update(patch=tuple(cfg.patch))
+    out = []
+    for split in splits:
+        extra = {}
+        if cfg.patch is not None:
+            extra = {"random_patches": split == "train"}
+            if split == "train":
+                extra["context"] = patch_context(cfg)
+                if cfg.patches_per_image != 1:
+                    extra["patches_per_image"] = cfg.patches_per_image
+        out.append(build_dataset(cfg.dataset, cfg.data_root, split, image_size=size, **kw,
+                                 **extra))
+    return out
+
+
+def patch_context(cfg: TrainConfig) -> tuple[int, int]:
+    """Margin (pixels per side) cut around each training patch when it will be augmented:
+    a square rotated by up to 45 degrees stays inside 1.42x its side, so 0.21 of the patch
+    on each side keeps rotations and deformations on real image pixels; the trainer cuts
+    the patch from the middle after augmenting. (Elastic displacements, a fraction of the
+    augmented input's size, are larger in pixels by the same 1.42x.)"""
+    if cfg.patch is None or not cfg.augment:
+        return (0, 0)
+    return (math.ceil(0.21 * cfg.patch[0]), math.ceil(0.21 * cfg.patch[1]))
+
+
+def preprocessing_info(cfg: TrainConfig, ds) -> dict[str, Any]:
+    size = cfg.resolved_image_size()
+    return {"dataset": cfg.dataset, "image_size": None if size is None else list(size),
+            "patch": None if cfg.patch is None else list(cfg.patch),
+            "crop": cfg.crop if cfg.dataset == "brats2021" else None,
+            "in_channels": ds.channels, "regions": list(ds.region_names),
+            "threshold": cfg.threshold, "output": "sigmoid per channel",
+            "split_seed": cfg.split_seed,
+            "normalization": ("z-score per modality over brain voxels"
+                              if cfg.dataset == "brats2021" else "pixel / 255")}
+
+
+@torch.no_grad()
+def validate(model, loader, loss_fn, device: torch.device, amp_dtype, threshold: float,
+             n_cases: int, progress: bool = False) -> dict[str, Any]:
+    """Validation loss and Dice per case (image or 3-D volume) and channel, averaged.
+
+    Intersections and sizes are summed over all items of a case (all slices of a BraTS
+    volume, all tiles of a patch-trained 2-D image - counted on their ``valid`` pixels, so
+    each image pixel once) before the Dice; a case where both prediction and truth of a
+    channel are empty scores 1 for it.
+    """
+    from tqdm import tqdm
+
+    from .device import autocast
+
+    model.eval()
+    cut = math.log(threshold / (1 - threshold))
+    stats = None
+    loss_sum, n_items = 0.0, 0
+    for batch in tqdm(loader, desc="  validate", leave=False, disable=not progress, unit="batch"):
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        loss_sum += float(loss_fn(logits, y)) * x.shape[0]
+        n_items += x.shape[0]
+        pred = (logits.float() > cut).float()
+        if "valid" in batch:  # tiles: each image pixel counted once, padding never
+            valid = batch["valid"].to(device, non_blocking=True)
+            pred, y = pred * valid, y * valid
+        dims = tuple(range(2, pred.dim()))
+        per = torch.stack([(pred * y).sum(dims), pred.sum(dims), y.sum(dims)], -1).double().cpu()
+        if stats is None:
+            stats = torch.zeros(n_cases, per.shape[1], 3, dtype=torch.float64)
+        stats.index_add_(0, batch["case"].long(), per)
+    if stats is None:
+        raise ValueError("the validation set is empty")
+    inter, psum, tsum = stats.unbind(-1)
+    denom = psum + tsum
+    dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-12), torch.ones_like(denom))
+    per_channel = dice[case_ids(loader.dataset)].mean(0)
+    return {"val_loss": loss_sum / max(1, n_items), "val_dice": float(per_channel.mean()),
+            "val_dice_per_channel": per_channel.tolist()}
+
+
+def case_ids(dataset) -> list[int]:
+    """Indices of the cases a dataset's items cover (BraTS: volumes with slices in it)."""
+    if getattr(dataset, "index", None) is not None:
+        return sorted({entry[0] for entry in dataset.index})
+    return list(range(len(dataset)))

@@ -1,0 +1,154 @@
+"""Checkpoint folders: atomic writes, completeness checks, crash recovery, training state.
+
+A checkpoint folder holds ``config.json`` + ``model.safetensors`` (``save_pretrained``),
+``preprocessing.json`` (what inference needs to feed the network), optionally
+``training_state.pt``, and ``checkpoint.json`` (epoch, validation Dice, SHA-256 of the
+weights), written last as the completeness marker. Folders are written to a temporary
+sibling and swapped in with renames, so a crash at any moment leaves a complete one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..hub import CONFIG_NAME, WEIGHTS_NAME, atomic_write_bytes, atomic_write_json
+
+STATE_NAME = "training_state.pt"
+CHECKPOINT_NAME = "checkpoint.json"
+PREPROCESSING_NAME = "preprocessing.json"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_checkpoint(run: Path, name: str, model, info: dict[str, Any],
+                     preprocessing: dict[str, Any], state: dict[str, Any] | None = None) -> Path:
+    """Write a complete checkpoint folder ``run/name`` atomically (temp folder + renames)."""
+    final, tmp, old = run / name, run / f".{name}.tmp", run / f".{name}.old"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    atomic_write_json(tmp / PREPROCESSING_NAME, preprocessing)
+    sha = sha256(tmp / WEIGHTS_NAME)
+    if state is not None:
+        buf = io.BytesIO()
+        torch.save(dict(state, weights_sha256=sha), buf)
+        atomic_write_bytes(tmp / STATE_NAME, buf.getvalue())
+    atomic_write_json(tmp / CHECKPOINT_NAME, dict(info, weights_sha256=sha))  # completeness marker
+    fsync_dir(tmp)
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(run)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoint_problems(folder: Path, need_state: bool = False) -> list[str]:
+    """Why ``folder`` is not a complete checkpoint (empty list: it is one: marker present,
+    weights hash matches, training state present when ``need_state``)."""
+    if not folder.is_dir():
+        return [f"{folder} is missing"]
+    marker, weights = folder / CHECKPOINT_NAME, folder / WEIGHTS_NAME
+    try:
+        info = json.loads(marker.read_text())
+        expected = info["weights_sha256"]
+    except FileNotFoundError:
+        return [f"{marker} is missing"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{marker} is corrupt ({type(e).__name__}: {e})"]
+    try:
+        if sha256(weights) != expected:
+            return [f"{weights} does not match the SHA-256 in {marker} (truncated or replaced)"]
+    except OSError as e:
+        return [f"{weights} cannot be read ({e.strerror or e})"]
+    if need_state and not (folder / STATE_NAME).is_file():
+        return [f"{folder / STATE_NAME} is missing"]
+    return []
+
+
+def checkpoint_ok(folder: Path, need_state: bool = False) -> bool:
+    """Whether ``folder`` is a complete checkpoint (marker present, weights hash matches)."""
+    return not checkpoint_problems(folder, need_state)
+
+
+def recover_checkpoint(run: Path, name: str, need_state: bool = False) -> Path | None:
+    """After a crash: make ``run/name`` the newest complete checkpoint, drop leftovers.
+
+    Returns None (and deletes nothing) when neither ``run/name`` nor a leftover
+    ``.name.tmp`` / ``.name.old`` is complete."""
+    final, tmp, old = run / name, run / f".{name}.tmp", run / f".{name}.old"
+    if not checkpoint_ok(final, need_state):
+        for cand in (tmp, old):  # tmp is newer than old
+            if checkpoint_ok(cand, need_state):
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(cand, final)
+                break
+    if not checkpoint_ok(final, need_state):
+        return None  # nothing usable: leave every file as it is for the user to inspect
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    return final
+
+
+def load_training_state(folder: Path) -> dict[str, Any]:
+    path = folder / STATE_NAME
+    try:
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read training state {path}: {e}") from e
+    if state.get("weights_sha256") != sha256(folder / WEIGHTS_NAME):
+        raise ValueError(f"{path} does not belong to the weights in {folder / WEIGHTS_NAME}")
+    return state
+
+
+def read_preprocessing(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's ``preprocessing.json`` ({} when it has none)."""
+    path = Path(checkpoint) / PREPROCESSING_NAME
+    if not path.is_file():
+        return {}
+    try:
+        prep = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(prep, dict):
+        raise ValueError(f"{path} holds a JSON {type(prep).__name__}, not an object with the "
+                         f"preprocessing settings (dataset, image_size, ...)")
+    return prep
+
+
+def check_checkpoint_folder(checkpoint: Path) -> None:
+    """A clear error when ``checkpoint`` is not a folder written by training / save_pretrained."""
+    what = "a checkpoint folder written by training or save_pretrained (e.g. RUN_DIR/best)"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass {what}")
+    if not checkpoint.is_dir():
+        raise ValueError(f"checkpoint {checkpoint} is a file, not a folder; pass {what}")
+    if not (checkpoint / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} has no {CONFIG_NAME}; pass {what}")
