@@ -106,6 +106,9 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
         assert summary["metrics"][k]["mean"] == pytest.approx(np.mean(vals), rel=1e-4)
         assert summary["metrics"][k]["std"] == pytest.approx(np.std(vals), rel=1e-4, abs=1e-6)
     assert all(0 <= float(c["dice"]) <= 1 for c in cases)
+    resolved = json.loads((ev / "config.json").read_text())  # the run's config beside it
+    assert (resolved["checkpoint"], resolved["split"]) == (str(run / "best"), "test")
+    assert resolved["threshold"] is None and resolved["batch_size"] == 8  # not given: default
 
     # the fused inference model (CPU fp32) scores the same
     ev_fused = tmp_path / "eval-fused"
