@@ -38,77 +38,84 @@ def run_demo(out: str | Path = "raunet-demo", cases: int = 160, epochs: int = 20
     """Run the demo; returns the untrained and trained test summaries and timings."""
     import torch
 
-    from .data.generate import make_isic2018
     from .config import TrainConfig
+    from .data.generate import make_isic2018
     from .engine import evaluate, train
-    from .io.checkpoints import PREPROCESSING_NAME
-    from .models import build_model
-    from .hub import atomic_write_json
 
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
     t_start = time.perf_counter()
     _prepare_folder(out)
-    say = print
-
-    say(f"[1/4] writing {cases} synthetic dermoscopy cases (ISIC 2018 layout) to {out / 'data'}")
+    print(f"[1/4] writing {cases} synthetic dermoscopy cases (ISIC 2018 layout) to {out / 'data'}")
     t0 = time.perf_counter()
     counts = make_isic2018(out / "data", cases, shape=(96, 128), seed=seed)
     t_data = time.perf_counter() - t0
-
     size = (image_size, image_size)
-    cfg = TrainConfig(data_root=str(out / "data"), out=str(out / "run"), model="raunet",
-                      dataset="isic2018", epochs=epochs, batch_size=batch_size, image_size=size,
-                      base_channels=base_channels, depth=depth, dropout=0.0, lr=lr,
-                      patience=max(epochs, 1), seed=seed, num_workers=0, device=device,
-                      progress=progress, cache_images=True, scheduler="none")
-
-    say("[2/4] scoring an untrained RA-U-Net on the test split (baseline)")
-    torch.manual_seed(seed)
-    untrained = build_model("raunet", in_channels=3, out_channels=1, base_channels=base_channels,
-                            depth=depth)
-    untrained.save_pretrained(out / "untrained")
-    atomic_write_json(out / "untrained" / PREPROCESSING_NAME,
-                      {"dataset": "isic2018", "image_size": list(size), "threshold": 0.5})
+    print("[2/4] scoring an untrained RA-U-Net on the test split (baseline)")
+    _save_untrained(out / "untrained", size, base_channels, depth, seed)
     before = evaluate(out / "untrained", "isic2018", out / "data", "test", out / "eval-untrained",
                       device=device, progress=False)
-
-    say(f"[3/4] training RA-U-Net (base {base_channels}, depth {depth}, {image_size}x{image_size}) "
-        f"for {epochs} epochs on {counts['train']} images, validating on {counts['val']}")
+    print(f"[3/4] training RA-U-Net (base {base_channels}, depth {depth}, "
+          f"{image_size}x{image_size}) for {epochs} epochs on {counts['train']} images, "
+          f"validating on {counts['val']}")
     t0 = time.perf_counter()
-    result = train(cfg)
+    result = train(TrainConfig(
+        data_root=str(out / "data"), out=str(out / "run"), model="raunet", dataset="isic2018",
+        epochs=epochs, batch_size=batch_size, image_size=size, base_channels=base_channels,
+        depth=depth, dropout=0.0, lr=lr, patience=max(epochs, 1), seed=seed, num_workers=0,
+        device=device, progress=progress, cache_images=True, scheduler="none"))
     t_train = time.perf_counter() - t0
-
-    say(f"[4/4] scoring the best checkpoint (epoch {result['best_epoch']}) on the "
-        f"{counts['test']} test images")
+    print(f"[4/4] scoring the best checkpoint (epoch {result['best_epoch']}) on the "
+          f"{counts['test']} test images")
     after = evaluate(out / "run" / "best", "isic2018", out / "data", "test", out / "eval",
                      device=device, progress=False, save_predictions=True)
-    total = time.perf_counter() - t_start
+    seconds = {"data": t_data, "train": t_train, "total": time.perf_counter() - t_start}
+    _report(out, counts, before, after, result, seconds)
+    return {"untrained": before, "trained": after, "train": result, "seconds": seconds}
 
-    rows = [("untrained RA-U-Net", before), (f"trained RA-U-Net (epoch {result['best_epoch']})", after)]
-    say("")
-    say(f"Results on the synthetic ISIC-layout test split ({counts['test']} images, distances in pixels)")
+
+def _save_untrained(folder: Path, size, base_channels: int, depth: int, seed: int) -> None:
+    """An untrained RA-U-Net checkpoint with the demo's preprocessing (the baseline)."""
+    import torch
+
+    from .hub import atomic_write_json
+    from .io.checkpoints import PREPROCESSING_NAME
+    from .models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("raunet", in_channels=3, out_channels=1, base_channels=base_channels,
+                        depth=depth)
+    model.save_pretrained(folder)
+    atomic_write_json(folder / PREPROCESSING_NAME,
+                      {"dataset": "isic2018", "image_size": list(size), "threshold": 0.5})
+
+
+def _report(out: Path, counts, before, after, result, seconds) -> None:
+    rows = [("untrained RA-U-Net", before),
+            (f"trained RA-U-Net (epoch {result['best_epoch']})", after)]
+    print(f"\nResults on the synthetic ISIC-layout test split ({counts['test']} images, "
+          f"distances in pixels)")
     header = f"{'model':30s} {'Dice':>7s} {'Jaccard':>8s} {'thr.Jacc':>9s} {'HD':>7s} {'HD95':>7s}"
-    say(header)
-    say("-" * len(header))
+    print(header)
+    print("-" * len(header))
     for name, s in rows:
         m = s["metrics"]
-        say(f"{name:30s} {m['dice']['mean']:7.3f} {m['jaccard']['mean']:8.3f} "
-            f"{m['thresholded_jaccard']['mean']:9.3f} {m['hd']['mean']:7.1f} {m['hd95']['mean']:7.1f}")
-    say("")
-    say(f"best validation Dice {result['best_val_dice']:.3f} at epoch {result['best_epoch']}; "
-        f"data {t_data:.0f}s, training {t_train:.0f}s, total {total:.0f}s")
-    say("files:")
-    say(f"  data (ISIC 2018 layout)   {out / 'data'}")
-    say(f"  training log              {out / 'run' / 'log.csv'}")
-    say(f"  best / last checkpoints   {out / 'run' / 'best'}  {out / 'run' / 'last'}"
-        f"   (raunet_fast.from_pretrained(...))")
-    say(f"  test scores               {out / 'eval' / 'cases.csv'}  {out / 'eval' / 'summary.json'}")
-    say(f"  predicted masks           {out / 'eval' / 'predictions'}")
+        print(f"{name:30s} {m['dice']['mean']:7.3f} {m['jaccard']['mean']:8.3f} "
+              f"{m['thresholded_jaccard']['mean']:9.3f} {m['hd']['mean']:7.1f} "
+              f"{m['hd95']['mean']:7.1f}")
+    print(f"\nbest validation Dice {result['best_val_dice']:.3f} at epoch {result['best_epoch']}; "
+          f"data {seconds['data']:.0f}s, training {seconds['train']:.0f}s, total "
+          f"{seconds['total']:.0f}s")
+    print("files:")
+    print(f"  data (ISIC 2018 layout)   {out / 'data'}")
+    print(f"  training log              {out / 'run' / 'log.csv'}")
+    print(f"  best / last checkpoints   {out / 'run' / 'best'}  {out / 'run' / 'last'}"
+          f"   (raunet_fast.from_pretrained(...))")
+    print(f"  test scores               {out / 'eval' / 'cases.csv'}  "
+          f"{out / 'eval' / 'summary.json'}")
+    print(f"  predicted masks           {out / 'eval' / 'predictions'}")
     sys.stdout.flush()
-    return {"untrained": before, "trained": after, "train": result,
-            "seconds": {"data": t_data, "train": t_train, "total": total}}
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -123,12 +130,16 @@ def add_cli(sub) -> None:
                        description="End-to-end demo on built-in synthetic data in the ISIC 2018 "
                                    "layout: make data, train a small RA-U-Net on the CPU, evaluate "
                                    "it against an untrained one, print the results and file locations.")
-    p.add_argument("--out", type=Path, default=Path("raunet-demo"), help="demo folder (replaced)")
-    p.add_argument("--cases", type=int, default=160)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--base-channels", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--out", type=Path, default=Path("raunet-demo"),
+                   help="demo folder (replaced; default: raunet-demo)")
+    p.add_argument("--cases", type=int, default=160, help="synthetic images (default: 160)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
+    p.add_argument("--image-size", type=int, default=64, help="network input size (default: 64)")
+    p.add_argument("--base-channels", type=int, default=8,
+                   help="channels of the first level (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="device (default: cpu)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
     p.set_defaults(func=_cmd_demo)

@@ -98,6 +98,40 @@ def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], imag
     of the predictions of the windows covering it (``K``: the model's output channels; logits
     stay logits).
     """
+    _check_inputs(image, overlap, batch_size)
+    wh, ww = _pair(window, "window")
+    run_dev = torch.device(device) if device is not None else image.device
+    weights = blend_weights((wh, ww), blend, sigma_scale, device=image.device)
+    n, _, h, w = image.shape
+    ph, pw = max(wh - h, 0), max(ww - w, 0)
+    if ph or pw:  # smaller than a window: pad to it (bottom / right), crop at the end
+        image = F.pad(image, (0, pw, 0, ph), value=pad_value)
+    H, W = image.shape[-2:]
+    tiles = [(b, y, x) for b in range(n) for y in window_starts(H, wh, overlap)
+             for x in window_starts(W, ww, overlap)]
+    acc = norm = None
+    from tqdm import tqdm
+
+    with tqdm(total=len(tiles), desc="windows", unit="window", disable=not progress) as bar:
+        for i in range(0, len(tiles), batch_size):
+            chunk = tiles[i:i + batch_size]
+            # one call shape: pad a short last batch with repeats (when full ones came first)
+            call = chunk + [chunk[-1]] * (batch_size - len(chunk)) if i else chunk
+            xb = torch.stack([image[b, :, y:y + wh, x:x + ww] for b, y, x in call]).to(run_dev)
+            pred = _checked_prediction(model(xb), len(call), (wh, ww))
+            pred = pred[:len(chunk)].float().to(image.device)
+            if acc is None:
+                acc = torch.zeros(n, pred.shape[1], H, W, device=image.device)
+                norm = torch.zeros(n, 1, H, W, device=image.device)
+            for j, (b, y, x) in enumerate(chunk):
+                acc[b, :, y:y + wh, x:x + ww].addcmul_(pred[j], weights)
+                norm[b, 0, y:y + wh, x:x + ww].add_(weights)
+            bar.update(len(chunk))
+    out = acc.div_(norm)
+    return out if (ph, pw) == (0, 0) else out[:, :, :h, :w].contiguous()
+
+
+def _check_inputs(image, overlap: float, batch_size) -> None:
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
     if image.dim() != 4:
@@ -107,54 +141,19 @@ def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], imag
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if not image.is_floating_point():
         raise TypeError(f"image must be floating point, got {image.dtype}")
-    wh, ww = _pair(window, "window")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    run_dev = torch.device(device) if device is not None else image.device
-    acc_dev = image.device
-    weights = blend_weights((wh, ww), blend, sigma_scale, device=acc_dev)
 
-    n, _, h, w = image.shape
-    ph, pw = max(wh - h, 0), max(ww - w, 0)
-    if ph or pw:  # smaller than a window: pad to it (bottom / right), crop at the end
-        image = F.pad(image, (0, pw, 0, ph), value=pad_value)
-    H, W = image.shape[-2:]
-    tiles = [(b, y, x) for b in range(n) for y in window_starts(H, wh, overlap)
-             for x in window_starts(W, ww, overlap)]
 
-    acc = norm = None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tiles), desc="windows", unit="window")
-    try:
-        for i in range(0, len(tiles), batch_size):
-            chunk = tiles[i:i + batch_size]
-            # one call shape: pad a short last batch with repeats (when full ones came first)
-            call = chunk + [chunk[-1]] * (batch_size - len(chunk)) if i else chunk
-            xb = torch.stack([image[b, :, y:y + wh, x:x + ww] for b, y, x in call]).to(run_dev)
-            pred = model(xb)
-            if not isinstance(pred, torch.Tensor) or pred.dim() != 4 or \
-                    pred.shape[0] != len(call) or tuple(pred.shape[-2:]) != (wh, ww):
-                got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
-                raise ValueError(f"the model must map B x C x {wh} x {ww} windows to "
-                                 f"B x K x {wh} x {ww} predictions of the same size; it returned "
-                                 f"{got} for a batch of {len(call)}")
-            pred = pred[:len(chunk)].float().to(acc_dev)
-            if acc is None:
-                k = pred.shape[1]
-                acc = torch.zeros(n, k, H, W, device=acc_dev)
-                norm = torch.zeros(n, 1, H, W, device=acc_dev)
-            for j, (b, y, x) in enumerate(chunk):
-                acc[b, :, y:y + wh, x:x + ww].addcmul_(pred[j], weights)
-                norm[b, 0, y:y + wh, x:x + ww].add_(weights)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-    out = acc.div_(norm)
-    return out if (ph, pw) == (0, 0) else out[:, :, :h, :w].contiguous()
+def _checked_prediction(pred, batch: int, window: tuple[int, int]) -> torch.Tensor:
+    """A model's output for ``batch`` windows, or an error saying what it must return."""
+    wh, ww = window
+    if not isinstance(pred, torch.Tensor) or pred.dim() != 4 or pred.shape[0] != batch or \
+            tuple(pred.shape[-2:]) != (wh, ww):
+        got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+        raise ValueError(f"the model must map B x C x {wh} x {ww} windows to B x K x {wh} x "
+                         f"{ww} predictions of the same size; it returned {got} for a batch "
+                         f"of {batch}")
+    return pred
