@@ -170,9 +170,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
     """One option per field of ``cls`` (help text and default from the field), plus
     ``--config FILE`` and ``--print-config``. Options are parsed with no argparse defaults,
     so :func:`from_args` knows which ones the user gave."""
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("help") is None:
-            continue
+    fields = sorted(dataclasses.fields(cls), key=lambda f: not f.metadata.get("required"))
+    for f in fields:  # the required ones first
         parser.add_argument(flag_of(f), dest=f.name, default=argparse.SUPPRESS,
                             help=_help(f), **_argparse_kind(f))
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
@@ -208,8 +207,10 @@ def _help(f: dataclasses.Field) -> str:
     if f.metadata.get("required"):
         return f"{text} (required)"
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if isinstance(default, bool):
-        return text
+    if isinstance(default, bool) or "default" in text:
+        return text.replace("%", "%%")
+    if default in (None, ()):
+        return f"{text} (default: none)".replace("%", "%%")
     shown = "x".join(map(str, default)) if isinstance(default, tuple) and default else default
     return f"{text} (default: {shown})".replace("%", "%%")
 

@@ -325,7 +325,8 @@ def add_cli(sub) -> None:
                        description="Write lesion-like synthetic data in exactly the folder layout "
                                    "and file formats of ISIC 2018 task 1 or BraTS 2021, for tests, "
                                    "demos and smoke runs.")
-    p.add_argument("--kind", required=True, choices=["isic2018", "brats2021"])
+    p.add_argument("--kind", required=True, choices=["isic2018", "brats2021"],
+                   help="data set layout to write (required)")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (created; must be empty unless --overwrite)")
     p.add_argument("--cases", required=True, type=int,
@@ -335,7 +336,7 @@ def add_cli(sub) -> None:
                         "XxYxZ for BraTS (default 240x240x155)")
     p.add_argument("--spacing", type=_parse_spacing, default=None, metavar="XxYxZ",
                    help="BraTS voxel spacing in mm as XxYxZ (default 1x1x1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data (default: 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="--out may hold an earlier generated data set: its data set folders "
                         "(ISIC split folders / BraTS2021_<id> case folders) are removed first "
