@@ -207,7 +207,7 @@ def _help(f: dataclasses.Field) -> str:
     if f.metadata.get("required"):
         return f"{text} (required)"
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if isinstance(default, bool) or "default" in text:
+    if isinstance(default, bool) or "(default" in text:
         return text.replace("%", "%%")
     if default in (None, ()):
         return f"{text} (default: none)".replace("%", "%%")
