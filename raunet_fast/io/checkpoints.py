@@ -140,7 +140,37 @@ def read_preprocessing(checkpoint: Path) -> dict[str, Any]:
     if not isinstance(prep, dict):
         raise ValueError(f"{path} holds a JSON {type(prep).__name__}, not an object with the "
                          f"preprocessing settings (dataset, image_size, ...)")
+    try:
+        check_preprocessing(prep)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return prep
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_preprocessing(prep: dict[str, Any]) -> None:
+    """The entries inference reads from ``preprocessing.json``, with the run configs' checks."""
+    from ..config import DATASETS, check_size, check_threshold
+
+    for key in ("image_size", "patch"):
+        v = prep.get(key)
+        if v is not None and not (isinstance(v, list) and all(_is_int(s) for s in v)):
+            raise ValueError(f"{key} must be a list of two integers (H, W) or null, got {v!r}")
+        check_size(key, v)
+    if prep.get("crop") is not None and not (_is_int(prep["crop"]) and prep["crop"] >= 1):
+        raise ValueError(f"crop must be an integer >= 1 or null, got {prep['crop']!r}")
+    if "threshold" in prep:
+        v = prep["threshold"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"threshold must be a number in (0, 1), got {v!r}")
+        check_threshold(v)
+    if prep.get("dataset") is not None and prep["dataset"] not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {prep['dataset']!r}")
+    if "split_seed" in prep and not _is_int(prep["split_seed"]):
+        raise ValueError(f"split_seed must be an integer, got {prep['split_seed']!r}")
 
 
 def check_checkpoint_folder(checkpoint: Path) -> None:
