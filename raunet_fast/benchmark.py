@@ -16,91 +16,30 @@ speed-up over eager-<dt> and over compile-<dt>, and the relative L2 error of eac
 against eager fp32. A checkpoint's own model is timed when given, else a fresh model with
 non-trivial BatchNorm statistics. ``bench/realtime_inference.py`` is the script form.
 
-:class:`Timer` is the one timing method of the package's benchmarks (the ``bench/``
-scripts import it).
+Rows are :class:`raunet_fast.bench_harness.BenchRow` (suite ``network``), appended to
+``--out`` in the harness CSV schema (docs/benchmarks.md); :class:`Timer` (the harness's) is
+the one timing method of the package's benchmarks.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import platform
-import statistics
-import time
+import gc
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-#: the CSV columns of :func:`run`
-FIELDS = ["timestamp", "device", "torch", "triton", "model", "height", "width", "batch", "dtype",
-          "variant", "ms", "images_per_s", "speedup_vs_eager", "speedup_vs_compile",
-          "rel_l2_err_vs_fp32"]
+from .bench_harness import (CSV_FIELDS, DTYPE_NAMES, DTYPES, BenchRow, Env, Stats, Timer,
+                            append_rows, check_csv, device_name, environment, rel_l2,
+                            set_ratios, shape_str)
 
+__all__ = ["DTYPES", "FIELDS", "Timer", "rel_l2", "device_name", "demo_model", "variants",
+           "run", "copy_to", "network_flops", "BenchRow"]
 
-class Timer:
-    """Median milliseconds of ``fn()`` on ``device`` (CUDA: events, L2 flushed before each
-    call; CPU: perf_counter). ``last_min``: the fastest call of the last measurement.
-
-    ``head_start`` (CUDA): after the flush the GPU also spins ~0.5 ms
-    (``torch.cuda._sleep``) before the start event, so the host has enqueued the call's
-    kernels before the GPU reaches them and the time is the device's, not the Python
-    launch latency of the first kernel (tens of microseconds through an op's dispatch and
-    Triton's launcher, the same order as one kernel call at 512 x 512). Host time *between*
-    a variant's kernels still counts wherever the GPU catches up with the host. Kernel
-    benchmarks use it; end-to-end latency (this module's table) does not: without it the
-    GPU is idle when the start event is recorded (synchronised after the flush)."""
-
-    SPIN_CYCLES = 1_000_000
-
-    def __init__(self, device: torch.device, warmup: int = 5, iters: int = 20,
-                 head_start: bool = True):
-        self.device, self.warmup, self.iters = torch.device(device), warmup, iters
-        self.head_start = head_start
-        self.last_min = float("nan")
-        self._flush = (torch.empty(256 * 2 ** 20, dtype=torch.uint8, device=self.device)
-                       if self.device.type == "cuda" else None)
-
-    def __call__(self, fn: Callable[[], Any]) -> float:
-        with torch.no_grad():
-            for _ in range(self.warmup):
-                fn()
-            times = []
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-                for _ in range(self.iters):
-                    s = torch.cuda.Event(enable_timing=True)
-                    e = torch.cuda.Event(enable_timing=True)
-                    self._flush.zero_()
-                    if self.head_start:
-                        torch.cuda._sleep(self.SPIN_CYCLES)
-                    else:  # from an idle GPU: the host's launch time counts in full
-                        torch.cuda.synchronize(self.device)
-                    s.record()
-                    fn()
-                    e.record()
-                    e.synchronize()
-                    times.append(s.elapsed_time(e))
-            else:
-                for _ in range(self.iters):
-                    t = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - t) * 1e3)
-        self.last_min = min(times)
-        return statistics.median(times)
-
-
-def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.double(), ref.double()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def device_name(device: torch.device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+#: the CSV columns of :func:`run` (the harness schema)
+FIELDS = CSV_FIELDS
+#: the error column's reference
+ERR_KIND = "rel_l2 vs eager fp32 (TF32 off)"
 
 
 def demo_model(name: str = "raunet", in_channels: int = 3, out_channels: int = 1,
@@ -135,7 +74,7 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
 
     from .inference import CUDAGraphRunner, build_inference_model
 
-    name = {v: k for k, v in DTYPES.items()}[dtype]
+    name = DTYPE_NAMES[dtype]
     model = copy.deepcopy(model).eval().to(device)
     out = Variants({"eager-fp32": lambda x: model(x.float())})
     out.graph_runners = []
@@ -166,128 +105,147 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
     return out
 
 
-def _check_csv_header(path: Path, fields: list[str]) -> None:
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), None)
-    if header is not None and header != fields:
-        raise ValueError(f"{path} holds rows with other columns ({', '.join(header[:6])}, ...); "
-                         f"write to a new file")
-
-
 def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torch.device,
         backend: str = "auto", compile: bool = True, carry: bool = False, warmup: int = 5,
         iters: int = 20, out_csv: str | Path | None = None, label: str = "",
-        print_fn: Callable[[str], None] = print) -> list[dict]:
-    """Time every variant at every (size, batch); print the table; append CSV rows to
-    ``out_csv``. ``sizes``: ints or (H, W) pairs. Returns the rows.
+        print_fn: Callable[[str], None] = print) -> list[BenchRow]:
+    """Time every variant at every (size, batch); print the table; append harness CSV rows
+    to ``out_csv``. ``sizes``: ints or (H, W) pairs. Returns the rows.
 
     Each variant is called 3 times before its timing (a CUDA-graph runner's eager warm-up
     calls and its capture stay out of it) and its error is taken after it (a graph replay
     for the graph variants). The error reference is the fp32 model with TF32 off; the timed
     fp32 variants run with the process's TF32 setting (PyTorch's default: TF32 convolutions
-    on CUDA), which the header states. Captured graphs are dropped and dynamo is reset
-    between shapes."""
+    on CUDA), which the header states. The variants are rebuilt and dynamo is reset for
+    every shape (one static graph and one shape's captured graphs at a time)."""
     device = torch.device(device)
-    name = {v: k for k, v in DTYPES.items()}[dtype]
-    if out_csv and Path(out_csv).exists():  # before minutes of timing, not after
-        _check_csv_header(Path(out_csv), FIELDS)
+    if out_csv:  # before minutes of timing, not after
+        check_csv(out_csv)
     old_bench = torch.backends.cudnn.benchmark
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = device.type == "cuda" or old_bench
     try:
-        fns = variants(model, device, dtype, backend, compile, carry)
-        ref_model = copy_to(model, device)
-        in_ch = getattr(model, "in_channels", 3)
-        try:
-            import triton
-
-            triton_v = triton.__version__
-        except ImportError:
-            triton_v = "none"
-        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        env = environment(device)
+        print_header(env, label, DTYPE_NAMES[dtype], print_fn)
         timer = Timer(device, warmup, iters, head_start=False)  # end-to-end latency
-        tf32 = ""
-        if device.type == "cuda":
-            tf32 = ("  fp32 convs: TF32" if torch.backends.cudnn.allow_tf32 else
-                    "  fp32 convs: exact")
-        print_fn(f"# {device_name(device)}  torch {torch.__version__}  triton {triton_v}  "
-                 f"{label}  {name}  {stamp}{tf32}")
-        print_fn(f"{'size':>9} {'batch':>5} {'variant':<26} {'ms':>9} {'img/s':>8} "
-                 f"{'vs eager':>9} {'vs compile':>10} {'rel L2 err':>11}")
-        rows: list[dict] = []
-        for size in sizes:
-            h, w = (size, size) if isinstance(size, int) else size
+        rows: list[BenchRow] = []
+        for h, w in (((s, s) if isinstance(s, int) else tuple(s)) for s in sizes):
             for batch in batches:
-                if compile:
-                    torch._dynamo.reset()  # a static graph per shape, no cache limit
-                for runner in fns.graph_runners:
-                    runner._graphs.clear()  # one shape's graph memory at a time
-                x = torch.randn(batch, in_ch, h, w, device=device)
-                with torch.no_grad(), _exact_fp32():
-                    ref = ref_model(x).float()
-                results = {}
-                for vname, fn in fns.items():
-                    try:
-                        with torch.no_grad():
-                            for _ in range(3):
-                                fn(x)
-                        ms = timer(lambda fn=fn: fn(x))
-                        with torch.no_grad():
-                            err = rel_l2(fn(x).float(), ref)
-                    except Exception as e:  # noqa: BLE001 - report, keep going with the others
-                        print_fn(f"{f'{h}x{w}':>9} {batch:>5} {vname:<26} FAILED: "
-                                 f"{type(e).__name__}: {str(e)[:200]}")
-                        continue
-                    results[vname] = (ms, err)
-                base = results.get(f"eager-{name}", (float("nan"),))[0]
-                comp = results.get(f"compile-{name}", (float("nan"),))[0]
-                for vname, (ms, err) in results.items():
-                    rows.append(dict(timestamp=stamp, device=device_name(device),
-                                     torch=torch.__version__, triton=triton_v, model=label,
-                                     height=h, width=w, batch=batch, dtype=name, variant=vname,
-                                     ms=round(ms, 4), images_per_s=round(batch * 1e3 / ms, 2),
-                                     speedup_vs_eager=round(base / ms, 3),
-                                     speedup_vs_compile=round(comp / ms, 3),
-                                     rel_l2_err_vs_fp32=f"{err:.3e}"))
-                    print_fn(f"{f'{h}x{w}':>9} {batch:>5} {vname:<26} {ms:>9.3f} "
-                             f"{batch * 1e3 / ms:>8.1f} {base / ms:>9.2f} {comp / ms:>10.2f} "
-                             f"{err:>11.2e}")
-                if results:
-                    best = min(results, key=lambda k: results[k][0])
-                    print_fn(f"{'':>9} {'':>5} fastest: {best} ({results[best][0]:.3f} ms)")
-        for runner in fns.graph_runners:
-            runner._graphs.clear()
-        if device.type == "cuda":
-            from .ops import conv3x3 as conv_op
-
-            picks = conv_op.describe_picks()
-            if picks:   # which layers "auto" gave to Triton, and the timings that decided
-                print_fn("# auto's conv backend per layer shape (device ms per call, timed "
-                         "once on first use):")
-                for line in picks:
-                    print_fn("#   " + line)
+                fns = variants(model, device, dtype, backend, compile, carry)
+                x = torch.randn(batch, getattr(model, "in_channels", 3), h, w, device=device)
+                rows += time_shape(model, fns, x, timer, env, label, print_fn)
+                del fns
+                gc.collect()
+        print_picks(device, print_fn)
     finally:
         torch.backends.cudnn.benchmark = old_bench
     if out_csv and rows:
-        out_csv = Path(out_csv)
-        assert list(rows[0]) == FIELDS
-        new = not out_csv.exists()
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_csv, "a", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                wr.writeheader()
-            wr.writerows(rows)
+        append_rows(out_csv, rows)
     return rows
 
 
-def copy_to(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def print_header(env: Env, label: str, dtype_name: str, print_fn) -> None:
+    tf32 = ""
+    if env.device_type == "cuda":
+        tf32 = "  fp32 convs: TF32" if torch.backends.cudnn.allow_tf32 else "  fp32 convs: exact"
+    print_fn(f"# {env.describe()}  {label}  {dtype_name}{tf32}")
+    print_fn(f"{'size':>9} {'batch':>5} {'variant':<26} {'ms':>9} {'img/s':>8} "
+             f"{'vs eager':>9} {'vs compile':>10} {'rel L2 err':>11}")
+
+
+def time_shape(model, fns: dict, x: torch.Tensor, timer: Timer, env: Env, label: str,
+               print_fn) -> list[BenchRow]:
+    """The rows of every variant of ``fns`` on input ``x`` (a failing variant is reported
+    and left out), printed as the table's lines for this shape."""
+    if any(k.startswith("compile") or "+compile" in k for k in fns):
+        torch._dynamo.reset()  # a static graph per shape, no cache limit
+    with torch.no_grad(), exact_fp32():
+        ref = copy_to(model, x.device)(x).float()
+    flops = network_flops(model, x)
+    dtype_name = next(k for k in fns if k.startswith("fused-")).split("-", 1)[1]
+    where = f"{x.shape[2]}x{x.shape[3]}"
+    rows = []
+    for vname, fn in fns.items():
+        try:
+            stats, err = time_variant(fn, x, ref, timer)
+        except Exception as e:  # noqa: BLE001 - report, keep going with the others
+            print_fn(f"{where:>9} {x.shape[0]:>5} {vname:<26} FAILED: "
+                     f"{type(e).__name__}: {str(e)[:200]}")
+            continue
+        rows.append(env.row(suite="network", case=label, shape=shape_str(x.shape),
+                            dtype=dtype_name, variant=vname, stats=stats, flops=flops,
+                            err=err, err_kind=ERR_KIND))
+    add_ratios(rows, dtype_name)
+    for r in rows:
+        print_fn(table_line(r, where, x.shape[0]))
+    if rows:
+        best = min(rows, key=lambda r: r.median_ms)
+        print_fn(f"{'':>9} {'':>5} fastest: {best.variant} ({best.median_ms:.3f} ms)")
+    return rows
+
+
+def time_variant(fn, x: torch.Tensor, ref: torch.Tensor, timer: Timer) -> tuple[Stats, float]:
+    with torch.no_grad():
+        for _ in range(3):
+            fn(x)
+    timer(lambda: fn(x))
+    with torch.no_grad():
+        err = rel_l2(fn(x).float(), ref)
+    return timer.last, err
+
+
+def add_ratios(rows: list[BenchRow], dtype_name: str) -> None:
+    """ratio_vs_baseline: speed-up over eager-<dt>; extra: images/s and speed-up over
+    compile-<dt> (nan where that variant did not run)."""
+    set_ratios(rows, f"eager-{dtype_name}")
+    comp = next((r.median_ms for r in rows if r.variant == f"compile-{dtype_name}"), float("nan"))
+    for r in rows:
+        batch = int(r.shape.split("x")[0])
+        r.extra = dict(r.extra, images_per_s=round(batch * 1e3 / r.median_ms, 2),
+                       speedup_vs_compile=round(comp / r.median_ms, 3))
+
+
+def table_line(r: BenchRow, where: str, batch: int) -> str:
+    vs_eager = r.ratio_vs_baseline if r.ratio_vs_baseline is not None else float("nan")
+    return (f"{where:>9} {batch:>5} {r.variant:<26} {r.median_ms:>9.3f} "
+            f"{r.extra['images_per_s']:>8.1f} {vs_eager:>9.2f} "
+            f"{r.extra['speedup_vs_compile']:>10.2f} {r.err:>11.2e}")
+
+
+def print_picks(device: torch.device, print_fn) -> None:
+    """Which layers "auto" gave to Triton, and the timings that decided (CUDA)."""
+    if device.type != "cuda":
+        return
+    from .ops import conv3x3 as conv_op
+
+    picks = conv_op.describe_picks()
+    if picks:
+        print_fn("# auto's conv backend per layer shape (device ms per call, timed once on "
+                 "first use):")
+        for line in picks:
+            print_fn("#   " + line)
+
+
+def network_flops(model: torch.nn.Module, x: torch.Tensor) -> float | None:
+    """Floating-point operations of one forward of ``model`` on ``x`` (convolutions and
+    matmuls, as torch.utils.flop_counter counts them; None where it cannot)."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            copy_to(model, "meta")(x.to("meta"))
+        return float(counter.get_total_flops())
+    except Exception:  # noqa: BLE001 - a model the meta device cannot run: no FLOP column
+        return None
+
+
+def copy_to(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model).eval().to(device)
 
 
-class _exact_fp32:
+class exact_fp32:
     """TF32 off for cuDNN and matmuls inside the block (the error reference)."""
 
     def __enter__(self):
@@ -299,10 +257,8 @@ class _exact_fp32:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.old
 
 
-def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .train import resolve_device
-
-    device = resolve_device(args.device)
+def check_args(args: argparse.Namespace, device: torch.device) -> str:
+    """The dtype name to time; ValueError (a one-line CLI error) for a bad option."""
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     if dtype_name == "fp16" and device.type != "cuda":
         raise ValueError("--dtype fp16 needs a CUDA device; on CPU use fp32 or bf16")
@@ -311,18 +267,29 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             raise ValueError(f"{what} must be >= 1")
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0")
+    if args.checkpoint is None and args.base_channels < 1:
+        raise ValueError("--base-channels must be >= 1")
+    return dtype_name
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
+    """The model to time and its label: a checkpoint's, or a fresh one."""
     if args.checkpoint is not None:
-        from .evaluate import check_checkpoint_folder
         from .hub import from_pretrained
+        from .io.checkpoints import check_checkpoint_folder
 
         check_checkpoint_folder(args.checkpoint)
-        model = from_pretrained(args.checkpoint, map_location="cpu").eval()
-        label = f"{args.checkpoint}"
-    else:
-        if args.base_channels < 1:
-            raise ValueError("--base-channels must be >= 1")
-        model = demo_model(args.model, args.in_channels, args.out_channels, args.base_channels)
-        label = f"{args.model} base {args.base_channels}"
+        return from_pretrained(args.checkpoint, map_location="cpu").eval(), f"{args.checkpoint}"
+    model = demo_model(args.model, args.in_channels, args.out_channels, args.base_channels)
+    return model, f"{args.model} base {args.base_channels}"
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from .engine.device import resolve_device
+
+    device = resolve_device(args.device)
+    dtype_name = check_args(args, device)
+    model, label = load_model(args)
     run(model, args.size, args.batch, DTYPES[dtype_name], device, backend=args.backend,
         compile=not args.no_compile, carry=args.carry, warmup=args.warmup, iters=args.iters,
         out_csv=args.out, label=label)
@@ -330,7 +297,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub) -> None:
-    from .cli import parse_size
+    from .config import parse_size
 
     p = sub.add_parser("benchmark", help="time reference, torch.compile and fused inference "
                                          "of a model on this machine",
@@ -359,5 +326,5 @@ def add_cli(sub) -> None:
                    help="CUDA: also time fused+graphs with carry_input=True")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--out", type=Path, default=None, help="CSV file to append rows to")
+    p.add_argument("--out", type=Path, default=None, help="CSV file to append rows to (the harness schema, docs/benchmarks.md)")
     p.set_defaults(func=_cmd_benchmark)

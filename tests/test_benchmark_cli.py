@@ -3,11 +3,13 @@ asserted: speed is shown by benchmarks, never tested)."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
 
 from raunet_fast import cli
+from raunet_fast.bench_harness import CSV_FIELDS
 from raunet_fast.benchmark import Timer
 from raunet_fast.models import build_model
 
@@ -22,15 +24,21 @@ def test_table_and_csv(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "fused-fp32" in text and "eager-fp32" in text and "fastest:" in text
     rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == CSV_FIELDS   # the harness schema, every column
     assert len(rows) == 2 * 2 * 2  # sizes x batches x (eager, fused)
     assert {r["variant"] for r in rows} == {"eager-fp32", "fused-fp32"}
-    assert {(r["height"], r["width"]) for r in rows} == {("32", "32"), ("24", "40")}
+    assert {r["shape"] for r in rows} == {"1x3x32x32", "2x3x32x32", "1x3x24x40", "2x3x24x40"}
     for r in rows:
-        assert float(r["ms"]) > 0 and float(r["images_per_s"]) > 0
+        assert r["suite"] == "network" and r["dtype"] == "fp32" and r["device_type"] == "cpu"
+        extra = json.loads(r["extra"])
+        assert float(r["median_ms"]) > 0 and extra["images_per_s"] > 0
+        assert float(r["p10_ms"]) <= float(r["median_ms"]) <= float(r["p90_ms"])
+        assert float(r["flops"]) > 0 and float(r["tflop_per_s"]) > 0
+        assert r["baseline"] == "eager-fp32"
         if r["variant"] == "eager-fp32":  # the baseline of the speed-up column
-            assert float(r["speedup_vs_eager"]) == 1.0
+            assert float(r["ratio_vs_baseline"]) == 1.0
         # the fused fp32 model computes the same function (folded BN, fused kernels)
-        assert float(r["rel_l2_err_vs_fp32"]) < 1e-4, r
+        assert r["err_kind"].startswith("rel_l2") and float(r["err"]) < 1e-4, r
     # bf16 adds the channels_last reference in bf16; its error is bf16-sized, not zero
     assert cli.main(["benchmark", *TINY, "--size", "32", "--dtype", "bf16"]) == 0
     text = capsys.readouterr().out
