@@ -15,18 +15,16 @@ host given a head start (see :class:`Timer`).
 Two ways to run:
 
     python bench/bench_attention_gate.py --out bench/results/attention_gate.csv
-        prints a table and appends CSV rows (device name, torch / triton versions, UTC time)
-    pytest bench/bench_attention_gate.py --benchmark-only
-        the same cases under pytest-benchmark (GB/s and speedups in extra_info)
+        prints a table and appends harness CSV rows (docs/benchmarks.md)
+    pytest bench/bench_attention_gate.py --benchmark-only [--bench-csv FILE]
+        the same cases under pytest-benchmark (GB/s and speed-ups in extra_info and the
+        harness rows; torch.compile cases on the CPU only with --bench-compile)
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import importlib
 import os
-import platform
 import sys
 
 import torch
@@ -39,7 +37,7 @@ from raunet_fast.ops.attention_gate import cast_gate_params, fold_attention_gate
 # function bound under the same name on raunet_fast.ops
 gate_mod = importlib.import_module("raunet_fast.ops.attention_gate")
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from raunet_fast.bench_harness import DTYPE_NAMES, DTYPES  # noqa: E402
 #: (C, spatial size): decoder levels of a 512 x 512 RAUNet with base 64
 GPU_LEVELS = [(64, 512), (128, 256), (256, 128), (512, 64)]
 GPU_BATCHES = [1, 8]
@@ -50,7 +48,9 @@ CPU_BATCHES = [1]
 
 # -------------------------------------------------------------------------------- timing
 # the package's timing method (CUDA: events, L2 flush, host head start; see its docstring)
-from raunet_fast.benchmark import Timer  # noqa: E402
+from raunet_fast.bench_harness import (Timer, append_rows, cpu_arch, device_name,  # noqa: E402
+                                       environment, max_abs, set_ratios, thread_warning,
+                                       triton_version)
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
@@ -63,20 +63,9 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / ms / 1e6
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def versions() -> tuple[str, str]:
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "none"
-    return torch.__version__, tv
+    """(torch, triton) versions ("none" without triton)."""
+    return torch.__version__, triton_version() or "none"
 
 
 # ------------------------------------------------------------------------------- cases
@@ -135,88 +124,99 @@ def variants(gate, params, device, with_compile=True):
     return out
 
 
+SUITE = "attention_gate"
+ERR_KIND = "max_abs vs eager"
+
+
 def run_table(device: torch.device, dtypes: list[torch.dtype], levels, batches, warmup, iters,
-              with_compile=True, out_csv: str | None = None) -> list[dict]:
+              with_compile=True, out_csv: str | None = None) -> list:
+    """Time every variant of every (dtype, level, batch); print the table; append harness
+    rows (suite ``attention_gate``) to ``out_csv``. Returns the rows."""
     timer = Timer(device, warmup, iters)
     copy_bw = copy_bandwidth_gbs(device)
-    tv, trv = versions()
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    name = device_name(device)
-    print(f"# {name}  torch {tv}  triton {trv}  {stamp}")
-    if device.type == "cuda":
-        print(f"# device-to-device copy bandwidth: {copy_bw:.0f} GB/s (read + write)")
-    else:
-        try:
-            isa = gate_mod._extension("cpp").cpu_isa()
-        except Exception as e:  # noqa: BLE001 - report, the cpp rows will say FAILED
-            isa = f"unavailable ({type(e).__name__})"
-        print(f"# CPU threads: {torch.get_num_threads()}, cpp micro kernel: {isa}; "
-              f"load average {os.getloadavg()[0]:.2f} (timings are medians; min ms beside)")
-    print(f"{'shape (N x C x H x W)':>22} {'dtype':>5} {'variant':>8} {'ms':>9} {'min ms':>9} "
-          f"{'GB/s':>8} {'%copy':>6} {'vs eager':>8} {'vs comp':>8} {'max err':>9}")
+    env = environment(device)
+    print_header(env, device, copy_bw)
     rows = []
     for dtype in dtypes:
-        dname = {v: k for k, v in DTYPES.items()}[dtype]
         for c, size in levels:
             for batch in batches:
                 torch._dynamo.reset()
-                gate, params, x, g = make_case(c, size, batch, dtype, device)
-                nbytes = gate_bytes(x, g)
-                with torch.no_grad():
-                    ref = gate(x, g)[0].float()
-                results = {}
-                for vname, fn in variants(gate, params, device, with_compile).items():
-                    try:
-                        with torch.no_grad():
-                            err = (fn(x, g).float() - ref).abs().max().item()
-                        ms = timer(lambda: fn(x, g))
-                        ms_min = timer.last_min
-                    except Exception as e:  # report and go on with the other variants
-                        print(f"{f'{batch}x{c}x{size}x{size}':>22} {dname:>5} {vname:>8} "
-                              f"FAILED {type(e).__name__}: {str(e)[:300]}")
-                        continue
-                    results[vname] = (ms, err, ms_min)
-                eager = results.get("eager", (float("nan"),))[0]
-                comp = results.get("compile", (float("nan"),))[0]
-                for vname, (ms, err, ms_min) in results.items():
-                    gbs = nbytes / ms / 1e6
-                    row = dict(timestamp=stamp, device=name, torch=tv, triton=trv,
-                               threads=torch.get_num_threads() if device.type == "cpu" else "",
-                               batch=batch, channels=c, height=size, width=size, dtype=dname,
-                               variant=vname, ms=round(ms, 5), min_ms=round(ms_min, 5),
-                               gb_per_s=round(gbs, 2),
-                               pct_copy_bw=round(100 * gbs / copy_bw, 1) if copy_bw == copy_bw else "",
-                               copy_bw_gb_per_s=round(copy_bw, 1) if copy_bw == copy_bw else "",
-                               speedup_vs_eager=round(eager / ms, 3),
-                               speedup_vs_compile=round(comp / ms, 3), max_abs_err_vs_eager=f"{err:.3e}")
-                    rows.append(row)
-                    pct = f"{100 * gbs / copy_bw:6.1f}" if copy_bw == copy_bw else f"{'-':>6}"
-                    print(f"{f'{batch}x{c}x{size}x{size}':>22} {dname:>5} {vname:>8} {ms:>9.4f} "
-                          f"{ms_min:>9.4f} {gbs:>8.1f} {pct} {eager / ms:>8.2f} {comp / ms:>8.2f} "
-                          f"{err:>9.2e}")
+                case = make_case(c, size, batch, dtype, device)
+                rows += time_case(case, device, timer, env, copy_bw, with_compile)
     if out_csv and rows:
-        new = not os.path.exists(out_csv)
-        os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
-        with open(out_csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        append_rows(out_csv, rows)
         print(f"# appended {len(rows)} rows to {out_csv}")
     print_autotune_choices()
     return rows
 
 
+def print_header(env, device: torch.device, copy_bw: float) -> None:
+    print(f"# {env.describe()}")
+    if device.type == "cuda":
+        print(f"# device-to-device copy bandwidth: {copy_bw:.0f} GB/s (read + write)")
+    else:
+        print(f"# CPU threads: {torch.get_num_threads()}, ISA: {cpu_arch()}; load average "
+              f"{os.getloadavg()[0]:.2f} (timings are medians; min ms beside)")
+        warning = thread_warning()
+        if warning:
+            print(f"# WARNING: {warning}")
+    print(f"{'shape (N x C x H x W)':>22} {'dtype':>5} {'variant':>8} {'ms':>9} {'min ms':>9} "
+          f"{'GB/s':>8} {'%copy':>6} {'vs eager':>8} {'vs comp':>8} {'max err':>9}")
+
+
+def time_case(case, device, timer, env, copy_bw: float, with_compile: bool) -> list:
+    """The rows of every variant on one case (a failing variant is reported, left out)."""
+    gate, params, x, g = case
+    dname = DTYPE_NAMES[x.dtype]
+    shape = "x".join(str(v) for v in x.shape)
+    with torch.no_grad():
+        ref = gate(x, g)[0].float()
+    rows = []
+    for vname, fn in variants(gate, params, device, with_compile).items():
+        try:
+            with torch.no_grad():
+                err = max_abs(fn(x, g).float(), ref)
+            timer(lambda: fn(x, g))
+        except Exception as e:  # report and go on with the other variants
+            print(f"{shape:>22} {dname:>5} {vname:>8} FAILED {type(e).__name__}: {str(e)[:300]}")
+            continue
+        rows.append(env.row(suite=SUITE, case=f"C{x.shape[1]}", shape=shape, dtype=dname,
+                            variant=vname, stats=timer.last, bytes=gate_bytes(x, g), err=err,
+                            err_kind=ERR_KIND))
+    add_columns(rows, copy_bw)
+    for r in rows:
+        print_row(r)
+    return rows
+
+
+def add_columns(rows: list, copy_bw: float) -> None:
+    """Speed-up over eager (the ratio column) and over compile, % of the copy bandwidth."""
+    set_ratios(rows, "eager")
+    comp = next((r.median_ms for r in rows if r.variant == "compile"), float("nan"))
+    for r in rows:
+        r.extra["speedup_vs_compile"] = round(comp / r.median_ms, 3)
+        if copy_bw == copy_bw:
+            r.extra.update(pct_copy_bw=round(100 * r.gb_per_s / copy_bw, 1),
+                           copy_bw_gb_per_s=round(copy_bw, 1))
+
+
+def print_row(r) -> None:
+    pct = f"{r.extra['pct_copy_bw']:6.1f}" if "pct_copy_bw" in r.extra else f"{'-':>6}"
+    vs_eager = r.ratio_vs_baseline if r.ratio_vs_baseline is not None else float("nan")
+    print(f"{r.shape:>22} {r.dtype:>5} {r.variant:>8} {r.median_ms:>9.4f} {r.min_ms:>9.4f} "
+          f"{r.gb_per_s:>8.1f} {pct} {vs_eager:>8.2f} {r.extra['speedup_vs_compile']:>8.2f} "
+          f"{r.err:>9.2e}")
+
+
 def print_autotune_choices() -> None:
     """Which Triton config the autotuner picked per gate shape (which entries of CONFIGS
     earn their place; tuning data for the next change of the config list)."""
-    import sys
-
     kmod = sys.modules.get("raunet_fast.kernels.attention_gate")
-    if kmod is None or not kmod._autotuned:
+    tuners = getattr(kmod, "_autotuned", None)  # the kernel module's autotuner cache
+    if not tuners:
         return
     print("# triton autotune choices: (Cx, Cg, F, dtype, N) H*W -> config")
-    for key, tuner in kmod._autotuned.items():
+    for key, tuner in tuners.items():
         for hw_key, cfg in getattr(tuner, "cache", {}).items():
             print(f"#   {key[:3]} {str(key[3]).replace('torch.', '')} N={key[4]} "
                   f"{hw_key[0] if hw_key else ''} -> {cfg}")
@@ -257,13 +257,19 @@ def main(argv=None) -> int:
 
 # --------------------------------------------------------------------- pytest-benchmark
 def _pytest_cases():
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    for c, size in (GPU_LEVELS if cuda else CPU_LEVELS):
-        for batch in (GPU_BATCHES if cuda else CPU_BATCHES):
-            for v in ["eager", "compile", *fused_backends(device)]:
-                yield device, dtype, c, size, batch, v
+    """Every (device, dtype, level, batch, variant): the CPU-sized and the GPU cases (the
+    conftest skips those of the other device)."""
+    sets = [("cpu", torch.float32, CPU_LEVELS, CPU_BATCHES, ["eager", "compile", "cpp"]),
+            ("cuda", torch.bfloat16, GPU_LEVELS, GPU_BATCHES,
+             ["eager", "compile", "triton", "cuda", "cuda-fma"])]
+    for dev, dtype, levels, batches, names in sets:
+        for c, size in levels:
+            for batch in batches:
+                for v in names:
+                    yield pytest.param(
+                        torch.device(dev), dtype, c, size, batch, v,
+                        marks=pytest.mark.bench_device(dev, compile=v == "compile"),
+                        id=f"{dev}-{v}-{DTYPE_NAMES[dtype]}-{batch}x{c}x{size}x{size}")
 
 
 try:
@@ -272,12 +278,9 @@ except ImportError:  # script mode without pytest
     pytest = None
 
 if pytest is not None:
-    _CASES = list(_pytest_cases())
-
-    @pytest.mark.parametrize("device,dtype,c,size,batch,variant", _CASES,
-                             ids=[f"{v}-{str(dt)[6:]}-{b}x{c}x{s}x{s}"
-                                  for _, dt, c, s, b, v in _CASES])
-    def test_bench_attention_gate(benchmark, device, dtype, c, size, batch, variant):
+    @pytest.mark.parametrize("device,dtype,c,size,batch,variant", list(_pytest_cases()))
+    def test_bench_attention_gate(benchmark, bench_record, device, dtype, c, size, batch,
+                                  variant):
         torch._dynamo.reset()
         gate, params, x, g = make_case(c, size, batch, dtype, device)
         fn = variants(gate, params, device, with_compile=variant == "compile")[variant]
@@ -291,19 +294,21 @@ if pytest is not None:
 
         def call():
             with torch.no_grad():
-                fn(x, g)
+                out = fn(x, g)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            return out
 
         for _ in range(3):  # warm up: compile, autotune, extension build
             call()
+        with torch.no_grad():
+            err = max_abs(call().float(), gate(x, g)[0].float())
         benchmark.pedantic(call, setup=setup, rounds=20, iterations=1, warmup_rounds=2)
-        nbytes = gate_bytes(x, g)
-        median_s = benchmark.stats.stats.median
-        benchmark.extra_info.update(
-            device=device_name(device), dtype=str(dtype), shape=f"{batch}x{c}x{size}x{size}",
-            bytes=nbytes, gb_per_s=round(nbytes / median_s / 1e9, 2),
-            note="wall time incl. launch and synchronize; the script mode times with CUDA events")
+        bench_record(benchmark, device=device, suite=SUITE, case=f"C{c}",
+                     shape=f"{batch}x{c}x{size}x{size}", dtype=DTYPE_NAMES[dtype],
+                     variant=variant, nbytes=gate_bytes(x, g), err=err, err_kind=ERR_KIND,
+                     baseline="eager",
+                     extra={"note": "wall time incl. launch and synchronize"})
 
 
 if __name__ == "__main__":

@@ -93,8 +93,10 @@ _TYPES = {f.name: f.type for f in dataclasses.fields(BenchRow)}
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True) if value else ""
+    if isinstance(value, dict):  # strict JSON: a nan value is written as null
+        clean = {k: None if isinstance(v, float) and math.isnan(v) else v
+                 for k, v in value.items()}
+        return json.dumps(clean, sort_keys=True) if clean else ""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     return str(value)
