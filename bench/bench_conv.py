@@ -41,23 +41,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import datetime
 import os
-import platform
-import statistics
 import sys
 import time
 
 import torch
 
+from raunet_fast.bench_harness import (DTYPE_NAMES, DTYPES, BenchRow, Stats, append_rows,
+                                       check_csv, environment, set_ratios)
 from raunet_fast.blocks import ResidualBlock
 from raunet_fast.fold import fold_residual_block
 from raunet_fast.ops import conv3x3_fused
 from raunet_fast.ops.conv3x3 import pad_channels
 from raunet_fast.ops.fused_blocks import FusedResidualBlock, carry_candidate
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # (Cin, Cout, size / 512) of the encoder's residual blocks at base width 64
 LEVELS = [(3, 64, 1), (64, 128, 2), (128, 256, 4), (256, 512, 8), (512, 1024, 16)]
 
@@ -135,10 +132,9 @@ def time_once(fn, device: torch.device) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def time_variants(fns: dict, device: torch.device, warmup: int, iters: int,
-                  stat: str = "median") -> dict:
-    """Milliseconds per call of every variant, median (or min) over ``iters`` rounds. The
-    variants take turns (round robin), so a load change on a shared machine hits them alike."""
+def time_variants(fns: dict, device: torch.device, warmup: int, iters: int) -> dict:
+    """:class:`Stats` (ms per call) of every variant over ``iters`` rounds. The variants
+    take turns (round robin), so a load change on a shared machine hits them alike."""
     with torch.no_grad():
         for fn in fns.values():
             for _ in range(warmup):
@@ -149,8 +145,7 @@ def time_variants(fns: dict, device: torch.device, warmup: int, iters: int,
         for _ in range(iters):
             for name, fn in fns.items():
                 times[name].append(time_once(fn, device))
-    pick = min if stat == "min" else statistics.median
-    return {name: pick(t) for name, t in times.items()}
+    return {name: Stats.of(t) for name, t in times.items()}
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -247,66 +242,84 @@ def _without_cudnn_fusion(fn, x):
         conv_mod.CUDNN_FUSION["enabled"] = old
 
 
-def run(args) -> list[dict]:
-    # every Triton config's time as the autotuner tries it (tuning data for kernels/conv3x3.py)
+SUITE = "conv_block"
+
+
+def run(args) -> list[BenchRow]:
+    """Time every variant at every (batch, level) and print the tables; returns the harness
+    rows (suite ``conv_block``; extra: level, stat, ms_stat (the ``--stat`` statistic the
+    table shows), x_floor)."""
+    # every Triton config's time as the autotuner tries it (tuning data for the conv kernels)
     os.environ.setdefault("RAUNET_FAST_AUTOTUNE_VERBOSE", "1")
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    backends = args.backends or available_backends(device)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "-"
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    env = environment(device)
+    print(f"# {env.describe()}")
     rows = []
     for n in args.batch:
-        for level, (cin, cout, hw) in enumerate(encoder_shapes(args.size)):
-            if args.levels and level + 1 not in args.levels:
+        for level, (cin, cout, hw) in enumerate(encoder_shapes(args.size), start=1):
+            if args.levels and level not in args.levels:
                 continue
-            torch.manual_seed(0)
-            block = make_block(cin, cout, device)
-            x = torch.randn(n, cin, hw, hw, device=device, dtype=dtype)
-            x = x.contiguous(memory_format=torch.channels_last)
-            flops = block_flops(n, cin, cout, hw)
-            fns = variants(block, x, dtype, args.compile, backends)
-            with torch.no_grad():
-                ref = fns["eager"]()
-            ok, errs = {}, {}
-            for name, fn in fns.items():
-                try:
-                    with torch.no_grad():
-                        y = fn()
-                except Exception as e:  # report and go on: one backend failing is a result
-                    print(f"  {name}: failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
-                    continue
-                ok[name] = fn
-                errs[name] = rel_err(y, ref) if isinstance(y, torch.Tensor) else float("nan")
-            times = time_variants(ok, device, args.warmup, args.iters, args.stat)
-            for name, ms in times.items():
-                rows.append(dict(timestamp=stamp, device=gpu, threads=torch.get_num_threads(),
-                                 stat=args.stat, torch=torch.__version__,
-                                 triton=triton_version, dtype=args.dtype, batch=n,
-                                 level=level + 1, cin=cin, cout=cout, hw=hw, variant=name,
-                                 ms=round(ms, 4), tflops=round(flops / ms / 1e9, 3),
-                                 rel_err=f"{errs[name]:.2e}"))
-            floor = times.get("cudnn-floor", times.get("conv-floor"))
-            for r in rows:
-                if r["batch"] == n and r["level"] == level + 1 and r["timestamp"] == stamp:
-                    r["speedup_vs_eager"] = round(times["eager"] / r["ms"], 3) if "eager" in times else ""
-                    r["x_floor"] = round(r["ms"] / floor, 3) if floor else ""
-            print_level(rows, n, level + 1, cin, cout, hw)
+            level_rows = time_level(args, env, device, n, level, (cin, cout, hw))
+            print_level(level_rows, n, level, cin, cout, hw)
+            rows += level_rows
     return rows
 
 
+def time_level(args, env, device, n: int, level: int, shape: tuple) -> list[BenchRow]:
+    cin, cout, hw = shape
+    torch.manual_seed(0)
+    dtype = DTYPES[args.dtype]
+    block = make_block(cin, cout, device)
+    x = torch.randn(n, cin, hw, hw, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    fns = variants(block, x, dtype, args.compile, args.backends or available_backends(device))
+    ok, errs = run_once(fns)
+    times = time_variants(ok, device, args.warmup, args.iters)
+    rows = [env.row(suite=SUITE, case=f"level{level}", shape=f"{n}x{cin}x{hw}x{hw}",
+                    dtype=args.dtype, variant=name, stats=st, flops=block_flops(n, cin, cout, hw),
+                    err=errs[name], err_kind="max rel vs eager",
+                    extra=dict(level=level, cin=cin, cout=cout, stat=args.stat,
+                               ms_stat=st.min_ms if args.stat == "min" else st.median_ms))
+            for name, st in times.items()]
+    set_ratios(rows, "eager")
+    floor = times.get("cudnn-floor", times.get("conv-floor"))
+    for r in rows:
+        r.extra["x_floor"] = round(r.extra["ms_stat"] / pick(floor, args.stat), 3) if floor else None
+    return rows
+
+
+def pick(stats: Stats, stat: str) -> float:
+    return stats.min_ms if stat == "min" else stats.median_ms
+
+
+def run_once(fns: dict) -> tuple[dict, dict]:
+    """The variants that run (a failing one is reported, left out) and their errors."""
+    with torch.no_grad():
+        ref = fns["eager"]()
+    ok, errs = {}, {}
+    for name, fn in fns.items():
+        try:
+            with torch.no_grad():
+                y = fn()
+        except Exception as e:  # report and go on: one backend failing is a result
+            print(f"  {name}: failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+            continue
+        ok[name] = fn
+        errs[name] = rel_err(y, ref) if isinstance(y, torch.Tensor) else float("nan")
+    return ok, errs
+
+
 def print_level(rows, n, level, cin, cout, hw):
+    """The table conv_targets.py reads: ms and TFLOP/s of the ``--stat`` statistic."""
     print(f"\nbatch {n}  level {level}: {cin}->{cout} @ {hw}x{hw}")
     print(f"  {'variant':24} {'ms':>9} {'TFLOP/s':>8} {'vs eager':>9} {'x floor':>8} {'rel err':>9}")
     for r in rows:
-        if r["batch"] == n and r["level"] == level:
-            print(f"  {r['variant']:24} {r['ms']:9.3f} {r['tflops']:8.2f} "
-                  f"{r['speedup_vs_eager']!s:>9} {r['x_floor']!s:>8} {r['rel_err']:>9}")
+        ms = r.extra["ms_stat"]
+        eager = next((e.extra["ms_stat"] for e in rows if e.variant == "eager"), None)
+        vs_eager = round(eager / ms, 3) if eager else ""
+        x_floor = r.extra["x_floor"] if r.extra["x_floor"] is not None else ""
+        print(f"  {r.variant:24} {ms:9.3f} {r.flops / ms / 1e9:8.2f} "
+              f"{vs_eager!s:>9} {x_floor!s:>8} {r.err:>9.2e}")
 
 
 def main(argv=None):
@@ -326,7 +339,7 @@ def main(argv=None):
     p.add_argument("--stat", default="median" if cuda else "min", choices=["median", "min"],
                    help="per-variant statistic (min on CPU: shared CPUs are noisy)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--out", help="append CSV rows here")
+    p.add_argument("--out", help="append harness CSV rows here (docs/benchmarks.md)")
     p.add_argument("--no-head-start", action="store_true",
                    help="CUDA: time each call from an idle GPU (launch latency included)")
     args = p.parse_args(argv)
@@ -335,53 +348,67 @@ def main(argv=None):
     if args.no_head_start:
         HEAD_START_CYCLES["cycles"] = 0
     torch.backends.cudnn.benchmark = True
+    if args.out:
+        check_csv(args.out)  # before minutes of timing, not after
     rows = run(args)
     if args.out and rows:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        fields = list(rows[0].keys())
-        new = not os.path.exists(args.out) or os.path.getsize(args.out) == 0
-        with open(args.out, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        append_rows(args.out, rows)
         print(f"\nappended {len(rows)} rows to {args.out}")
 
 
 # ------------------------------------------------------------------ pytest-benchmark
+#: (device, dtype, network input size, batches): CPU-sized and full (GPU) cases
+PYTEST_SETS = [("cpu", torch.float32, 64, [1]), ("cuda", torch.bfloat16, 512, [1, 8])]
+
+
+def _pytest_cases():
+    for dev, dtype, size, batches in PYTEST_SETS:
+        names = ["eager", "floor"] + available_backends(torch.device(dev))
+        for n in batches:
+            for level, (cin, cout, hw) in enumerate(encoder_shapes(size), start=1):
+                for v in names:
+                    yield pytest.param(dev, dtype, n, level, (cin, cout, hw), v,
+                                       marks=pytest.mark.bench_device(dev),
+                                       id=f"{dev}-{v}-{DTYPE_NAMES[dtype]}-level{level}-"
+                                          f"{n}x{cin}x{hw}x{hw}-to{cout}")
+
+
 try:
     import pytest
 except ImportError:  # script mode needs no pytest
     pytest = None
 
 if pytest is not None:
-    _CUDA = torch.cuda.is_available()
-    _DEV = torch.device("cuda" if _CUDA else "cpu")
-    _DT = torch.bfloat16 if _CUDA else torch.float32
-    _SIZE = 512 if _CUDA else 32
-
-    @pytest.mark.parametrize("level", range(1, 6))
-    @pytest.mark.parametrize("variant", ["eager", "floor"] + available_backends(_DEV))
-    def test_bench_conv_block(benchmark, level, variant):
-        cin, cout, hw = encoder_shapes(_SIZE)[level - 1]
-        block = make_block(cin, cout, _DEV)
-        x = torch.randn(1, cin, hw, hw, device=_DEV, dtype=_DT).contiguous(
+    @pytest.mark.parametrize("dev,dtype,n,level,shape,variant", list(_pytest_cases()))
+    def test_bench_conv_block(benchmark, bench_record, dev, dtype, n, level, shape, variant):
+        cin, cout, hw = shape
+        device = torch.device(dev)
+        block = make_block(cin, cout, device)
+        x = torch.randn(n, cin, hw, hw, device=device, dtype=dtype).contiguous(
             memory_format=torch.channels_last)
-        fns = variants(block, x, _DT, "none", [] if variant in ("eager", "floor") else [variant])
+        fns = variants(block, x, dtype, "none", [] if variant in ("eager", "floor") else [variant])
         fn = fns["eager"] if variant == "eager" else \
-            fns["cudnn-floor" if _CUDA else "conv-floor"] if variant == "floor" else \
-            fns[f"fused-{variant}"]
+            fns["cudnn-floor" if device.type == "cuda" else "conv-floor"] if variant == "floor" \
+            else fns[f"fused-{variant}"]
 
         def call():
             with torch.no_grad():
-                fn()
-            if _CUDA:
+                out = fn()
+            if device.type == "cuda":
                 torch.cuda.synchronize()
+            return out
 
         for _ in range(3):
             call()
-        benchmark.extra_info["tflops"] = block_flops(1, cin, cout, hw) / 1e12
-        benchmark(call)
+        out = call()
+        with torch.no_grad():
+            err = rel_err(out, fns["eager"]()) if isinstance(out, torch.Tensor) else None
+        benchmark.pedantic(call, rounds=30 if device.type == "cuda" else 10, iterations=1,
+                           warmup_rounds=1)
+        bench_record(benchmark, device=device, suite=SUITE, case=f"level{level}",
+                     shape=f"{n}x{cin}x{hw}x{hw}", dtype=DTYPE_NAMES[dtype], variant=variant,
+                     flops=block_flops(n, cin, cout, hw), err=err, err_kind="max rel vs eager",
+                     baseline="eager", extra=dict(level=level, cin=cin, cout=cout))
 
 
 if __name__ == "__main__":
