@@ -3,8 +3,11 @@ variant, its ratio to the bare convolutions ("x floor", target <= 1.1) and its s
 over the eager block (target >= 1.5), and whether each target is met.
 
     python bench/conv_targets.py bench/results/<gpu>-<date>/conv.txt
+    python bench/conv_targets.py bench/results/<gpu>-<date>/conv.csv
 
-Reads the printed tables (``batch N  level L: ...`` headers, then ``variant ms TFLOP/s
+Reads the printed tables, or a CSV: the harness schema (``conv_block`` rows of
+``bench_conv.py --out`` or ``pytest bench/ --bench-csv``) or the older bench_conv CSV columns
+(batch, level, cin, cout, hw, variant, ms, speedup_vs_eager, x_floor, rel_err). Text tables: (``batch N  level L: ...`` headers, then ``variant ms TFLOP/s
 vs-eager x-floor rel-err`` rows); rows whose relative error exceeds ``--max-err`` (a wrong
 kernel) are not counted. Variants considered: ``fused-*`` (the package's blocks) - the
 reference rows (eager, compile-*, cudnn-*, conv1-*) are not candidates.
@@ -12,6 +15,8 @@ reference rows (eager, compile-*, cudnn-*, conv1-*) are not candidates.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import re
 import sys
 
@@ -40,6 +45,35 @@ def parse(text: str) -> dict[tuple[int, int], dict]:
     return out
 
 
+def _num(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def parse_csv(path: str) -> dict[tuple[int, int], dict]:
+    """The tables of :func:`parse` from a CSV: harness rows (suite ``conv_block``) or the
+    older bench_conv columns."""
+    with open(path, newline="") as f:
+        records = list(csv.DictReader(f))
+    out: dict[tuple[int, int], dict] = {}
+    for r in records:
+        if "suite" in r:  # the harness schema
+            if r["suite"] != "conv_block":
+                continue
+            extra = json.loads(r["extra"] or "{}")
+            n, cin, hw = (int(v) for v in r["shape"].split("x")[:3])
+            level, cout, ms = extra["level"], extra["cout"], extra.get("ms_stat", r["median_ms"])
+            vs_eager, x_floor, err = r["ratio_vs_baseline"], extra.get("x_floor"), r["err"]
+        else:  # bench_conv.py's CSV before the harness
+            n, level, cin, cout, hw = (int(r[k]) for k in ("batch", "level", "cin", "cout", "hw"))
+            ms, vs_eager, x_floor, err = r["ms"], r["speedup_vs_eager"], r["x_floor"], r["rel_err"]
+        t = out.setdefault((n, level), {"shape": f"{cin}->{cout} @ {hw}x{hw}", "rows": {}})
+        t["rows"][r["variant"]] = (float(ms), _num(vs_eager), _num(x_floor), _num(err))
+    return out
+
+
 def targets(tables: dict, max_err: float = 0.05, floor_target: float = 1.1,
             eager_target: float = 1.5) -> list[dict]:
     rows = []
@@ -58,12 +92,16 @@ def targets(tables: dict, max_err: float = 0.05, floor_target: float = 1.1,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("table", help="bench_conv.py output (text)")
+    p.add_argument("table", help="bench_conv.py output (text), or a CSV (harness or older)")
     p.add_argument("--max-err", type=float, default=0.05,
                    help="relative error above which a row is a wrong kernel, not a result")
     args = p.parse_args(argv)
-    with open(args.table) as f:
-        rows = targets(parse(f.read()), args.max_err)
+    if args.table.endswith(".csv"):
+        tables = parse_csv(args.table)
+    else:
+        with open(args.table) as f:
+            tables = parse(f.read())
+    rows = targets(tables, args.max_err)
     if not rows:
         print("no bench_conv tables found", file=sys.stderr)
         return 1
