@@ -5,13 +5,14 @@ RAUNet at batch 8 and 1, and level 2 at batch 8) it times
 :func:`raunet_fast.kernels.attention_gate.attention_gate_forward` with each candidate
 config (the shipped :data:`CONFIGS` that apply, then a grid over pixel tile, warps and
 the streaming cache hints), and reports ms, GB/s and % of the measured copy bandwidth.
-Each config is timed twice: with the host head start of :class:`bench_attention_gate.Timer`
+Each config is timed twice: with the host head start of :class:`raunet_fast.bench_harness.Timer`
 (device time) and without it (the previous method: the launch latency of the Python
 launcher can show). Also the op through the autotuner (``attention_gate(backend="triton")``).
 
     python bench/gate_sweep.py [--shapes 8x64x512 1x64x512 8x128x256] [--iters 30]
 
-Tuning data for the config list, not a benchmark of record (bench_attention_gate.py is).
+Tuning data for the config list, not a benchmark of record (bench_attention_gate.py is): it
+prints a table and writes no CSV.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention_gate import Timer, copy_bandwidth_gbs, device_name, make_case, versions  # noqa: E402
+from bench_attention_gate import copy_bandwidth_gbs, make_case, versions  # noqa: E402
+
+from raunet_fast.bench_harness import Timer, device_name  # noqa: E402
 
 from raunet_fast.ops import attention_gate  # noqa: E402
 from raunet_fast.ops.attention_gate import gate_bytes  # noqa: E402

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine: install, GPU parity tests, kernel benchmarks and the
 # end-to-end real-time benchmark. Everything lands in $OUT (or bench/results/gpu-<date>).
-#   bash bench/gpu_run.sh [tests|bench|maxautotune]   (default: tests and bench)
+#   bash bench/gpu_run.sh [tests|bench|pytest|maxautotune]   (default: tests and bench)
+#   pytest: the pytest-benchmark suites at full size (pytest bench/ --benchmark-only), harness
+#   rows in $OUT/pytest_bench.csv (docs/benchmarks.md)
 # Each step runs under its own time box (TEST_S, CONV_S, THRU_S, NET_S, GATE_S, SWEEP_S seconds) so one slow step
 # cannot starve the rest of a short lease; at most 8 files land in $OUT (the device tool's limit):
 # the conv CSV is left out (conv.txt has the table) to make room for gate_sweep.txt.
@@ -25,6 +27,10 @@ par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-14}")
 [ "${1:-}" = bench ] || timeout "${TEST_S:-400}" python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" -k "not aot" --durations=30 -W ignore::pytest_benchmark.logger.PytestBenchmarkWarning "${tests[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 
 [ "${1:-}" = tests ] && exit 0
+if [ "${1:-}" = pytest ]; then
+  timeout "${PYBENCH_S:-500}" python3 -m pytest bench/ --benchmark-only -q -rs -p no:cacheprovider --bench-csv "$OUT/pytest_bench.csv" 2>&1 | tee "$OUT/pytest_bench.txt" | tail -60
+  exit 0
+fi
 if [ "${1:-}" = maxautotune ]; then
   # issue 4's torch.compile(mode="max-autotune") row of the block, batch 8 (minutes of
   # compilation per shape: a session of its own)
