@@ -11,8 +11,8 @@ Compares, in one run and on one device:
   fused+compile   torch.compile around the fused model
 
 and reports ms per batch, images/s, speedup vs eager-<dt> and vs compile-<dt>, and the
-relative L2 error of each output against the fp32 eager output. Appends CSV rows with the
-device name, versions and a timestamp to --out. The script form of ``raunet-fast benchmark``
+relative L2 error of each output against the fp32 eager output. Appends harness CSV rows (suite
+``network``, docs/benchmarks.md) to --out. The script form of ``raunet-fast benchmark``
 (raunet_fast/benchmark.py, which holds the code).
 
     python bench/realtime_inference.py --size 512 --batch 1 8 --dtype bf16 --out bench/results/realtime.csv
