@@ -171,52 +171,66 @@ def variants(block: ResidualBlock, x: torch.Tensor, dtype: torch.dtype, compile_
     out["cudnn-floor" if x.is_cuda else "conv-floor"] = \
         lambda: (conv(x, w1, padding=1), conv(h, w2, padding=1))
     if x.is_cuda:
-        # reference point: cuDNN's own conv + bias (+ add) + ReLU fusion (cuDNN graph API)
-        cb1, cb2 = b1.to(x.device, dtype), b2.to(x.device, dtype)
-        wsc = None if ws is None else \
-            ws.to(x.device, dtype).reshape(*ws.shape, 1, 1).contiguous(memory_format=torch.channels_last)
-        one = (1, 1)
-
-        def cudnn_fused():
-            h1 = torch.cudnn_convolution_relu(x, w1, cb1, one, one, one, 1)
-            z = x if wsc is None else conv(x, wsc)
-            return torch.cudnn_convolution_add_relu(h1, w2, z, 1.0, cb2, one, one, one, 1)
-
-        out["cudnn-fused"] = cudnn_fused
+        out["cudnn-fused"] = cudnn_fused_variant(x, w1, b1, w2, b2, ws, dtype)
     if x.is_cuda and narrow_input(x.shape[1]):
-        # the narrow first conv alone (+ bias + ReLU): cuDNN vs the Triton flat-K kernel,
-        # the choice "auto" times on first use (ops.conv3x3.AUTO_PICK); conv1-floor is the bare
-        # cuDNN conv, conv1-write the output's memory traffic (a fill of its size)
-        c1b = b1.to(x.device, dtype)
-        one = (1, 1)
-        out["conv1-floor"] = lambda: conv(x, w1, padding=1)
-        out["conv1-cudnn"] = lambda: torch.cudnn_convolution_relu(x, w1, c1b, one, one, one, 1)
-        out["conv1-triton"] = lambda: conv3x3_fused(x, w1, c1b, backend="triton")
-
-        def conv1_pad():   # what "auto"'s "cudnn-pad" candidate runs, the input's copy included
-            xp, w1p = pad_channels(x, w1, torch.channels_last)
-            return torch.cudnn_convolution_relu(xp, w1p, c1b, one, one, one, 1)
-        out["conv1-cudnn-pad"] = conv1_pad
-        h_buf = torch.empty_like(h)
-        out["conv1-write"] = lambda: h_buf.zero_()
+        out.update(conv1_variants(x, w1, b1, h, dtype))
     for be in backends:
-        fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
-        out[f"fused-{be}"] = lambda fused=fused: fused(x)
-        if be == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9:
-            # the pointer-based kernel where the TMA kernel would run: what TMA brings
-            out["fused-triton-no-tma"] = lambda fused=fused: _without_tma(fused, x)
-        if be == "cuda" and x.is_cuda:
-            # "auto": cuDNN's fusion, narrow convs by a one-time timing against Triton
-            auto = FusedResidualBlock.from_block(block, dtype=dtype, backend="auto")
-            out["fused-auto"] = lambda auto=auto: auto(x)
-        if be == "cuda":
-            # cuDNN conv + the csrc epilogue kernel (projection computed in the epilogue from
-            # x: no 1x1-conv output written and read back - the level-1/2 question)
-            out["fused-cuda-epilogue"] = lambda fused=fused: _without_cudnn_fusion(fused, x)
-        if ws is not None and be != "triton" and carry_candidate(block.conv1.conv.in_channels,
-                                                                 block.conv1.conv.out_channels):
-            carry = FusedResidualBlock.from_block(block, dtype=dtype, backend=be, carry_input=True)
-            out[f"fused-{be}-carry"] = lambda carry=carry: carry(x)
+        out.update(fused_variants(block, x, dtype, be, ws))
+    return out
+
+
+def cudnn_fused_variant(x, w1, b1, w2, b2, ws, dtype):
+    """Reference point: cuDNN's own conv + bias (+ add) + ReLU fusion (cuDNN graph API)."""
+    conv = torch.nn.functional.conv2d
+    cb1, cb2 = b1.to(x.device, dtype), b2.to(x.device, dtype)
+    wsc = None if ws is None else \
+        ws.to(x.device, dtype).reshape(*ws.shape, 1, 1).contiguous(memory_format=torch.channels_last)
+    one = (1, 1)
+
+    def cudnn_fused():
+        h1 = torch.cudnn_convolution_relu(x, w1, cb1, one, one, one, 1)
+        z = x if wsc is None else conv(x, wsc)
+        return torch.cudnn_convolution_add_relu(h1, w2, z, 1.0, cb2, one, one, one, 1)
+    return cudnn_fused
+
+
+def conv1_variants(x, w1, b1, h, dtype) -> dict:
+    """The narrow first conv alone (+ bias + ReLU): cuDNN vs the Triton flat-K kernel, the
+    choice "auto" times on first use; conv1-floor is the bare cuDNN conv, conv1-write the
+    output's memory traffic (a fill of its size)."""
+    conv = torch.nn.functional.conv2d
+    c1b = b1.to(x.device, dtype)
+    one = (1, 1)
+
+    def conv1_pad():   # what "auto"'s "cudnn-pad" candidate runs, the input's copy included
+        xp, w1p = pad_channels(x, w1, torch.channels_last)
+        return torch.cudnn_convolution_relu(xp, w1p, c1b, one, one, one, 1)
+    h_buf = torch.empty_like(h)
+    return {"conv1-floor": lambda: conv(x, w1, padding=1),
+            "conv1-cudnn": lambda: torch.cudnn_convolution_relu(x, w1, c1b, one, one, one, 1),
+            "conv1-triton": lambda: conv3x3_fused(x, w1, c1b, backend="triton"),
+            "conv1-cudnn-pad": conv1_pad, "conv1-write": lambda: h_buf.zero_()}
+
+
+def fused_variants(block, x, dtype, be: str, ws) -> dict:
+    """fused-<be> and its relatives (no-tma, auto, epilogue, carry) for one backend."""
+    out = {}
+    fused = FusedResidualBlock.from_block(block, dtype=dtype, backend=be)
+    out[f"fused-{be}"] = lambda: fused(x)
+    if be == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9:
+        # the pointer-based kernel where the TMA kernel would run: what TMA brings
+        out["fused-triton-no-tma"] = lambda: _without_tma(fused, x)
+    if be == "cuda" and x.is_cuda:
+        # "auto": cuDNN's fusion, narrow convs by a one-time timing against Triton
+        auto = FusedResidualBlock.from_block(block, dtype=dtype, backend="auto")
+        out["fused-auto"] = lambda: auto(x)
+    if be == "cuda":
+        # cuDNN conv + the csrc epilogue kernel (projection computed in the epilogue from x)
+        out["fused-cuda-epilogue"] = lambda: _without_cudnn_fusion(fused, x)
+    if ws is not None and be != "triton" and carry_candidate(block.conv1.conv.in_channels,
+                                                             block.conv1.conv.out_channels):
+        carry = FusedResidualBlock.from_block(block, dtype=dtype, backend=be, carry_input=True)
+        out[f"fused-{be}-carry"] = lambda: carry(x)
     return out
 
 
