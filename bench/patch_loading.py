@@ -3,7 +3,7 @@ images are up to 6688 x 4459), without an image cache, for several ``patches_per
 K (``train --patches-per-image``): an image's K patches come one after another
 (GroupedSampler), so it is decoded once per K patches instead of once per patch.
 
-    python bench/patch_loading.py [--images 8] [--size 4000x3000] [--patch 256] [--k 1 4 8]
+    python bench/patch_loading.py [--images 8] [--size 4000x3000] [--patch 256] [--k 1 4 8] [--out F]
 
 Writes the JPEGs to a temporary folder (the ImageMaskFolder layout), then times one pass
 over ``--images`` x K patches per K in the main process (a DataLoader worker does the same
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from raunet_fast.bench_harness import Stats, environment, script_rows_written, set_ratios
 from raunet_fast.data import ImageMaskFolder
 from raunet_fast.data.isic import GroupedSampler
 
@@ -46,6 +47,8 @@ def main(argv=None) -> None:
     p.add_argument("--size", default="4000x3000", help="W x H of the generated JPEGs")
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--k", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--out", default=None,
+                   help="append harness CSV rows (suite patch_loading; ms per patch)")
     args = p.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     print(f"# {platform.processor() or 'cpu'}  torch {torch.__version__}  threads "
@@ -55,21 +58,37 @@ def main(argv=None) -> None:
         root = Path(d)
         make_images(root, args.images, h, w)
         ctx = (int(np.ceil(0.21 * args.patch)),) * 2
-        base = None
+        base, rows = None, []
         print(f"{'K':>3} {'patches':>8} {'s':>8} {'patches/s':>10} {'ms/patch':>9} {'speed-up':>9}")
         for k in args.k:
             ds = ImageMaskFolder(root, "all", patch=(args.patch, args.patch), random_patches=True,
                                  context=ctx, patches_per_image=k)
             order = list(GroupedSampler(len(ds), k, torch.Generator().manual_seed(0)))
-            t0 = time.perf_counter()
+            per_patch = []
             for j in order:
+                t0 = time.perf_counter()
                 item = ds[j]
+                per_patch.append((time.perf_counter() - t0) * 1e3)
                 assert item["image"].shape[-1] == args.patch + 2 * ctx[1]
-            dt = time.perf_counter() - t0
+            dt = sum(per_patch) / 1e3
+            rows.append(patch_row(args, k, (h, w), per_patch))
             per = dt / len(order)
             base = base or per
             print(f"{k:>3} {len(order):>8} {dt:>8.2f} {len(order) / dt:>10.1f} {per * 1e3:>9.1f} "
                   f"{base / per:>9.2f}", flush=True)
+    set_ratios(rows, "K=1")   # of the medians; the mean's speed-up is the table's
+    script_rows_written(args.out, rows)
+
+
+def patch_row(args, k: int, hw: tuple, per_patch_ms: list):
+    """A harness row: the per-patch times of one pass with K patches per image. With K > 1
+    the median is a patch cut from an already decoded image; ``extra["mean_ms"]`` (the
+    table's ms/patch) counts the decodes."""
+    return environment("cpu").row(
+        suite="patch_loading", case=f"patch {args.patch}", shape=f"1x3x{hw[0]}x{hw[1]}",
+        dtype="uint8", variant=f"K={k}", stats=Stats.of(per_patch_ms),
+        extra={"images": args.images, "patches": len(per_patch_ms),
+               "mean_ms": sum(per_patch_ms) / len(per_patch_ms)})
 
 
 if __name__ == "__main__":
