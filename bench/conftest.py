@@ -52,6 +52,7 @@ def pytest_configure(config):
                                        "on (cpu: CPU-sized, cuda: full sizes)")
     config.bench_rows = []
     config.bench_baselines = {}
+    config.bench_envs = {}   # device type -> Env (one date and commit per session)
 
 
 def chosen_device(config) -> str:
@@ -117,8 +118,10 @@ class Recorder:
         stats = stats_of(benchmark)
         if stats is None:
             return None
-        row = environment(device).row(stats=stats, bytes=nbytes, flops=flops,
-                                      extra=dict(extra or {}), **fields)
+        envs = self.config.bench_envs
+        kind = torch.device(device).type
+        env = envs.get(kind) or envs.setdefault(kind, environment(device))
+        row = env.row(stats=stats, bytes=nbytes, flops=flops, extra=dict(extra or {}), **fields)
         key = (row.suite, row.case, row.shape, row.dtype)
         if baseline and row.variant == baseline:
             self.config.bench_baselines[key] = row.median_ms
