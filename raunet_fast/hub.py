@@ -99,7 +99,8 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu",
                         **overrides: Any):
-        """Rebuild a model saved with :meth:`save_pretrained`.
+        """Rebuild a model saved with :meth:`save_pretrained`, in eval mode (call
+        ``.train()`` to fine-tune it).
 
         Called on a concrete class (``RAUNet.from_pretrained``) the folder must hold that
         architecture; called on :func:`raunet_fast.from_pretrained` any architecture loads.
@@ -120,7 +121,7 @@ class PretrainedMixin:
             warnings.warn(f"{directory} has no deep-supervision heads; they start from random "
                           f"initialisation", stacklevel=2)
         model.load_state_dict(state, strict=not aux_missing)
-        return model.to(map_location)
+        return model.to(map_location).eval()
 
 
 #: ranges of the architecture entries of config.json (beyond them a model is no longer a

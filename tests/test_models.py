@@ -213,7 +213,7 @@ def test_save_load_round_trip(cls, tmp_path):
     for loaded in (raunet_fast.from_pretrained(tmp_path / "ckpt"), cls.from_pretrained(tmp_path / "ckpt")):
         assert type(loaded) is cls
         assert loaded.config == model.config
-        loaded.eval()
+        assert not loaded.training  # ready for inference, as a drop-in model should be
         x = torch.randn(1, 3, 19, 23)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
