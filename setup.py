@@ -1,8 +1,8 @@
 """Packaging for raunet-fast.
 
 Layout on disk -> installed package:
-    raunet_fast/  -> raunet_fast           (models, ops, CLI, data, training)
-    kernels/      -> raunet_fast.kernels   (Triton kernels; never a top-level `kernels`)
+    raunet_fast/  -> raunet_fast           (models, ops, CLI, data, training;
+                                            Triton kernels in raunet_fast/kernels/)
     csrc/         -> raunet_fast/csrc      (C++/CUDA sources as package data, built
                                             with ninja at first use, never at install/import)
 """
@@ -15,7 +15,7 @@ here = Path(__file__).parent
 version = re.search(r'__version__ = "([^"]+)"', (here / "raunet_fast" / "__init__.py").read_text())[1]
 
 packages = find_packages(include=["raunet_fast", "raunet_fast.*"])
-packages += ["raunet_fast.kernels", "raunet_fast.csrc"]
+packages += ["raunet_fast.csrc"]
 
 setup(
     name="raunet-fast",
@@ -27,7 +27,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"raunet_fast.kernels": "kernels", "raunet_fast.csrc": "csrc"},
+    package_dir={"raunet_fast.csrc": "csrc"},
     package_data={"raunet_fast.csrc": ["*.h", "*.cuh", "*.cu", "*.cpp"]},
     include_package_data=False,
     install_requires=[

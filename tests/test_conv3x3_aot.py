@@ -1,6 +1,6 @@
 """Ahead-of-time builds of the conv3x3_fused kernels for sm_80 and sm_90, no GPU needed.
 
-* every shipped Triton config (``kernels/conv3x3.py: shipped_configs()``, the flat-K
+* every shipped Triton config (``raunet_fast/kernels/conv3x3.py: shipped_configs()``, the flat-K
   kernel's ``shipped_small_k_configs()``; the TMA kernel's ``shipped_tma_configs()`` for
   sm_90 only, which must compile to TMA copies feeding wgmma) compiles for both
   architectures, with zero register spills and shared memory within the GPU's limit;
