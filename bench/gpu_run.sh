@@ -43,7 +43,7 @@ fi
 # issue 4's targets per (batch, level) from that table, appended to it
 [ -e bench/conv_targets.py ] && python3 bench/conv_targets.py "$OUT/conv.txt" > /tmp/conv_targets.txt 2>&1; cat /tmp/conv_targets.txt | tee -a "$OUT/conv.txt"
 [ -e bench/conv_block_throughput.py ] && timeout "${THRU_S:-90}" python3 bench/conv_block_throughput.py 2>&1 | tee -a "$OUT/conv.txt" | tail -12
-timeout "${NET_S:-160}" python3 bench/realtime_inference.py --size ${NET_SIZES:-512 1024} --batch 1 8 --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
+timeout "${NET_S:-160}" python3 bench/realtime_inference.py --size ${NET_SIZES:-512 1024} --batch ${NET_BATCHES:-1 8} --dtype bf16 --out "$OUT/realtime.csv" 2>&1 | tee "$OUT/realtime.txt" | tail -30
 [ -e bench/bench_attention_gate.py ] && timeout "${GATE_S:-90}" python3 bench/bench_attention_gate.py --out "$OUT/attention_gate.csv" 2>&1 | tee "$OUT/attention_gate.txt" | tail -40
 [ -n "${SWEEP_S:-}" ] && [ -e bench/gate_sweep.py ] && timeout "$SWEEP_S" python3 bench/gate_sweep.py 2>&1 | tee "$OUT/gate_sweep.txt" | tail -8
 exit 0

@@ -10,6 +10,7 @@ Times, on one device and in one process, the variants a user can choose between:
   fused+graphs-<dt>   the same, one CUDA graph per input shape (CUDA only)
   fused+graphs+carry  with ``carry_input=True`` (CUDA only, ``carry=True``)
   fused+compile-<dt>  ``torch.compile`` around the fused model
+  *-ro-<dt>           the two compiled variants with mode="reduce-overhead" (CUDA only)
 
 and reports ms per batch (median, end to end: the host's launch time counts), images/s,
 speed-up over eager-<dt> and over compile-<dt>, and the relative L2 error of each output
@@ -72,7 +73,7 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
     compiles the fp32 reference model as the user runs it (NCHW)."""
     import copy
 
-    from .inference import CUDAGraphRunner, build_inference_model
+    from .inference import build_inference_model
 
     name = DTYPE_NAMES[dtype]
     model = copy.deepcopy(model).eval().to(device)
@@ -83,26 +84,45 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
         low = copy.deepcopy(model).eval().to(device, dtype).to(memory_format=torch.channels_last)
         out[f"eager-{name}"] = lambda x: low(x.to(dtype).contiguous(memory_format=torch.channels_last))
     if compile:
-        base = low if low is not None else model
-        cbase = torch.compile(base, dynamic=False)
-        cl = low is not None
-        out[f"compile-{name}"] = (lambda x: cbase(x.to(dtype).contiguous(
-            memory_format=torch.channels_last))) if cl else (lambda x: cbase(x))
+        _add_compiled(out, "compile", low if low is not None else model, name, device,
+                      cast=dtype if low is not None else None)
     fused = build_inference_model(model, dtype=dtype, backend=backend)
     out[f"fused-{name}"] = lambda x: fused(x)
     if device.type == "cuda":
-        graphed = CUDAGraphRunner(fused).eval()
-        out[f"fused+graphs-{name}"] = lambda x: graphed(x)
-        out.graph_runners.append(graphed)
-        if carry:
-            carried = build_inference_model(model, dtype=dtype, backend=backend,
-                                            cuda_graphs=True, carry_input=True)
-            out[f"fused+graphs+carry-{name}"] = lambda x: carried(x)
-            out.graph_runners.append(carried)
+        _add_graphed(out, fused, model, name, dtype, backend, carry)
     if compile:
-        cfused = torch.compile(fused, dynamic=False)
-        out[f"fused+compile-{name}"] = lambda x: cfused(x)
+        _add_compiled(out, "fused+compile", fused, name, device)
     return out
+
+
+def _add_compiled(out: Variants, prefix: str, module, name: str, device: torch.device,
+                  cast=None) -> None:
+    """``<prefix>-<dt>``: ``torch.compile(module)``; on CUDA also ``<prefix>-ro-<dt>`` with
+    ``mode="reduce-overhead"`` (inductor's CUDA graphs). ``cast``: the input's dtype, in
+    channels_last, when the module runs in a low precision."""
+    def prep(x):
+        return x if cast is None else x.to(cast).contiguous(memory_format=torch.channels_last)
+
+    modes = {prefix: "default"}
+    if device.type == "cuda":
+        modes[f"{prefix}-ro"] = "reduce-overhead"
+    for label, mode in modes.items():
+        compiled = torch.compile(module, dynamic=False, mode=mode)
+        out[f"{label}-{name}"] = lambda x, c=compiled: c(prep(x))
+
+
+def _add_graphed(out: Variants, fused, model, name, dtype, backend, carry) -> None:
+    """The fused model captured as CUDA graphs (and, with ``carry``, with the carried input)."""
+    from .inference import CUDAGraphRunner, build_inference_model
+
+    graphed = CUDAGraphRunner(fused).eval()
+    out[f"fused+graphs-{name}"] = lambda x: graphed(x)
+    out.graph_runners.append(graphed)
+    if carry:
+        carried = build_inference_model(model, dtype=dtype, backend=backend,
+                                        cuda_graphs=True, carry_input=True)
+        out[f"fused+graphs+carry-{name}"] = lambda x: carried(x)
+        out.graph_runners.append(carried)
 
 
 def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torch.device,
