@@ -2,7 +2,7 @@
 
 Layout on disk -> installed package:
     raunet_fast/  -> raunet_fast           (models, ops, CLI, data, training;
-                                            Triton kernels in raunet_fast/kernels/)
+                                            Triton kernels in raunet_fast/ops/<op>/triton/)
     csrc/         -> raunet_fast/csrc      (C++/CUDA sources as package data, built
                                             with ninja at first use, never at install/import)
 """

@@ -48,8 +48,7 @@ CPU_BATCHES = [1]
 
 # -------------------------------------------------------------------------------- timing
 # the package's timing method (CUDA: events, L2 flush, host head start; see its docstring)
-from raunet_fast.bench_harness import (Timer, append_rows, cpu_arch, device_name,  # noqa: E402
-                                       environment, max_abs, set_ratios, thread_warning,
+from raunet_fast.bench_harness import (Timer, append_rows, cpu_arch, environment, max_abs, set_ratios, thread_warning,
                                        triton_version)
 
 
@@ -211,15 +210,14 @@ def print_row(r) -> None:
 def print_autotune_choices() -> None:
     """Which Triton config the autotuner picked per gate shape (which entries of CONFIGS
     earn their place; tuning data for the next change of the config list)."""
-    kmod = sys.modules.get("raunet_fast.kernels.attention_gate")
-    tuners = getattr(kmod, "_autotuned", None)  # the kernel module's autotuner cache
-    if not tuners:
+    launch = sys.modules.get("raunet_fast.ops.attention_gate.triton.launch")
+    tuned = getattr(launch, "_TUNED", None)   # key -> the config picked for it
+    if not tuned:
         return
-    print("# triton autotune choices: (Cx, Cg, F, dtype, N) H*W -> config")
-    for key, tuner in tuners.items():
-        for hw_key, cfg in getattr(tuner, "cache", {}).items():
-            print(f"#   {key[:3]} {str(key[3]).replace('torch.', '')} N={key[4]} "
-                  f"{hw_key[0] if hw_key else ''} -> {cfg}")
+    print("# triton autotune choices: (Cx, Cg, F) dtype N concat H*W -> config")
+    for key, cfg in tuned.items():
+        print(f"#   {key[:3]} {str(key[3]).replace('torch.', '')} N={key[4]} "
+              f"{'concat ' if key[5] else ''}{key[6]} -> {cfg}")
 
 
 def main(argv=None) -> int:

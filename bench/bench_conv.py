@@ -53,6 +53,7 @@ from raunet_fast.blocks import ResidualBlock
 from raunet_fast.fold import fold_residual_block
 from raunet_fast.ops import conv3x3_fused
 from raunet_fast.ops.conv3x3 import pad_channels
+from raunet_fast.ops.settings import settings
 from raunet_fast.ops.fused_blocks import FusedResidualBlock, carry_candidate
 
 # (Cin, Cout, size / 512) of the encoder's residual blocks at base width 64
@@ -84,9 +85,9 @@ def make_block(cin: int, cout: int, device: torch.device, seed: int = 0) -> Resi
 
 
 def narrow_input(cin: int) -> bool:
-    """Whether the block's first conv takes the flat-K path (kernels.conv3x3.uses_small_k)."""
+    """Whether the block's first conv takes the flat-K path (ops.conv3x3.triton.configs.uses_small_k)."""
     try:
-        from raunet_fast.kernels.conv3x3 import uses_small_k
+        from raunet_fast.ops.conv3x3.triton.configs import uses_small_k
     except ImportError:  # no triton
         return False
     return uses_small_k(cin, 0)
@@ -235,25 +236,21 @@ def fused_variants(block, x, dtype, be: str, ws) -> dict:
 
 
 def _without_tma(fn, x):
-    from raunet_fast.kernels import conv3x3 as k
-
-    old = k.TMA["mode"]
-    k.TMA["mode"] = "off"
+    old = settings.conv_tma
+    settings.conv_tma = "off"
     try:
         return fn(x)
     finally:
-        k.TMA["mode"] = old
+        settings.conv_tma = old
 
 
 def _without_cudnn_fusion(fn, x):
-    from raunet_fast.ops import conv3x3 as conv_mod
-
-    old = conv_mod.CUDNN_FUSION["enabled"]
-    conv_mod.CUDNN_FUSION["enabled"] = False
+    old = settings.conv_cudnn_fusion
+    settings.conv_cudnn_fusion = False
     try:
         return fn(x)
     finally:
-        conv_mod.CUDNN_FUSION["enabled"] = old
+        settings.conv_cudnn_fusion = old
 
 
 SUITE = "conv_block"

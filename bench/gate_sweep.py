@@ -2,7 +2,7 @@
 
 For each shape (bf16, channels_last, F = C/2; default: the level-1 gate of a 512 x 512
 RAUNet at batch 8 and 1, and level 2 at batch 8) it times
-:func:`raunet_fast.kernels.attention_gate.attention_gate_forward` with each candidate
+:func:`raunet_fast.ops.attention_gate.triton.launch.attention_gate_forward` with each candidate
 config (the shipped :data:`CONFIGS` that apply, then a grid over pixel tile, warps and
 the streaming cache hints), and reports ms, GB/s and % of the measured copy bandwidth.
 Each config is timed twice: with the host head start of :class:`raunet_fast.bench_harness.Timer`
@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    from raunet_fast.kernels.attention_gate import CONFIGS, attention_gate_forward, configs_for
+    from raunet_fast.ops.attention_gate.triton.configs import CONFIGS, configs_for
+    from raunet_fast.ops.attention_gate.triton.launch import attention_gate_forward
 
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]

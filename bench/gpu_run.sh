@@ -18,8 +18,8 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_EXTENSIONS_DIR=${TORCH_
 } 2>&1 | tee "$OUT/env.txt"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 
-tests=(tests/test_models.py)
-for f in tests/test_attention_gate*.py tests/test_conv*.py tests/test_inference*.py tests/test_eager_direct.py tests/test_parity_model.py; do [ -e "$f" ] && tests+=("$f"); done
+# the GPU files first (pytestmark gpu), then the rest of the op tests and the network parity
+tests=(tests/ops/*/test_gpu.py tests/ops tests/test_models.py tests/test_inference.py tests/test_parity_model.py)
 # AOT builds are CI's job (CPU); xdist workers share the Triton cache the benchmarks reuse
 par=(); python3 -c "import xdist" 2>/dev/null && par=(-n "${TEST_WORKERS:-14}")
 # 2026-11-26 (H200, 8 and 14 workers): the suite needed more than 210 s; --durations names the

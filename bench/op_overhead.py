@@ -71,10 +71,10 @@ def main(argv=None) -> None:
             "module": lambda: conv2(h, shortcut_input=x),
             "op": lambda: op.conv3x3_fused(h, w, b, shortcut_input=x, shortcut_weight=sw,
                                            backend=args.backend),
-            "impl": lambda: op._conv3x3_fused_impl(h, w, b, None, x, sw, None, True,
+            "impl": lambda: op.conv3x3_fused_impl(h, w, b, None, x, sw, None, True,
                                                    args.backend),
             "eager_direct": lambda: eager_direct(h, w, b, None, x, sw, None),
-            "check": lambda: op._check(h, w, b, None, x, sw),
+            "check": lambda: op.check_args(h, w, b, None, x, sw),
         }
         torch.manual_seed(0)
         net = build_inference_model(RAUNet(3, 1, base_channels=8).eval(), dtype=torch.float32,

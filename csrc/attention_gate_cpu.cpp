@@ -7,7 +7,8 @@
 // and the header's epilogue (bias, ReLU, psi dot) adds into the pixel's logit. Finally
 // alpha = sigmoid(logit + b_psi) and out = x * alpha. The micro kernel is compiled three
 // times (baseline x86-64, AVX2+FMA, AVX-512) and the best the CPU supports is picked at
-// run time; RAUNET_GATE_CPU_ISA=generic|avx2|avx512 forces one (tests run each).
+// run time; set_cpu_isa("generic" | "avx2" | "avx512") forces one (Python passes
+// RAUNET_GATE_CPU_ISA through raunet_fast.ops.settings; tests run each).
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -77,10 +78,17 @@ __attribute__((target("avx512f,avx512vl,fma,prefer-vector-width=512"))) void til
 
 using TileFn = void (*)(const float*, int, const float*, int, const float*, const float*, float*);
 
-// The micro kernel for this CPU, or the one RAUNET_GATE_CPU_ISA names (when supported).
+// The micro kernel set_cpu_isa() asked for ("": the best the CPU has).
+std::string& forced_isa() {
+  static std::string isa;
+  return isa;
+}
+
+void set_cpu_isa(const std::string& isa) { forced_isa() = isa; }
+
+// The micro kernel for this CPU, or the one set_cpu_isa() names (when supported).
 TileFn pick_tile_fn() {
-  const char* env = std::getenv("RAUNET_GATE_CPU_ISA");
-  const std::string want = env != nullptr ? env : "";
+  const std::string want = forced_isa();
   if (want == "generic") return tile_logits_generic;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
@@ -232,4 +240,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_gate_forward", &attention_gate_forward,
         "fused attention gate (NHWC) into out / alpha");
   m.def("cpu_isa", &cpu_isa, "micro kernel used: generic, avx2 or avx512");
+  m.def("set_cpu_isa", &set_cpu_isa, "force a micro kernel: generic, avx2, avx512 or '' (best)");
 }

@@ -19,7 +19,7 @@ __all__ = ["UNet", "AttentionUNet", "ResUNet", "RAUNet", "SegmentationUNet", "bu
 
 _LAZY = {"ops", "inference", "metrics", "losses", "data", "train", "evaluate", "summary",
          "config", "engine", "io", "predict",
-         "kernels", "cli", "sliding_window", "tta", "benchmark", "export"}
+         "cli", "sliding_window", "tta", "benchmark", "export"}
 
 
 def __getattr__(name: str):

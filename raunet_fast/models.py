@@ -46,7 +46,7 @@ class DecoderLevel(nn.Module):
 
 
 class SegmentationUNet(PretrainedMixin, nn.Module):
-    """A U-Net with optional residual blocks and attention gates (DESIGN.md section 1).
+    """A U-Net with optional residual blocks and attention gates (docs/design.md).
 
     Args:
         in_channels: input channels (3 for RGB dermoscopy, 4 for BraTS modalities).

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
-import math
 import os
 import subprocess
 import sys

@@ -12,8 +12,8 @@ import torch
 
 from helpers.numerics import assert_parity
 from raunet_fast import ops
-from test_attention_gate import make_inputs, reference64
-from test_conv3x3 import make_case, reference
+from helpers.gate_cases import make_inputs, reference64
+from helpers.conv_cases import make_case, reference
 
 BF16 = torch.bfloat16
 

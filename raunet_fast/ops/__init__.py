@@ -1,4 +1,4 @@
-"""Fused operations: the one layer that joins kernels (``raunet_fast.kernels``, ``csrc/``)
+"""Fused operations: the one layer that joins kernels (each op's ``triton/``, ``csrc/``)
 to the network. Each op has a reference ``"torch"`` backend and fast backends, and is
 registered with ``torch.library`` so ``torch.compile(fullgraph=True)`` sees it whole.
 

@@ -3,7 +3,7 @@
 Backends of an op:
 
 * ``"torch"``  - reference math in PyTorch, any device.
-* ``"triton"`` - Triton kernel from :mod:`raunet_fast.kernels`: CUDA tensors, or CPU
+* ``"triton"`` - the op's Triton kernels (``<op>/triton/``): CUDA tensors, or CPU
   tensors when ``TRITON_INTERPRET=1`` was set before triton was first imported (the
   interpreter; that is how CPU tests run kernels).
 * ``"cuda"``   - C++/CUDA extension from ``csrc/`` (CUDA tensors), built with ninja at
@@ -84,6 +84,7 @@ def check_backend_name(backend: str) -> None:
 
 
 def triton_interpreting() -> bool:
+    """Whether Triton runs in its interpreter (``TRITON_INTERPRET``, which Triton reads)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

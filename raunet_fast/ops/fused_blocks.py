@@ -20,7 +20,8 @@ from torch import nn
 
 from ..blocks import PlainBlock, ResidualBlock
 from ..fold import carry_input_through, fold_plain_block, fold_residual_block
-from .conv3x3 import _check, conv3x3_call, inputs_ok, pack_weights
+from .conv3x3 import check_args, inputs_ok, pack_weights
+from .conv3x3.op import conv3x3_call
 from ._backend import check_backend_name
 
 __all__ = ["FusedConv3x3", "FusedPlainBlock", "FusedResidualBlock", "fuse_block"]
@@ -80,7 +81,7 @@ class FusedConv3x3(nn.Module):
         if (shortcut_input is None) != (sw is None):
             raise ValueError("FusedConv3x3: pass shortcut_input iff the layer has a shortcut_weight")
         if not inputs_ok(x, weight, residual, shortcut_input, sw):
-            _check(x, weight, bias, residual, shortcut_input, sw)
+            check_args(x, weight, bias, residual, shortcut_input, sw)
         return conv3x3_call(x, weight, bias, residual, shortcut_input, sw, bufs["packed"],
                             self.relu, self.backend)
 

@@ -8,7 +8,7 @@ interpreted functions that cannot be compiled.
 
 A job is a dict::
 
-    {"module": "raunet_fast.kernels.attention_gate", "kernel": "_gate_kernel",
+    {"module": "raunet_fast.ops.attention_gate.triton.kernel", "kernel": "attention_gate_kernel",
      "signature": {"x_ptr": "*fp16", "n": "i32", "BLOCK": "constexpr", ...},
      "constexprs": {"BLOCK": 64, ...}, "arch": 90, "num_warps": 4, "num_stages": 3}
 
@@ -28,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 _RUNNER = r'''
 import json, os, re, subprocess, sys, tempfile, importlib, shutil
@@ -128,3 +129,16 @@ def nvcc_compile(source: str, arch: int, include_dirs: list[str], extra: list[st
 def ptxas_spills(log: str) -> list[int]:
     """Spill-store byte counts of every function in a ptxas -v log."""
     return [int(x) for x in re.findall(r"(\d+) bytes spill stores", log)]
+
+
+#: Where the AOT tests write their build tables (registers, spills, shared memory per
+#: config): kept out of pytest's output, one file per table.
+LOG_DIR = Path(__file__).resolve().parents[2] / "build" / "test-logs"
+
+
+def write_table(name: str, title: str, lines) -> Path:
+    """Write one build table to ``LOG_DIR/<name>.txt`` and return its path."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    path = LOG_DIR / f"{name}.txt"
+    path.write_text(title + "\n" + "\n".join(lines) + "\n")
+    return path

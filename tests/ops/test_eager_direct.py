@@ -12,8 +12,8 @@ from raunet_fast.ops import attention_gate, conv3x3_fused
 from raunet_fast.ops._backend import eager_direct
 
 # the package re-exports functions under the submodules' names: fetch the modules themselves
-gate_mod = importlib.import_module("raunet_fast.ops.attention_gate")
-conv_mod = importlib.import_module("raunet_fast.ops.conv3x3")
+gate_mod = importlib.import_module("raunet_fast.ops.attention_gate.op")
+conv_mod = importlib.import_module("raunet_fast.ops.conv3x3.op")
 
 
 def _conv_args():
@@ -55,7 +55,7 @@ def test_eager_inference_skips_the_custom_op(monkeypatch, which):
         x, w, b = _conv_args()
         ref = torch.relu(torch.nn.functional.conv2d(x.double(), w.double(), b.double(),
                                                     padding=1))
-        monkeypatch.setattr(conv_mod, "_conv3x3_fused_op", _raise)
+        monkeypatch.setattr(conv_mod, "conv3x3_fused_op", _raise)
         with torch.no_grad():
             y = conv3x3_fused(x, w, b, backend="torch")
     else:
@@ -66,7 +66,7 @@ def test_eager_inference_skips_the_custom_op(monkeypatch, which):
                        + bias.double()[:, None, None])
         s = torch.einsum("f,nfhw->nhw", psi.double(), a) + bpsi.double()
         ref = xd * torch.sigmoid(s)[:, None]
-        monkeypatch.setattr(gate_mod, "_attention_gate_op", _raise)
+        monkeypatch.setattr(gate_mod, "attention_gate_op", _raise)
         with torch.no_grad():
             y = attention_gate(x, g, wx, wg, bias, psi, bpsi, backend="torch")
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
@@ -76,12 +76,12 @@ def test_eager_inference_skips_the_custom_op(monkeypatch, which):
 def test_autograd_inputs_go_through_the_custom_op(monkeypatch, which):
     if which == "conv":
         x, w, b = _conv_args()
-        monkeypatch.setattr(conv_mod, "_conv3x3_fused_op", _raise)
+        monkeypatch.setattr(conv_mod, "conv3x3_fused_op", _raise)
         with pytest.raises(_Called):
             conv3x3_fused(x.requires_grad_(), w, b, backend="torch")
     else:
         args = _gate_args()
-        monkeypatch.setattr(gate_mod, "_attention_gate_op", _raise)
+        monkeypatch.setattr(gate_mod, "attention_gate_op", _raise)
         with pytest.raises(_Called):
             attention_gate(args[0].requires_grad_(), *args[1:], backend="torch")
 

@@ -1,6 +1,6 @@
 """Ahead-of-time builds of the conv3x3_fused kernels for sm_80 and sm_90, no GPU needed.
 
-* every shipped Triton config (``raunet_fast/kernels/conv3x3.py: shipped_configs()``, the flat-K
+* every shipped Triton config (``raunet_fast/ops/conv3x3/triton/configs.py: shipped_configs()``, the flat-K
   kernel's ``shipped_small_k_configs()``; the TMA kernel's ``shipped_tma_configs()`` for
   sm_90 only, which must compile to TMA copies feeding wgmma) compiles for both
   architectures, with zero register spills and shared memory within the GPU's limit;
@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.aot import aot_reports, nvcc_compile, ptxas_spills, write_table
 
-from helpers.aot import aot_reports, nvcc_compile, ptxas_spills
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 CSRC = ROOT / "csrc"
 ARCHS = (80, 90)
 # usable shared memory per block (opt-in maximum): A100 163 KiB, H100 227 KiB
@@ -48,12 +47,13 @@ def assert_clean_build(r: dict, what: str) -> None:
 
 def _conv_jobs():
     pytest.importorskip("triton")
-    from raunet_fast.kernels import conv3x3 as k
+    from raunet_fast.ops.conv3x3.triton import configs as k
+    from raunet_fast.ops.conv3x3.triton import implicit_gemm
 
-    names = k._conv3x3_fused_kernel.arg_names
+    names = implicit_gemm.conv3x3_fused_kernel.arg_names
     jobs = []
     for v in k.shipped_configs():
-        bm, bn, bk, warps, stages = v["config"]
+        bm, bn, bk, warps, stages = v["config"].tile
         xa, sa, ya = v["aligns"]
         t = TRITON_TYPES[v["dtype"]]
         for has_res, has_sc in ((True, True),):  # both: bounds either launch variant
@@ -69,8 +69,8 @@ def _conv_jobs():
             for arch in ARCHS:
                 # pointers from torch allocations are 16-byte aligned (Triton specialises that
                 # at launch); integers are never specialised (do_not_specialize)
-                jobs.append({"module": "raunet_fast.kernels.conv3x3",
-                             "kernel": "_conv3x3_fused_kernel", "signature": sig,
+                jobs.append({"module": "raunet_fast.ops.conv3x3.triton.implicit_gemm",
+                             "kernel": "conv3x3_fused_kernel", "signature": sig,
                              "constexprs": consts, "arch": arch, "num_warps": warps,
                              "num_stages": stages,
                              "divisible_by_16": [n for n in names if n.endswith("_ptr")]})
@@ -79,12 +79,13 @@ def _conv_jobs():
 
 def _small_k_jobs():
     pytest.importorskip("triton")
-    from raunet_fast.kernels import conv3x3 as k
+    from raunet_fast.ops.conv3x3.triton import configs as k
+    from raunet_fast.ops.conv3x3.triton import small_k
 
-    names = k._conv3x3_small_k_kernel.arg_names
+    names = small_k.conv3x3_small_k_kernel.arg_names
     jobs = []
     for v in k.shipped_small_k_configs():
-        bm, bn, bk, warps = v["config"]
+        bm, bn, bk, warps = v["config"].tile[:4]
         t = TRITON_TYPES[v["dtype"]]
         consts = dict(HAS_RES=True, HAS_SC=True, RELU=True, IEEE=v["ieee"], Y_CL=v["y_cl"],
                       YA=v["ya"], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, K_STEPS=0)
@@ -92,15 +93,15 @@ def _small_k_jobs():
                    ("*fp32" if n == "b_ptr" else f"*{t}") if n.endswith("_ptr") else "i32")
                for n in names}
         for arch in ARCHS:
-            jobs.append({"module": "raunet_fast.kernels.conv3x3",
-                         "kernel": "_conv3x3_small_k_kernel", "signature": sig,
+            jobs.append({"module": "raunet_fast.ops.conv3x3.triton.small_k",
+                         "kernel": "conv3x3_small_k_kernel", "signature": sig,
                          "constexprs": consts, "arch": arch, "num_warps": warps,
                          "num_stages": 1,
                          "divisible_by_16": [n for n in names if n.endswith("_ptr")]})
     return jobs
 
 
-def test_conv_aot_triton_small_k_configs(record_property, capsys):
+def test_conv_aot_triton_small_k_configs(record_property):
     """The flat-K kernel for narrow inputs: every shipped config x output alignment (its K
     loop counted at run time, as launched), sm_80 and sm_90, shortcut and residual both on:
     zero spills."""
@@ -119,8 +120,7 @@ def test_conv_aot_triton_small_k_configs(record_property, capsys):
                      f"{r['num_warps']:5} {r['registers']!s:4} {r['spill_stores']!s:6} "
                      f"{r['shared']:<7} {mma}")
     record_property("aot_table_small_k", "\n".join(table))
-    with capsys.disabled():
-        print("\nconv3x3_fused flat-K (narrow input) Triton AOT builds:\n" + "\n".join(table))
+    write_table("conv3x3-aot-small-k", "conv3x3_fused flat-K (narrow input) Triton AOT builds:", table)
     for r in reports:
         what = f"flat-K {r['signature']['x_ptr']} sm_{r['arch']} {r['constexprs']} w{r['num_warps']}"
         assert_clean_build(r, what)
@@ -128,11 +128,11 @@ def test_conv_aot_triton_small_k_configs(record_property, capsys):
 
 def _tma_jobs():
     pytest.importorskip("triton")
-    from raunet_fast.kernels import conv3x3 as k
+    from raunet_fast.ops.conv3x3.triton import configs as k
 
     jobs = []
     for v in k.shipped_tma_configs():
-        bm, bn, bk, warps, stages = v["config"]
+        bm, bn, bk, warps, stages = v["config"].tile
         t = TRITON_TYPES[v["dtype"]]
         consts = dict(HAS_RES=True, HAS_SC=True, SC_DESC=v["sc_desc"], RELU=True, BLOCK_M=bm,
                       BLOCK_N=bn, BLOCK_K=bk, SC_K=16, K_ITERS=0, SC_ITERS=0)
@@ -142,13 +142,13 @@ def _tma_jobs():
                **{n: "i32" for n in ("H", "W", "CIN", "CS", "COUT", "ss_n", "ss_c", "ss_h",
                                      "ss_w")},
                **{n: "constexpr" for n in consts}}
-        jobs.append({"module": "raunet_fast.kernels.conv3x3", "kernel": "_conv3x3_tma_kernel",
+        jobs.append({"module": "raunet_fast.ops.conv3x3.triton.tma", "kernel": "conv3x3_tma_kernel",
                      "signature": sig, "constexprs": consts, "arch": 90, "num_warps": warps,
                      "num_stages": stages, "divisible_by_16": ["b_ptr", "s_ptr", "w_ptr"]})
     return jobs
 
 
-def test_conv_aot_triton_tma_configs(record_property, capsys):
+def test_conv_aot_triton_tma_configs(record_property):
     """The Hopper TMA kernel, every shipped config for sm_90 (shortcut and residual on):
     zero spills, shared memory within the H100's limit, and the K loop it was written for -
     TMA copies (cp.async.bulk.tensor) feeding wgmma from shared memory, no operand copied
@@ -163,8 +163,7 @@ def test_conv_aot_triton_tma_configs(record_property, capsys):
                      f"{r['registers']!s:4} {r['spill_stores']!s:6} {r['shared']:<7} "
                      f"{r['ptx_ops']['wgmma']:5} {r['ptx_ops']['tma']}")
     record_property("aot_table_tma", "\n".join(table))
-    with capsys.disabled():
-        print("\nconv3x3_fused TMA (sm_90) Triton AOT builds:\n" + "\n".join(table))
+    write_table("conv3x3-aot-tma", "conv3x3_fused TMA (sm_90) Triton AOT builds:", table)
     for r in reports:
         what = f"TMA {r['signature']['y_desc']} {r['constexprs']} w{r['num_warps']}s{r['num_stages']}"
         assert_clean_build(r, what)   # (arch 90: the H100's shared-memory limit)
@@ -178,7 +177,7 @@ def test_conv_aot_triton_tma_configs(record_property, capsys):
             f"{what}: shared-to-register copies in the K loop(s): {loops}"
 
 
-def test_conv_aot_triton_configs(record_property, capsys):
+def test_conv_aot_triton_configs(record_property):
     jobs = _conv_jobs()
     # two compiler processes (the machines running this have >= 2 cores)
     with ThreadPoolExecutor(2) as pool:
@@ -202,8 +201,7 @@ def test_conv_aot_triton_configs(record_property, capsys):
         f"{sh:<7} {mma:8} {cpa}"
         for d, p, al, e, a, bm, bn, bk, w, s, reg, sp, sh, mma, cpa in rows]
     record_property("aot_table", "\n".join(table))
-    with capsys.disabled():
-        print("\nconv3x3_fused Triton AOT builds:\n" + "\n".join(table))
+    write_table("conv3x3-aot", "conv3x3_fused Triton AOT builds:", table)
     for r in reports:
         what = f"{r['signature']['x_ptr']} sm_{r['arch']} {r['constexprs']} w{r['num_warps']}s{r['num_stages']}"
         assert_clean_build(r, what)

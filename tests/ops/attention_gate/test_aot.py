@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers.aot import aot_reports, nvcc_compile, ptxas_spills
 
 ARCHS = (80, 90)
@@ -29,7 +28,10 @@ _PTRS = ("x_ptr", "g_ptr", "wx_ptr", "wg_ptr", "b_ptr", "psi_ptr", "bpsi_ptr", "
 
 
 def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False, concat=False):
-    from raunet_fast.kernels.attention_gate import cache_hints, channel_blocks
+    from raunet_fast.ops.attention_gate.triton.configs import (
+        cache_hints,
+        channel_blocks,
+    )
 
     cx, cg, f = shape
     sig = {p: f"*{_TL[dtype]}" for p in _PTRS}
@@ -39,7 +41,7 @@ def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False, concat=False)
                   WRITE_ALPHA=write_alpha, DOT_PRECISION="ieee",
                   **channel_blocks(cfg, cx, cg, f, dtype), **cache_hints(cfg))
     sig.update({k: "constexpr" for k in consts})
-    return {"module": "raunet_fast.kernels.attention_gate", "kernel": "_attention_gate_kernel",
+    return {"module": "raunet_fast.ops.attention_gate.triton.kernel", "kernel": "attention_gate_kernel",
             "signature": sig, "constexprs": consts, "arch": arch,
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             # as a real launch specialises: torch allocations are 16-byte aligned; H*W of
@@ -52,14 +54,14 @@ def _job(i, cfg, shape, dtype, arch, x_cl=True, write_alpha=False, concat=False)
 
 def test_gate_aot_triton_configs_build_without_spills():
     pytest.importorskip("triton")
-    from raunet_fast.kernels.attention_gate import CONFIGS, configs_for
+    from raunet_fast.ops.attention_gate.triton.configs import CONFIGS, configs_for
 
     # Registers depend on the path (x in one chunk or a K loop), dtype, layout and config,
     # not on the channel count once the loops run: C=64 (one chunk), C=512 (the largest
     # loop) cover the model; the awkward shape covers masked tails.
     small, large, awkward = (64, 64, 32), (512, 512, 256), (48, 80, 24)
     # each config at the shapes it is used for (``max_channels`` configs: small only)
-    from raunet_fast.kernels.attention_gate import applies
+    from raunet_fast.ops.attention_gate.triton.configs import applies
 
     bf16, fp32 = configs_for(torch.bfloat16), configs_for(torch.float32)
     jobs = [_job(CONFIGS.index(cfg), cfg, s, torch.bfloat16, a)
