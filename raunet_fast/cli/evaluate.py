@@ -1,9 +1,11 @@
 """``raunet-fast evaluate``: parse -> :class:`~raunet_fast.config.EvaluateConfig` -> Evaluator."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..config import EvaluateConfig
+from ..io.lock import folder_lock
 from .common import add_parser, resolve
 
 
@@ -13,7 +15,8 @@ def run(args) -> int:
         return 0
     from ..engine import Evaluator, format_summary
 
-    summary = Evaluator(cfg).run()
+    with folder_lock(cfg.out, "evaluate") if cfg.out is not None else nullcontext():
+        summary = Evaluator(cfg).run()
     print(format_summary(summary))
     if cfg.fused or cfg.tta:
         print(f"scored with the {summary['model']} model")

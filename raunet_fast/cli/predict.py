@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..config import PredictConfig
+from ..io.lock import folder_lock
 from .common import add_parser, resolve
 
 
@@ -15,7 +16,8 @@ def run(args) -> int:
         return 0
     from ..engine import PredictionRun
 
-    s = PredictionRun(cfg).run()
+    with folder_lock(cfg.out, "predict"):
+        s = PredictionRun(cfg).run()
     n = len(s["files"])
     if s["kind"] == "brats":
         what = f"{_count(n, 'segmentation')} for {_count(s['cases'], 'case')}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..io.lock import folder_lock
 from .common import add_parser, resolve
 
 
@@ -13,7 +14,8 @@ def run(args) -> int:
         return 0
     from ..engine import train
 
-    result = train(cfg)
+    with folder_lock(cfg.out, "train"):
+        result = train(cfg)
     print(f"best val Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}; "
           f"weights in {result['best']} (best) and {result['last']} (last), log in "
           f"{Path(result['run_dir']) / 'log.csv'}")

@@ -301,6 +301,13 @@ def _parse_spacing(text: str) -> tuple[float, float, float]:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
+    from ..io.lock import folder_lock
+
+    with folder_lock(args.out, "make-data"):
+        return _make_data(args)
+
+
+def _make_data(args: argparse.Namespace) -> int:
     if args.kind == "isic2018":
         shape = args.shape or (192, 256)
         if len(shape) == 1:

@@ -1,0 +1,90 @@
+"""An exclusive lock on an output folder, so two runs never write into one folder at once.
+
+The lock is a file beside the folder (``.<name>.lock`` in its parent, so the folder's own
+contents and the checks on them are unchanged) holding the owner's pid, host and command.
+It is created atomically (``O_CREAT | O_EXCL``); a lock whose owner process is gone on
+this host is stale and taken over; the lock is removed when the run ends, also on an
+error or Ctrl-C.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["FolderLocked", "folder_lock", "lock_path"]
+
+
+class FolderLocked(OSError):
+    """Another live run holds the output folder."""
+
+
+def lock_path(folder: str | os.PathLike) -> Path:
+    folder = Path(folder).resolve()
+    return folder.parent / f".{folder.name}.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
+
+
+def _owner(path: Path) -> dict | None:
+    """The lock's owner record; None when the lock is unreadable or its owner is gone."""
+    try:
+        owner = json.loads(path.read_text())
+        pid = int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if owner.get("host") == socket.gethostname() and not _alive(pid):
+        return None
+    return owner
+
+
+def _create(path: Path, record: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return True
+
+
+def _acquire(path: Path, command: str) -> None:
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
+    for _ in range(2):   # a stale lock is removed once, then created again
+        if _create(path, record):
+            return
+        owner = _owner(path)
+        if owner is not None:
+            raise FolderLocked(
+                f"{path.parent / path.name[1:-5]} is in use by another run ({owner.get('command')}, "
+                f"pid {owner.get('pid')} on {owner.get('host')}); wait for it to end, or "
+                f"delete {path} if that run is gone")
+        path.unlink(missing_ok=True)
+    raise FolderLocked(f"could not take the lock {path}: another run keeps creating it")
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, command: str | None = None):
+    """Hold the exclusive lock of ``folder`` (created with its parents) for the block.
+
+    Raises:
+        FolderLocked: a live run holds it (the message names the owner).
+    """
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _acquire(path, command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200])
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
