@@ -386,6 +386,8 @@ class InferenceConfig(RunConfig):
     checkpoint: str | None = option(None, "checkpoint folder, e.g. RUN_DIR/best",
                                     required=True, parse=str)
     out: str | None = option(None, "output folder (created)", required=True, parse=str)
+    overwrite: bool = option(False, "replace output files that already exist in --out "
+                                    "(refused otherwise)")
     image_size: tuple[int, int] | None = option(
         None, "network input size (default: the one stored with the checkpoint)",
         parse=parse_size, metavar="S|HxW")
@@ -477,8 +479,6 @@ class PredictConfig(InferenceConfig):
 
     input: str | None = option(None, "an image, a folder of images, a BraTS case folder or "
                                      "a folder of them", required=True, parse=str)
-    overwrite: bool = option(False, "replace output files that already exist in --out "
-                                    "(refused otherwise)")
     probabilities: bool = option(False, "2-D: also write the foreground probability as "
                                         "8-bit <stem>_prob.png")
     num_workers: int | None = option(

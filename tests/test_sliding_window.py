@@ -86,7 +86,8 @@ def test_gaussian_weights_shape():
     w = blend_weights((9, 14))
     assert w.shape == (9, 14) and w.dtype == torch.float32
     assert w.max() == 1 and w.min() >= 1e-3
-    torch.testing.assert_close(w, w.flip(0)) and torch.testing.assert_close(w, w.flip(1))
+    torch.testing.assert_close(w, w.flip(0))
+    torch.testing.assert_close(w, w.flip(1))
     assert w[4, 6] > w[0, 0]
     assert bool((blend_weights((4, 4), "constant") == 1).all())
 

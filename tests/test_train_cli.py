@@ -97,6 +97,14 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
                      "--data-root", str(isic_root), "--split", "test", "--out", str(ev),
                      "--no-progress", "--device", "cpu"]) == 0
     cases = read_csv(ev / "cases.csv")
+    # a second evaluate into the same --out refuses to replace its results (one line, exit 2)
+    before = (ev / "summary.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best"), "--dataset", "isic2018",
+                     "--data-root", str(isic_root), "--split", "val", "--out", str(ev),
+                     "--no-progress", "--device", "cpu"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (ev / "summary.json").read_bytes() == before
     assert len(cases) == 2 and {"case", "dice", "jaccard", "hd", "hd95",
                                 "thresholded_jaccard"} <= set(cases[0])
     summary = json.loads((ev / "summary.json").read_text())
@@ -120,8 +128,10 @@ def test_isic_train_resume_evaluate(isic_root, tmp_path, capsys):
     fused = json.loads((ev_fused / "summary.json").read_text())
     assert (summary["model"], fused["model"]) == ("reference", "fused fp32")
     for a, b in zip(cases, read_csv(ev_fused / "cases.csv")):
-        assert a["case"] == b["case"] and round(float(a["dice"]), 3) == round(float(b["dice"]), 3)
-    assert round(fused["metrics"]["dice"]["mean"], 3) == round(summary["metrics"]["dice"]["mean"], 3)
+        assert a["case"] == b["case"]
+        assert float(a["dice"]) == pytest.approx(float(b["dice"]), abs=1e-3)
+    assert fused["metrics"]["dice"]["mean"] == pytest.approx(summary["metrics"]["dice"]["mean"],
+                                                             abs=1e-3)
 
     # flip TTA: recorded in the summary, scores in range (they differ from the plain model's)
     ev_tta = tmp_path / "eval-tta"
@@ -280,8 +290,8 @@ def test_brats_train_resume_evaluate(brats_root, tmp_path):
                      "--no-progress", "--device", "cpu", "--fused", "--dtype", "fp32"]) == 0
     fused = json.loads((ev_fused / "summary.json").read_text())
     for region in ("WT", "TC", "ET", "mean"):
-        assert round(fused["metrics"][region]["dice"]["mean"], 3) == \
-            round(summary["metrics"][region]["dice"]["mean"], 3), region
+        assert fused["metrics"][region]["dice"]["mean"] == pytest.approx(
+            summary["metrics"][region]["dice"]["mean"], abs=1e-3), region
     for region, labels in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
         p, t = np.isin(pred, labels), np.isin(truth, labels)
         got = {k: float(cases[0][f"{k}_{region}"]) for k in ("dice", "hd95")}

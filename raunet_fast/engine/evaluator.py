@@ -28,6 +28,7 @@ from ..hub import atomic_write_json
 from ..io.checkpoints import check_checkpoint_folder, read_preprocessing
 from ..io.nifti import write_labels
 from ..io.tables import write_csv
+from ..io.outputs import check_out
 from ..metrics import BRATS_EMPTY_DISTANCE, ISIC_JACCARD_THRESHOLD, all_metrics, diagonal
 from .device import autocast_dtype, resolve_device
 from .predictor import (Predictor, check_channels, default_window, load_ensemble,
@@ -106,7 +107,10 @@ class Evaluator:
     # ------------------------------------------------------------------ scoring
     def run(self) -> dict[str, Any]:
         """Score every case; write ``out/cases.csv``, ``out/summary.json`` and
-        ``out/config.json`` when ``out`` is given; return the summary."""
+        ``out/config.json`` when ``out`` is given (existing ones only with ``overwrite``);
+        return the summary."""
+        if self.out is not None:
+            check_out(self.out, ["cases.csv", "summary.json", "config.json"], self.cfg.overwrite)
         self.setup()
         pred_dir = self.prediction_folder()
         if self.cfg.dataset == "brats2021":

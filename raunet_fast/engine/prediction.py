@@ -38,6 +38,7 @@ import torch
 from ..config import PredictConfig, check_threshold, write_config
 from ..io.checkpoints import check_checkpoint_folder, read_preprocessing
 from ..io.images import MASK_SUFFIX, PROB_SUFFIX, check_image, list_images, png_bytes
+from ..io.outputs import check_out
 from .device import resolve_device
 from .predictor import (Predictor, default_window, load_ensemble, missing_size_error,
                         resize_logits, resolve_image_size)
@@ -92,17 +93,6 @@ def output_names(stem: str, head: str, regions: list[str], probabilities: bool) 
     if probabilities:
         names += [f"{stem}{PROB_SUFFIX}{p}.png" for p in parts]
     return names
-
-
-def check_out(out: Path, names: list[str], overwrite: bool) -> None:
-    """Refuse existing outputs (before anything is computed) unless ``overwrite``."""
-    if overwrite or not out.is_dir():
-        return
-    existing = [n for n in names if (out / n).exists()]
-    if existing:
-        raise ValueError(f"--out {out} already holds {len(existing)} of the {len(names)} files "
-                         f"this run would write (e.g. {existing[0]}); pass --overwrite to "
-                         f"replace them, or choose another --out")
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int):
