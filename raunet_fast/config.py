@@ -115,6 +115,16 @@ class RunConfig:
     #: fields that hold paths (stored as str, so a config is JSON)
     path_fields: ClassVar[tuple[str, ...]] = ()
 
+    # how input files are read: the same options, and rules, for every command
+    convert_channels: bool = option(
+        False, "convert grayscale images to RGB (or RGB to grayscale) when the model takes "
+               "the other; refused otherwise")
+    max_image_pixels: int | None = option(
+        None, "decode images up to this many pixels (default 178956970, about 13400 x 13400: "
+              "a guard against decompression bombs)", parse=int)
+    nan_to_num: bool = option(
+        False, "NIfTI volumes: replace NaN / Inf voxels by 0 instead of refusing the volume")
+
     def validate(self) -> "RunConfig":
         """Types of every field, then the command's own ranges (:meth:`check`)."""
         hints = typing.get_type_hints(type(self))
@@ -134,7 +144,16 @@ class RunConfig:
         return self
 
     def check(self) -> None:
-        """Ranges and combinations (subclasses)."""
+        """Ranges and combinations (subclasses call this first)."""
+        check_at_least("max_image_pixels", self.max_image_pixels, 1)
+
+    def apply_reading_options(self) -> None:
+        """Make this process (and the DataLoader workers it starts) read inputs as the
+        options say."""
+        if self.max_image_pixels is not None:
+            from .io.images import set_max_image_pixels
+
+            set_max_image_pixels(self.max_image_pixels)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self),
@@ -333,6 +352,9 @@ class TrainConfig(RunConfig):
     progress: bool = option(True, "no progress bars", flag="--no-progress")
     split_seed: int = option(0, "BraTS / folder: seed of the reproducible train/val/test "
                                 "split by case")
+    in_channels: int | None = option(
+        None, "folder: image channels the model takes, 1 (grayscale) or 3 (RGB) (default: "
+              "those of the first image)", parse=int, choices=(1, 3))
 
     def resolved_image_size(self) -> tuple[int, int] | None:
         if self.image_size is not None:
@@ -342,6 +364,7 @@ class TrainConfig(RunConfig):
         return (512, 512)
 
     def check(self) -> None:
+        super().check()
         for name in ("epochs", "batch_size", "patience", "patches_per_image",
                      "max_steps_per_epoch"):
             check_at_least(name, getattr(self, name), 1)
@@ -361,6 +384,9 @@ class TrainConfig(RunConfig):
         if self.patches_per_image != 1 and self.patch is None:
             raise ValueError("--patches-per-image needs --patch (it cuts several random "
                              "patches from each decoded image)")
+        if self.in_channels is not None and self.dataset != "folder":
+            raise ValueError(f"--in-channels is for the folder data set; {self.dataset} "
+                             f"images have {4 if self.dataset == 'brats2021' else 3} channels")
         if not (self.tumour_weight > 0 and math.isfinite(self.tumour_weight)):
             raise ValueError(f"tumour_weight must be a positive number (1 = uniform "
                              f"sampling), got {self.tumour_weight}")
@@ -416,6 +442,7 @@ class InferenceConfig(RunConfig):
     progress: bool = option(True, "no progress bars", flag="--no-progress")
 
     def check(self) -> None:
+        super().check()
         check_at_least("batch_size", self.batch_size, 1)
         check_size("image_size", self.image_size)
         check_size("window", self.window)
@@ -488,7 +515,16 @@ class PredictConfig(InferenceConfig):
         None, "precision: of the --fused model (default fp32 on CPU, bf16 on CUDA); without "
               "--fused bf16 / fp16 run the reference model under autocast (default fp32)",
         choices=DTYPE_NAMES)
+    skip_errors: bool = option(
+        False, "2-D: go past images that cannot be read (each is listed at the end, and the "
+               "exit code is 2)")
+    skip_existing: bool = option(
+        False, "2-D: leave images whose outputs are all in --out already (resume a partly "
+               "written folder)")
 
     def check(self) -> None:
         super().check()
         check_at_least("num_workers", self.num_workers, 0)
+        if self.skip_existing and self.overwrite:
+            raise ValueError("--skip-existing keeps the outputs in --out, --overwrite replaces "
+                             "them: pass one of the two")

@@ -138,7 +138,10 @@ def test_image_mask_folder(tmp_path):
     assert splits == {s: ImageMaskFolder(tmp_path, s).names for s in splits}  # reproducible
     item = ImageMaskFolder(tmp_path, "all", image_size=(16, 16))[3]
     assert item["image"].shape == (3, 16, 16) and item["mask"].shape == (1, 16, 16)
-    assert ImageMaskFolder(tmp_path, "all", grayscale=True)[0]["image"].shape[0] == 1
+    with pytest.raises(ValueError, match="img0.png has colour channels.*--convert-channels"):
+        ImageMaskFolder(tmp_path, "all", grayscale=True)[0]
+    gray = ImageMaskFolder(tmp_path, "all", grayscale=True, convert_channels=True)[0]["image"]
+    assert gray.shape[0] == 1
     (tmp_path / "masks" / "img4.png").unlink()
     with pytest.raises(FileNotFoundError, match="img4.png"):
         ImageMaskFolder(tmp_path, "all")

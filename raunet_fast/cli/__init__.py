@@ -93,9 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         if debug_enabled():
             raise
         # user errors (bad paths, bad shapes, bad options): one clear line, no traceback
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"raunet-fast {args.command}: error: {msg}", file=sys.stderr)
+        print(f"raunet-fast {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def error_line(e: BaseException) -> str:
+    """The message of ``e`` on one line. An error raised in a DataLoader worker arrives with
+    the worker's whole traceback as its message: only the original error's line is kept."""
+    msg = str(e)
+    if msg.startswith("Caught ") and "Original Traceback" in msg:
+        last = [line for line in msg.splitlines() if line.strip()][-1]
+        name, sep, rest = last.partition(": ")
+        msg = rest if sep and name.replace(".", "").isidentifier() else last
+    return " ".join(msg.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """``raunet-fast predict``: parse -> :class:`~raunet_fast.config.PredictConfig` -> PredictionRun."""
 from __future__ import annotations
 
+import sys
+
 from ..config import PredictConfig
 from ..io.lock import folder_lock
 from .common import add_parser, resolve
@@ -25,9 +27,17 @@ def run(args) -> int:
                 f"{s['images_per_s']:.1f} slices/s")
     else:
         what = f"{_count(n, 'file')} for {_count(s['images'], 'image')}"
+        if s["skipped"]:
+            what += f" ({_count(s['skipped'], 'image')} already done, skipped)"
         rate = f"{s['images_per_s']:.1f} images/s"
     print(f"predict: wrote {what} to {cfg.out} in {s['seconds']:.2f}s ({rate}, {s['model']} "
           f"model)")
+    for error in s.get("errors", ()):
+        print(f"raunet-fast predict: skipped: {error}", file=sys.stderr)
+    if s.get("errors"):
+        print(f"raunet-fast predict: error: {_count(len(s['errors']), 'input')} could not be "
+              f"read (listed above)", file=sys.stderr)
+        return 2
     return 0
 
 

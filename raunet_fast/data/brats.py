@@ -94,11 +94,25 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return data, zooms
 
 
-def load_case(folder: Path, with_seg: bool = True) -> dict:
+def finite_volume(data: np.ndarray, path: Path, nan_to_num: bool = False) -> np.ndarray:
+    """``data`` as float32; NaN / Inf voxels are an error naming the file and their count, or
+    with ``nan_to_num`` are set to 0 (outside the brain, as background is)."""
+    vol = np.asarray(data, dtype=np.float32)
+    bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
+    if bad and not nan_to_num:
+        raise ValueError(f"{path} holds {bad} NaN / Inf voxels (of {vol.size}); repair the file, "
+                         f"or pass --nan-to-num to read them as 0")
+    if bad:
+        vol = np.nan_to_num(vol, nan=0.0, posinf=0.0, neginf=0.0)
+    return vol
+
+
+def load_case(folder: Path, with_seg: bool = True, nan_to_num: bool = False) -> dict:
     """Read and preprocess one case.
 
     Returns ``image`` (Z x 4 x X x Y float16, z-scored), ``seg`` (Z x X x Y uint8 labels
-    or None), ``spacing`` (mm, X, Y, Z) and ``shape`` (X, Y, Z).
+    or None), ``spacing`` (mm, X, Y, Z) and ``shape`` (X, Y, Z). Non-finite voxels: see
+    :func:`finite_volume`.
     """
     files = case_files(folder)
     vols, shape, spacing = [], None, None
@@ -109,7 +123,7 @@ def load_case(folder: Path, with_seg: bool = True) -> dict:
         elif data.shape != shape:
             raise ValueError(f"{files[m]} has shape {data.shape} but {files[MODALITIES[0]]} has "
                              f"{shape}; all modalities of a case must match")
-        vols.append(np.asarray(data, dtype=np.float32))
+        vols.append(finite_volume(data, files[m], nan_to_num))
     brain = np.zeros(shape, dtype=bool)
     for v in vols:
         brain |= v != 0
@@ -224,7 +238,7 @@ class BraTS2021(Dataset):
                  image_size: tuple[int, int] | None = None, fractions: tuple[float, float] = (0.15, 0.15),
                  seed: int = 0, skip_empty: bool | None = None, cache_dir: str | Path | None = None,
                  memory_cases: int = 64, require_masks: bool = True, progress: bool = False,
-                 index_slices: bool = True):
+                 index_slices: bool = True, nan_to_num: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"BraTS 2021 data root {root} is not a directory")
@@ -249,7 +263,7 @@ class BraTS2021(Dataset):
         self.memory_cases = max(1, memory_cases)
         self._mem: OrderedDict[int, dict] = OrderedDict()
         self.skip_empty = (split == "train") if skip_empty is None else skip_empty
-        self.progress = progress
+        self.progress, self.nan_to_num = progress, nan_to_num
         self._index: list[tuple[int, int]] | None = None
         self._tumour: list[bool] = []
         self._shapes: list[tuple[int, ...]] = []
@@ -365,7 +379,7 @@ class BraTS2021(Dataset):
                         "seg": np.load(files[2], mmap_mode="r") if self.has_masks else None,
                         "spacing": tuple(meta["spacing"]), "shape": tuple(meta["shape"])}
         if case is None:
-            case = load_case(self.folders[i], with_seg=self.has_masks)
+            case = load_case(self.folders[i], with_seg=self.has_masks, nan_to_num=self.nan_to_num)
             if self.cache_dir is not None:
                 self._write_cache(i, case, sources)
         self._mem[i] = case

@@ -1,4 +1,4 @@
-"""Shared pieces of the datasets: image / mask reading with errors that name the file,
+"""Shared pieces of the datasets: mask reading (images: :func:`raunet_fast.io.images.read_image`),
 resizing for the network, and a reproducible split of case names."""
 from __future__ import annotations
 
@@ -10,32 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.images import read_image
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def read_image(path: str | Path, mode: str = "RGB",
-               draft_size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read an image as ``H x W x C`` (or ``H x W`` for mode ``"L"``) uint8.
-
-    Returns ``(array, (H, W) of the file)``. ``draft_size`` (H, W) lets JPEG decoding
-    skip resolution that a later resize to that size would throw away (PIL ``draft``);
-    the returned array is then smaller than the file, never smaller than ``draft_size``.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            full = (im.height, im.width)
-            if draft_size is not None and im.format == "JPEG":
-                im.draft(mode, (draft_size[1], draft_size[0]))
-            im = im.convert(mode)
-            arr = np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-    return arr, full
 
 
 def read_mask(path: str | Path) -> np.ndarray:

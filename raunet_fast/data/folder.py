@@ -39,7 +39,9 @@ class ImageMaskFolder(SegmentationFolder2D):
 
     ``split`` is ``train`` / ``val`` / ``test`` / ``all``; without ``ROOT/<split>/``
     folders the pool in ``ROOT/images`` is divided by ``fractions`` (val, test) with
-    ``seed``. ``grayscale=True`` reads images as one channel.
+    ``seed``. ``channels``: 1 (grayscale) or 3 (RGB); None detects it from the first
+    image (``grayscale=True`` is ``channels=1``). Every image must have that many channels
+    unless ``convert_channels``.
     """
 
     def __init__(self, root: str | Path, split: str = "train",
@@ -48,7 +50,8 @@ class ImageMaskFolder(SegmentationFolder2D):
                  images_dir: str = "images", masks_dir: str = "masks", grayscale: bool = False,
                  cache: bool = False, patch: tuple[int, int] | None = None,
                  random_patches: bool = False, context: tuple[int, int] = (0, 0),
-                 patches_per_image: int = 1):
+                 patches_per_image: int = 1, channels: int | None = None,
+                 convert_channels: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder root {root} is not a directory")
@@ -78,6 +81,17 @@ class ImageMaskFolder(SegmentationFolder2D):
                 mask = hits[0] if hits else None
             pairs.append((name, images[name], mask))
         self.root, self.split = root, split
-        super().__init__(pairs, image_size, cache, mode="L" if grayscale else "RGB",
+        channels = 1 if grayscale else channels or detect_channels(pairs[0][1])
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+        super().__init__(pairs, image_size, cache, mode="L" if channels == 1 else "RGB",
                          patch=patch, random_patches=random_patches, context=context,
-                         patches_per_image=patches_per_image)
+                         patches_per_image=patches_per_image, convert_channels=convert_channels)
+
+
+def detect_channels(path: Path) -> int:
+    """1 for a grayscale image file, 3 for a colour one (from its header)."""
+    from ..io.images import GRAY_MODES, open_image
+
+    with open_image(path) as im:
+        return 1 if im.mode in GRAY_MODES else 3

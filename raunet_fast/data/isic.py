@@ -54,7 +54,9 @@ class SegmentationFolder2D(Dataset):
     items per image (item ``j`` is a patch of image ``j // K``, each at its own random
     position); consecutive items of one image decode it once (the last decoded image is
     kept), so a sampler that keeps an image's K items together (:class:`GroupedSampler`)
-    decodes each image once for K patches.
+    decodes each image once for K patches. ``mode`` (``"RGB"`` or ``"L"``) is what the
+    model takes; an image with the other number of channels is an error unless
+    ``convert_channels`` (the rules of :mod:`raunet_fast.io.images`).
     """
 
     channels = 3
@@ -64,7 +66,7 @@ class SegmentationFolder2D(Dataset):
                  image_size: tuple[int, int] | None = None, cache: bool = False,
                  mode: str = "RGB", patch: tuple[int, int] | None = None,
                  random_patches: bool = False, context: tuple[int, int] = (0, 0),
-                 patches_per_image: int = 1):
+                 patches_per_image: int = 1, convert_channels: bool = False):
         if not pairs:
             raise ValueError(f"{type(self).__name__}: no cases found")
         self.names = [p[0] for p in pairs]
@@ -98,6 +100,7 @@ class SegmentationFolder2D(Dataset):
             self.index = self._tile_index()
         self.mode = mode
         self.channels = 1 if mode == "L" else 3
+        self.convert_channels = convert_channels
         self.cache = cache
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -107,18 +110,14 @@ class SegmentationFolder2D(Dataset):
         return len(self.names) * self.patches_per_image
 
     def _tile_index(self) -> list[tuple[int, int, int]]:
-        from PIL import Image
-
+        from ..io.images import open_image
         from ..sliding_window import window_starts
 
         ph, pw = self.patch
         index = []
         for i, path in enumerate(self.image_paths):
-            try:
-                with Image.open(path) as im:  # the header only
-                    w, h = im.size
-            except (OSError, SyntaxError, ValueError) as e:
-                raise ValueError(f"cannot read image {path}: {e}") from e
+            with open_image(path) as im:  # the header only
+                w, h = im.size
             index += [(i, y, x) for y in window_starts(max(h, ph), ph, 0.0)
                       for x in window_starts(max(w, pw), pw, 0.0)]
         return index
@@ -126,7 +125,8 @@ class SegmentationFolder2D(Dataset):
     def load_case(self, i: int, draft_size: tuple[int, int] | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None]:
         """Full-size ``H x W x C`` uint8 image and ``H x W`` bool mask (None without masks)."""
-        image, hw = read_image(self.image_paths[i], self.mode, draft_size)
+        image, hw = read_image(self.image_paths[i], self.mode, draft_size,
+                               convert=self.convert_channels)
         mask = None
         if self.mask_paths[i] is not None:
             mask = read_mask(self.mask_paths[i])
@@ -244,7 +244,7 @@ class ISIC2018(SegmentationFolder2D):
                  image_size: tuple[int, int] | None = None, require_masks: bool = True,
                  cache: bool = False, patch: tuple[int, int] | None = None,
                  random_patches: bool = False, context: tuple[int, int] = (0, 0),
-                 patches_per_image: int = 1):
+                 patches_per_image: int = 1, convert_channels: bool = False):
         root = Path(root)
         if split not in SPLIT_NAMES:
             raise ValueError(f"ISIC 2018 split must be one of {sorted(SPLIT_NAMES)}, got {split!r}")
@@ -277,7 +277,8 @@ class ISIC2018(SegmentationFolder2D):
             pairs.append((case, p, mask))
         self.root, self.split, self.input_dir, self.truth_dir = root, split, in_dir, gt_dir
         super().__init__(pairs, image_size, cache, patch=patch, random_patches=random_patches,
-                         context=context, patches_per_image=patches_per_image)
+                         context=context, patches_per_image=patches_per_image,
+                         convert_channels=convert_channels)
 
 
 class GroupedSampler(torch.utils.data.Sampler):

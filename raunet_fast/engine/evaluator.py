@@ -61,6 +61,7 @@ class Evaluator:
         """Resolve the checkpoint's preprocessing and build the predictor (a model that
         cannot be fused is refused before any output folder is made)."""
         cfg, ck = self.cfg, self.checkpoint
+        cfg.apply_reading_options()
         if self.model is None:
             check_checkpoint_folder(ck)
         prep = read_preprocessing(ck)
@@ -136,7 +137,7 @@ class Evaluator:
         cfg = self.cfg
         ds = BraTS2021(cfg.data_root, cfg.split, crop=self.crop, image_size=self.image_size,
                        skip_empty=False, memory_cases=1, seed=self.split_seed,
-                       cache_dir=cfg.cache_dir, index_slices=False)
+                       cache_dir=cfg.cache_dir, index_slices=False, nan_to_num=cfg.nan_to_num)
         check_channels(self.model, ds.channels, len(REGIONS), self.checkpoint)
         rows = []
         for i in self._bar(len(ds.names), "case"):
@@ -162,9 +163,10 @@ class Evaluator:
         from ..data.common import read_mask, resize_pair
 
         cfg = self.cfg
-        kw = {"seed": self.split_seed} if cfg.dataset == "folder" else {}
+        kw = {"seed": self.split_seed, "channels": self.model.in_channels} \
+            if cfg.dataset == "folder" else {}
         ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, image_size=None,
-                           require_masks=True, **kw)
+                           require_masks=True, convert_channels=cfg.convert_channels, **kw)
         check_channels(self.model, ds.channels, 1, self.checkpoint)
         rows = []
         for i in self._bar(len(ds), "image"):

@@ -121,11 +121,14 @@ class PredictionRun:
                                                  Path(cfg.out))
         self.workers = (min(4, os.cpu_count() or 1) if cfg.num_workers is None
                         else cfg.num_workers)
+        self.errors: list[str] = []  # bad files skipped (skip_errors)
+        self.skipped = 0  # images whose outputs existed (skip_existing)
 
     def setup(self) -> None:
         from ..hub import from_pretrained
 
         cfg = self.cfg
+        cfg.apply_reading_options()
         check_checkpoint_folder(self.checkpoint)
         if not self.input.exists():
             raise FileNotFoundError(f"--input {self.input} does not exist")
@@ -207,7 +210,8 @@ class PredictionRun:
         crop, written, slices = self.prep.get("crop", 192), [], 0
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
-            load = lambda folder: load_case(folder, with_seg=False)  # noqa: E731
+            load = lambda folder: load_case(folder, with_seg=False,  # noqa: E731
+                                            nan_to_num=self.cfg.nan_to_num)
             loaded = bounded_map(pool, load, cases, 2) if self.workers else map(load, cases)
             for folder, case in tqdm(zip(cases, loaded), total=len(cases), desc="predict",
                                      unit="case", disable=not self.cfg.progress):
@@ -244,26 +248,47 @@ class PredictionRun:
         return "softmax"
 
     def _check_images(self) -> list[Path]:
+        """The images to predict, every header checked and every output name checked
+        against ``--out`` before anything is computed (bad headers are skipped with
+        ``skip_errors``; images whose outputs all exist with ``skip_existing``)."""
         paths = self._image_paths()
         if self.size is None and self.window is None:
             raise missing_size_error(self.checkpoint)
-        self.modes = {p: check_image(p, self.model.in_channels) for p in paths}
+        paths = [p for p in paths if self._guarded(check_image, p, self.model.in_channels,
+                                                    self.cfg.convert_channels) is not None]
         self.head = self._head()
         regions = region_names(self.prep, self.model.out_channels)
         self.outputs = {p: output_names(p.stem, self.head, regions, self.cfg.probabilities)
                         for p in paths}
-        check_out(self.out, [n for names in self.outputs.values() for n in names],
-                  self.cfg.overwrite)
+        if self.cfg.skip_existing:
+            done = [p for p in paths if all((self.out / n).exists() for n in self.outputs[p])]
+            self.skipped = len(done)
+            paths = [p for p in paths if p not in set(done)]
+        check_out(self.out, [n for p in paths for n in self.outputs[p]], self.cfg.overwrite)
         return paths
+
+    def _guarded(self, fn: Callable, path: Path, *args):
+        """``fn(path, *args)``; with ``skip_errors`` a ValueError (a bad file) is recorded
+        in :attr:`errors` and None returned instead."""
+        try:
+            return fn(path, *args)
+        except ValueError as e:
+            if not self.cfg.skip_errors:
+                raise
+            self.errors.append(" ".join(str(e).split()))
+            return None
 
     def load(self, path: Path):
         """The network input of one image (decoded and scaled as in training) and its size."""
-        from ..data.common import read_image, resize_pair
+        from ..data.common import resize_pair
+        from ..io.images import read_image
 
+        mode = "RGB" if self.model.in_channels == 3 else "L"
+        convert = self.cfg.convert_channels
         if self.window is not None:  # full resolution, scaled as in training
-            image, full = read_image(path, self.modes[path])
+            image, full = read_image(path, mode, convert=convert)
             return resize_pair(image, None, None)[0], full
-        image, full = read_image(path, self.modes[path], draft_size=self.size)
+        image, full = read_image(path, mode, draft_size=self.size, convert=convert)
         return resize_pair(image, None, self.size)[0], full
 
     def write(self, path: Path, logits: torch.Tensor, full) -> list[Path]:
@@ -290,41 +315,51 @@ class PredictionRun:
         predictor = self.predictor()
         self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        written = self._stream(paths, predictor)
+        written: list[Path] = []
+        known = len(self.errors)  # header errors, before decoding
+        try:
+            self._stream(paths, predictor, written)
+        except ValueError as e:  # a file that broke while decoding: what was written stays
+            raise ValueError(f"{' '.join(str(e).split())}; masks of {len(written)} images "
+                             f"written before it are kept: rerun with --skip-existing after "
+                             f"fixing the file, or pass --skip-errors to go past bad "
+                             f"files") from e
         return {"kind": "2d", "model": predictor.name, "files": [str(p) for p in written],
-                "images": len(paths), "t0": t0}
+                "images": len(paths) - (len(self.errors) - known), "t0": t0,
+                "skipped": self.skipped, "errors": list(self.errors)}
 
-    def _stream(self, paths: list[Path], predictor: Predictor) -> list[Path]:
-        """Decode ahead, predict in batches, write behind, in ``workers`` threads."""
+    def _stream(self, paths: list[Path], predictor: Predictor, written: list[Path]) -> None:
+        """Decode ahead, predict in batches, write behind, in ``workers`` threads; files
+        written are appended to ``written`` as they complete."""
         from tqdm import tqdm
 
         # windows: one (full-resolution) image at a time, batch_size counts windows
         per_call = 1 if self.window is not None else self.cfg.batch_size
-        written: list[Path] = []
         bar = tqdm(total=len(paths), desc="predict", unit="image", disable=not self.cfg.progress)
         pool = ThreadPoolExecutor(max(1, self.workers))
+        load = lambda path: self._guarded(self.load, path)  # noqa: E731
         try:
             writes: deque[Future] = deque()
-            loaded = (bounded_map(pool, self.load, paths, 2 * per_call) if self.workers
-                      else map(self.load, paths))
+            loaded = (bounded_map(pool, load, paths, 2 * per_call) if self.workers
+                      else map(load, paths))
             for i in range(0, len(paths), per_call):
-                batch = paths[i:i + per_call]
-                items = [next(loaded) for _ in batch]
-                logits = self._batch_logits(predictor, items)
-                for j, (path, (_, full)) in enumerate(zip(batch, items)):
+                batch = [(p, item) for p in paths[i:i + per_call]
+                         if (item := next(loaded)) is not None]
+                if batch:
+                    logits = self._batch_logits(predictor, [item for _, item in batch])
+                for j, (path, (_, full)) in enumerate(batch):
                     if self.workers:
                         writes.append(pool.submit(self.write, path, logits[j], full))
                     else:
                         written += self.write(path, logits[j], full)
                 while len(writes) > 2 * per_call or (writes and writes[0].done()):
                     written += writes.popleft().result()
-                bar.update(len(batch))
+                bar.update(len(paths[i:i + per_call]))
             while writes:
                 written += writes.popleft().result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
-        return written
 
     def _batch_logits(self, predictor: Predictor, items) -> torch.Tensor:
         if self.window is not None:

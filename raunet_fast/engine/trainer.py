@@ -65,6 +65,7 @@ class Trainer:
     def setup(self) -> None:
         """Device, run folder (fresh or resumed), data, model, optimisation."""
         cfg = self.cfg
+        cfg.apply_reading_options()
         self.device = resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         last, state = self.prepare_run_folder()

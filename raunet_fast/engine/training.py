@@ -18,10 +18,11 @@ def build_datasets(cfg: TrainConfig, splits=("train", "val")) -> list:
     if cfg.dataset == "brats2021":
         kw.update(crop=cfg.crop, cache_dir=cfg.cache_dir, seed=cfg.split_seed,
                   progress=cfg.progress)
+        kw.update(nan_to_num=cfg.nan_to_num)
     else:
-        kw.update(cache=cfg.cache_images)
+        kw.update(cache=cfg.cache_images, convert_channels=cfg.convert_channels)
         if cfg.dataset == "folder":
-            kw.update(seed=cfg.split_seed)
+            kw.update(seed=cfg.split_seed, channels=cfg.in_channels)
         if cfg.patch is not None:
             kw.update(patch=tuple(cfg.patch))
     out = []
@@ -35,6 +36,8 @@ def build_datasets(cfg: TrainConfig, splits=("train", "val")) -> list:
                     extra["patches_per_image"] = cfg.patches_per_image
         out.append(build_dataset(cfg.dataset, cfg.data_root, split, image_size=size, **kw,
                                  **extra))
+        if cfg.dataset == "folder":  # every split in the channels of the first
+            kw["channels"] = out[0].channels
     return out
 
 
