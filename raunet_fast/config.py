@@ -67,6 +67,21 @@ def check_size(name: str, value) -> None:
         raise ValueError(f"{name} must be two sizes >= 1 (H, W), got {value}")
 
 
+def fit_size(name: str, size, multiple: int):
+    """``size`` (H, W) rounded up to a multiple of ``multiple`` (the network's
+    ``2**(depth-1)``), with a warning when it changes; None stays None."""
+    if size is None:
+        return None
+    fitted = tuple(-(-int(v) // multiple) * multiple for v in size)
+    if fitted != tuple(size):
+        import warnings
+
+        warnings.warn(f"{name} {size[0]}x{size[1]} is not a multiple of {multiple} (the "
+                      f"network halves it depth-1 times): using {fitted[0]}x{fitted[1]}",
+                      stacklevel=2)
+    return fitted
+
+
 def check_at_least(name: str, value, low: int) -> None:
     if value is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -400,7 +415,11 @@ class TrainConfig(RunConfig):
         for name in self.path_fields:
             if isinstance(getattr(self, name), Path):
                 setattr(self, name, str(getattr(self, name)))
-        return super().validate()
+        super().validate()
+        if isinstance(self.depth, int) and self.depth >= 1:
+            self.image_size = fit_size("--image-size", self.image_size, 2 ** (self.depth - 1))
+            self.patch = fit_size("--patch", self.patch, 2 ** (self.depth - 1))
+        return self
 
 
 @dataclass(kw_only=True)

@@ -402,3 +402,96 @@ def test_brats_cases(brats_root, tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(png)
     assert run("--checkpoint", str(ck), "--input", str(png), "--out", str(tmp_path / "o3")) == 2
     one_line_error(capsys, "BraTS")
+
+
+def _folder_with_truncated_image(isic_images: Path, dest: Path) -> tuple[Path, Path]:
+    """A copy of the images plus, second in order, a JPEG cut short after its header (it
+    passes the header check and fails when decoded)."""
+    shutil.copytree(isic_images, dest)
+    first = sorted(dest.glob("*.jpg"))[0]
+    broken = dest / f"{first.stem}b.jpg"
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(broken, quality=95)
+    data = broken.read_bytes()
+    broken.write_bytes(data[:len(data) // 2])
+    assert sorted(dest.glob("*.jpg"))[1] == broken
+    return dest, broken
+
+
+def test_broken_image_mid_run_keeps_what_was_written_and_resumes(isic_images, ck2d, tmp_path,
+                                                                 capsys):
+    ck, _ = ck2d
+    folder, broken = _folder_with_truncated_image(isic_images, tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(ck), "--input", str(folder), "--out", str(out),
+            "--num-workers", "0", "--batch-size", "1"]
+    assert run(*argv) == 2
+    err = one_line_error(capsys, broken.name, "truncated", "masks of 1 images written",
+                         "--skip-existing", "--skip-errors")
+    first = sorted(folder.glob("*.jpg"))[0]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{first.stem}_mask.png"], err
+    kept = read_png(out / f"{first.stem}_mask.png")
+    assert run(*argv) == 2  # a plain rerun refuses to replace the mask already there
+    one_line_error(capsys, "--overwrite")
+    # --skip-errors: every other image predicted, the broken one listed, exit code 2
+    assert run(*argv, "--skip-existing", "--skip-errors") == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("raunet-fast predict: skipped:") and broken.name in lines[0]
+    assert lines[1] == "raunet-fast predict: error: 1 input could not be read (listed above)"
+    assert "1 image already done, skipped" in captured.out
+    others = [p for p in sorted(folder.glob("*.jpg")) if p != broken]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{p.stem}_mask.png" for p in others)
+    np.testing.assert_array_equal(read_png(out / f"{first.stem}_mask.png"), kept)
+    # the outputs equal those of one clean run over the good images
+    clean = tmp_path / "clean-in"
+    clean.mkdir()
+    for p in others:
+        shutil.copy(p, clean / p.name)
+    assert run("--checkpoint", str(ck), "--input", str(clean), "--out", str(tmp_path / "c")) == 0
+    for p in others:
+        np.testing.assert_array_equal(read_png(out / f"{p.stem}_mask.png"),
+                                      read_png(tmp_path / "c" / f"{p.stem}_mask.png"))
+
+
+def test_skip_errors_lists_bad_headers_before_predicting(isic_images, ck2d, tmp_path, capsys):
+    ck, _ = ck2d
+    folder = tmp_path / "in"
+    shutil.copytree(isic_images, folder)
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(folder / "gray.png")
+    out = tmp_path / "out"
+    assert run("--checkpoint", str(ck), "--input", str(folder), "--out", str(out),
+               "--skip-errors") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4, err
+    for name, line in zip(("gray.png", "text.jpg", "zero.png"), err[:3]):
+        assert line.startswith("raunet-fast predict: skipped: ") and name in line, line
+    assert "1 channel" in err[0]
+    assert len(list(out.glob("*_mask.png"))) == len(list(isic_images.glob("*.jpg")))
+    # --convert-channels: the grayscale image is predicted too (as 3 equal channels)
+    assert run("--checkpoint", str(ck), "--input", str(folder), "--out", str(out),
+               "--skip-errors", "--skip-existing", "--convert-channels") == 2
+    assert (out / "gray_mask.png").is_file() and "2 inputs" in capsys.readouterr().err
+
+
+def test_skip_existing_and_overwrite_exclude_each_other(isic_images, ck2d, tmp_path, capsys):
+    ck, _ = ck2d
+    assert run("--checkpoint", str(ck), "--input", str(isic_images), "--out",
+               str(tmp_path / "o"), "--skip-existing", "--overwrite") == 2
+    one_line_error(capsys, "--skip-existing", "--overwrite")
+
+
+def test_window_is_rounded_up_to_the_network_multiple(isic_images, ck2d, tmp_path):
+    from raunet_fast.config import PredictConfig
+    from raunet_fast.engine import PredictionRun
+
+    ck, model = ck2d
+    assert model.size_multiple == 4  # depth 3
+    run_ = PredictionRun(PredictConfig(checkpoint=str(ck), input=str(isic_images),
+                                       out=str(tmp_path / "o"), window=(7, 10), device="cpu"))
+    with pytest.warns(UserWarning, match="--window 7x10 is not a multiple of 4.*using 8x12"):
+        run_.setup()
+    assert run_.window == (8, 12)

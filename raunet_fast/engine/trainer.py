@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +142,6 @@ class Trainer:
             raise ValueError(f"the checkpoint's model has {model.in_channels} in / "
                              f"{model.out_channels} out channels; the {cfg.dataset} data needs "
                              f"{in_ch} / {out_ch}")
-        if cfg.patch is not None and any(v % model.size_multiple for v in cfg.patch):
-            warnings.warn(f"--patch {cfg.patch[0]}x{cfg.patch[1]} is not a multiple of the "
-                          f"model's size multiple {model.size_multiple}: every forward pass "
-                          f"pads it")
         self.model = model.to(self.device)
         self.forward = torch.compile(model) if cfg.compile else model
 

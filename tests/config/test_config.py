@@ -119,3 +119,23 @@ def test_cli_rejects_a_bad_config_file_in_one_line(tmp_path, capsys):
                      "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "deep_supervision" in err
+
+
+@pytest.mark.parametrize("depth, given, expected", [(5, (7, 7), (16, 16)), (3, (33, 20), (36, 20)),
+                                                    (4, (24, 40), (24, 40))])
+def test_train_sizes_are_rounded_up_to_what_the_network_halves(depth, given, expected):
+    import warnings
+
+    from raunet_fast.config import TrainConfig
+
+    for field in ("image_size", "patch"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cfg = TrainConfig(data_root="d", out="o", depth=depth, **{field: given}).validate()
+        assert getattr(cfg, field) == expected
+        messages = [str(w.message) for w in caught if "not a multiple" in str(w.message)]
+        if given == expected:
+            assert messages == []
+        else:
+            assert len(messages) == 1 and f"{given[0]}x{given[1]}" in messages[0]
+            assert f"using {expected[0]}x{expected[1]}" in messages[0]
