@@ -39,8 +39,11 @@ class ImageMaskFolder(SegmentationFolder2D):
 
     ``split`` is ``train`` / ``val`` / ``test`` / ``all``; without ``ROOT/<split>/``
     folders the pool in ``ROOT/images`` is divided by ``fractions`` (val, test) with
-    ``seed``. ``grayscale=True`` reads images as one channel.
+    ``seed``. ``grayscale=True`` reads images as one channel. The one output channel is
+    named ``foreground`` (log column ``val_dice_foreground``).
     """
+
+    region_names = ("foreground",)
 
     def __init__(self, root: str | Path, split: str = "train",
                  image_size: tuple[int, int] | None = None, require_masks: bool = True,
