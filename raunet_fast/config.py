@@ -129,6 +129,14 @@ class RunConfig:
     command: ClassVar[str] = ""
     #: fields that hold paths (stored as str, so a config is JSON)
     path_fields: ClassVar[tuple[str, ...]] = ()
+    #: keys a run adds to its written config (not options): skipped when it is read back
+    record_keys: ClassVar[tuple[str, ...]] = ()
+
+    _: dataclasses.KW_ONLY
+    threads: int | None = option(
+        None, "torch CPU threads of this process (default: torch's: all cores, or "
+              "OMP_NUM_THREADS); train's DataLoader worker processes run 1 thread each",
+        parse=int, metavar="N")
 
     # how input files are read: the same options, and rules, for every command
     convert_channels: bool = option(
@@ -160,6 +168,7 @@ class RunConfig:
 
     def check(self) -> None:
         """Ranges and combinations (subclasses call this first)."""
+        check_at_least("threads", self.threads, 1)
         check_at_least("max_image_pixels", self.max_image_pixels, 1)
 
     def apply_reading_options(self) -> None:
@@ -179,6 +188,7 @@ class RunConfig:
         """Build from plain values (a config file, flags): unknown keys are an error, lists
         become tuples, paths strings."""
         names = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k not in cls.record_keys}
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ValueError(f"{where}: unknown {cls.command} option(s) {', '.join(unknown)}; "
@@ -312,6 +322,7 @@ class TrainConfig(RunConfig):
 
     command: ClassVar[str] = "train"
     path_fields: ClassVar[tuple[str, ...]] = ("data_root", "out", "cache_dir")
+    record_keys: ClassVar[tuple[str, ...]] = ("resumes",)  # run.json: each --resume
 
     data_root: str | None = option(None, "folder holding the data set", required=True,
                                    parse=str)

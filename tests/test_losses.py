@@ -116,3 +116,83 @@ def test_bad_targets():
         DiceFocalLoss("softmax")(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 3))
     with pytest.raises(ValueError, match="mode"):
         DiceFocalLoss("tanh")
+
+
+def ref_focal(logits, target, mode, alpha, gamma):
+    """Focal loss pixel by pixel in float64: -alpha_t (1 - p_t)^gamma log p_t, averaged."""
+    x = logits.double()
+    if mode == "sigmoid":
+        p = 1 / (1 + torch.exp(-x))
+        t = target.double()
+        p_t = torch.where(t > 0.5, p, 1 - p)
+        a_t = torch.ones_like(p) if alpha is None else torch.where(t > 0.5, alpha, 1 - alpha)
+    else:
+        e = torch.exp(x - x.max(1, keepdim=True).values)
+        p = e / e.sum(1, keepdim=True)
+        p_t = p.gather(1, target[:, None])[:, 0]
+        if alpha is None:
+            a_t = torch.ones_like(p_t)
+        elif isinstance(alpha, float):
+            a_t = torch.full_like(p_t, alpha)
+        else:
+            a_t = torch.tensor(alpha, dtype=torch.float64)[target]
+    return (-a_t * (1 - p_t) ** gamma * torch.log(p_t)).mean()
+
+
+def test_focal_by_hand():
+    # two classes, logits (0, ln 3): p = (1/4, 3/4); the pixel's class is 1, so p_t = 3/4
+    logits = torch.tensor([0.0, float(torch.log(torch.tensor(3.0)))]).view(1, 2, 1, 1)
+    target = torch.ones(1, 1, 1, dtype=torch.long)
+    by_hand = -0.25 * (1 - 0.75) ** 2 * torch.log(torch.tensor(0.75, dtype=torch.float64))
+    for alpha in (0.25, [0.9, 0.25]):  # a number for all classes; one weight per class
+        fn = DiceFocalLoss("softmax", 0.0, 1.0, alpha=alpha, gamma=2.0)
+        assert fn(logits, target).item() == pytest.approx(by_hand.item(), rel=1e-6), alpha
+    # sigmoid: logit ln 3 gives p = 3/4; a positive pixel is weighted alpha, a negative 1 - alpha
+    x = torch.full((1, 1, 1, 1), float(torch.log(torch.tensor(3.0))))
+    fn = DiceFocalLoss("sigmoid", 0.0, 1.0, alpha=0.25, gamma=2.0)
+    assert fn(x, torch.ones_like(x)).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    neg = -0.75 * 0.75 ** 2 * torch.log(torch.tensor(0.25, dtype=torch.float64))
+    assert fn(x, torch.zeros_like(x)).item() == pytest.approx(neg.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode, alpha, gamma", [
+    ("softmax", 0.25, 2.0), ("softmax", 3.0, 1.5), ("softmax", [0.1, 1.0, 2.0, 0.5], 2.0),
+    ("softmax", None, 2.0), ("sigmoid", 0.25, 2.0), ("sigmoid", 0.8, 0.5),
+    ("sigmoid", None, 2.0)])
+def test_focal_alpha_matches_reference(mode, alpha, gamma):
+    logits = torch.randn(2, 4, 7, 6) * 3
+    if mode == "softmax":
+        target = torch.randint(0, 4, (2, 7, 6))
+    else:
+        target = (torch.rand(2, 4, 7, 6) > 0.6).float()
+    got = DiceFocalLoss(mode, 0.0, 1.0, alpha=alpha, gamma=gamma)(logits, target)
+    ref = ref_focal(logits, target, mode, alpha, gamma)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-7)
+
+
+def test_batch_dice_by_hand():
+    # logits 0: every probability 1/2; sample A is all foreground, sample B all background
+    logits = torch.zeros(2, 1, 1, 2)
+    target = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(2, 1, 1, 2)
+    # per sample (smooth 1): A (2*1 + 1) / (1 + 2 + 1) = 3/4, B (0 + 1) / (1 + 0 + 1) = 1/2
+    per_sample = DiceFocalLoss("sigmoid", 1.0, 0.0, smooth=1.0, batch_dice=False)
+    assert per_sample(logits, target).item() == pytest.approx(1 - (0.75 + 0.5) / 2, rel=1e-6)
+    # over the batch: (2*1 + 1) / (2 + 2 + 1) = 3/5
+    batch = DiceFocalLoss("sigmoid", 1.0, 0.0, smooth=1.0, batch_dice=True)
+    assert batch(logits, target).item() == pytest.approx(1 - 0.6, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sigmoid", "softmax"])
+def test_per_sample_dice_matches_reference(mode):
+    logits = torch.randn(3, 3, 5, 4) * 2
+    if mode == "sigmoid":
+        target = (torch.rand(3, 3, 5, 4) > 0.5).float()
+        p, t = torch.sigmoid(logits.double()), target.double()
+    else:
+        target = torch.randint(0, 3, (3, 5, 4))
+        p = torch.softmax(logits.double(), 1)[:, 1:]
+        t = F.one_hot(target, 3).permute(0, 3, 1, 2).double()[:, 1:]
+    scores = [(2 * (p[n, c] * t[n, c]).sum() + 1) / (p[n, c].sum() + t[n, c].sum() + 1)
+              for n in range(p.shape[0]) for c in range(p.shape[1])]
+    got = DiceFocalLoss(mode, 1.0, 0.0, batch_dice=False)(logits, target)
+    assert got.item() == pytest.approx(1 - torch.stack(scores).mean().item(), rel=1e-5)

@@ -411,6 +411,11 @@ def test_early_stopping_and_folder_dataset(tmp_path, capsys):
             "--patience", "2", *TINY, "--norm", "instance", "--lr", "1e-20", "--no-augment"]
     assert cli.main(args) == 0
     assert [r["epoch"] for r in read_csv(run / "log.csv")] == ["1", "2", "3"]
+    # a generic folder's one channel has a neutral name (ISIC's is "lesion")
+    assert "val_dice_foreground" in read_csv(run / "log.csv")[0]
+    assert "val_dice_lesion" not in read_csv(run / "log.csv")[0]
+    prep = json.loads((run / "best" / "preprocessing.json").read_text())
+    assert prep["regions"] == ["foreground"]
     state = load_training_state(run / "last")
     assert state["stopped_early"] and state["best_epoch"] == 1
     assert "early stopping" in capsys.readouterr().out

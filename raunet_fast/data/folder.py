@@ -41,8 +41,11 @@ class ImageMaskFolder(SegmentationFolder2D):
     folders the pool in ``ROOT/images`` is divided by ``fractions`` (val, test) with
     ``seed``. ``channels``: 1 (grayscale) or 3 (RGB); None detects it from the first
     image (``grayscale=True`` is ``channels=1``). Every image must have that many channels
-    unless ``convert_channels``.
+    unless ``convert_channels``. The one output channel is named ``foreground`` (log column
+    ``val_dice_foreground``).
     """
+
+    region_names = ("foreground",)
 
     def __init__(self, root: str | Path, split: str = "train",
                  image_size: tuple[int, int] | None = None, require_masks: bool = True,

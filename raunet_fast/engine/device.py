@@ -1,4 +1,5 @@
-"""Devices and precision for the engine: ``--device`` and ``--amp`` resolved once."""
+"""Devices, threads and precision for the engine: ``--device``, ``--threads`` and ``--amp``
+resolved once where a command starts."""
 from __future__ import annotations
 
 import contextlib
@@ -14,6 +15,14 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError("--device cuda was asked for but torch sees no CUDA device "
                          f"(torch {torch.__version__}); use --device cpu")
     return torch.device(name)
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads N``: torch's CPU threads in this process (None: torch's default, all
+    cores or ``OMP_NUM_THREADS``). DataLoader worker processes run one thread each (torch
+    sets that in every worker)."""
+    if n is not None:
+        torch.set_num_threads(n)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -30,7 +30,7 @@ from ..io.nifti import write_labels
 from ..io.tables import write_csv
 from ..io.outputs import check_out
 from ..metrics import BRATS_EMPTY_DISTANCE, ISIC_JACCARD_THRESHOLD, all_metrics, diagonal
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, resolve_device, set_threads
 from .predictor import (Predictor, check_channels, default_window, load_ensemble,
                         missing_size_error, resolve_image_size)
 
@@ -62,6 +62,7 @@ class Evaluator:
         cannot be fused is refused before any output folder is made)."""
         cfg, ck = self.cfg, self.checkpoint
         cfg.apply_reading_options()
+        set_threads(cfg.threads)
         if self.model is None:
             check_checkpoint_folder(ck)
         prep = read_preprocessing(ck)

@@ -39,7 +39,7 @@ from ..config import PredictConfig, check_threshold, fit_size, write_config
 from ..io.checkpoints import check_checkpoint_folder, read_preprocessing
 from ..io.images import MASK_SUFFIX, PROB_SUFFIX, check_image, list_images, png_bytes
 from ..io.outputs import check_out
-from .device import resolve_device
+from .device import resolve_device, set_threads
 from .predictor import (Predictor, default_window, load_ensemble, missing_size_error,
                         resize_logits, resolve_image_size)
 
@@ -129,6 +129,7 @@ class PredictionRun:
 
         cfg = self.cfg
         cfg.apply_reading_options()
+        set_threads(cfg.threads)
         check_checkpoint_folder(self.checkpoint)
         if not self.input.exists():
             raise FileNotFoundError(f"--input {self.input} does not exist")

@@ -5,9 +5,14 @@ elastic deformation, dropout, early stopping on validation Dice.
 
 A run directory holds::
 
-    RUN_DIR/run.json          the resolved training configuration
+    RUN_DIR/run.json          the resolved training configuration, as first started, and
+                              ``resumes``: per resume its time, the epoch it continued from
+                              and the options changed ({option: [first, now]})
     RUN_DIR/log.csv, log.json one row per finished epoch (also kept in the training state,
-                              so a resumed run rewrites them consistently)
+                              so a resumed run rewrites them consistently); ``val_dice`` and
+                              ``val_dice_<region>`` are scored on the validation images as
+                              the network sees them (resized to --image-size, or tiles of
+                              --patch), not at native size like ``evaluate``
     RUN_DIR/result.json       best epoch and validation Dice, whether it stopped early
     RUN_DIR/last/             weights after the latest epoch (from_pretrained loads it)
         training_state.pt     optimizer, scheduler, scaler, epoch, early-stopping and RNG state
@@ -18,7 +23,11 @@ A run directory holds::
 Checkpoints are written to a temporary folder and swapped in with renames, so a crash or
 ``kill -9`` at any moment leaves a complete ``last/`` (the old one or the new one);
 ``--resume`` continues from it, with the same data order and augmentation it would have
-had without the interruption (both are seeded per epoch).
+had without the interruption (both are seeded per epoch). A run that ended no epoch
+(``run.json`` only) starts over under ``--resume``, after the same check of the options
+against ``run.json``. Every start removes the leftovers of interrupted writes
+(``.last.tmp``, ``.best.old``, ``.log.csv.*.tmp``, ...). A full disk stops the run with a
+one-line error naming the file; the last complete checkpoint stays.
 
 Each step of a run is a method (:meth:`Trainer.setup`, :meth:`~Trainer.train_epoch`,
 :meth:`~Trainer.validate`, :meth:`~Trainer.on_epoch_end`, :meth:`~Trainer.save`): a subclass
@@ -26,8 +35,10 @@ overrides the one it needs.
 """
 from __future__ import annotations
 
+import errno
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +48,9 @@ from ..config import TrainConfig
 from ..hub import atomic_write_json
 from ..io.checkpoints import recover_checkpoint, write_checkpoint
 from ..io.tables import write_csv
-from .device import autocast, autocast_dtype, resolve_device
-from .resume import check_same_run, resume_point
+from .device import autocast, autocast_dtype, resolve_device, set_threads
+from .resume import (check_same_run, holds_finished_epoch, record_resume, remove_temporaries,
+                     resume_point)
 from .training import build_datasets, patch_context, preprocessing_info, validate
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "best", "epoch_time_s"]
@@ -48,6 +60,20 @@ def say(msg: str, progress: bool) -> None:
     from tqdm import tqdm
 
     tqdm.write(msg, file=sys.stderr if progress else sys.stdout)
+
+
+@contextmanager
+def writing(path: Path):
+    """A full disk (ENOSPC) inside the block becomes a one-line OSError naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        err = OSError(f"no space left on the device while writing {path}; the last complete "
+                      f"checkpoint is kept: free some space, then rerun with --resume")
+        err.errno = errno.ENOSPC
+        raise err from e
 
 
 class Trainer:
@@ -65,6 +91,7 @@ class Trainer:
         """Device, run folder (fresh or resumed), data, model, optimisation."""
         cfg = self.cfg
         cfg.apply_reading_options()
+        set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         last, state = self.prepare_run_folder()
@@ -74,6 +101,9 @@ class Trainer:
         self.build_optimization()
         if state is not None:
             self.restore(state)
+            self.write_log()
+            with writing(self.run_dir / "run.json"):
+                record_resume(self.run_dir, cfg, self.start_epoch)
         from ..data import Augment
         from ..losses import DiceFocalLoss
 
@@ -88,20 +118,32 @@ class Trainer:
         run, cfg = self.run_dir, self.cfg
         if run.exists() and not run.is_dir():
             raise ValueError(f"--out {run} is a file, not a folder; choose another --out")
-        last, state = None, None
         if cfg.resume:
-            last, state = resume_point(run)
-            if last is None:
-                say(f"--resume: {run} is empty or missing; starting a new run", cfg.progress)
-            else:
-                check_same_run(run, cfg)
-                recover_checkpoint(run, "best")
-        elif any((run / n).exists() for n in ("last", ".last.tmp", "log.csv")):
+            last, state = self.resume_point()
+        elif holds_finished_epoch(run):
             raise ValueError(f"{run} already holds a training run; pass --resume to continue "
                              f"it, or choose another --out")
+        else:
+            last, state = None, None
         run.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(run)
         if last is None:
-            atomic_write_json(run / "run.json", cfg.to_dict())
+            with writing(run / "run.json"):
+                atomic_write_json(run / "run.json", cfg.to_dict())
+        return last, state
+
+    def resume_point(self):
+        """``--resume``: the checkpoint and state to continue from, after the check of the
+        options against ``run.json``; (None, None): the run starts (over)."""
+        run, cfg = self.run_dir, self.cfg
+        last, state = resume_point(run)
+        check_same_run(run, cfg)
+        if last is not None:
+            recover_checkpoint(run, "best")
+        elif run.is_dir() and any(run.iterdir()):
+            say(f"--resume: {run} holds no finished epoch; starting it over", cfg.progress)
+        else:
+            say(f"--resume: {run} is empty or missing; starting a new run", cfg.progress)
         return last, state
 
     def build_data(self) -> None:
@@ -298,13 +340,22 @@ class Trainer:
         info = {"epoch": epoch, "val_dice": val["val_dice"], "best_epoch": self.best_epoch,
                 "best_val_dice": self.best_dice}
         if improved:
-            write_checkpoint(run, "best", self.model, info, self.prep)
-        write_checkpoint(run, "last", self.model, info, self.prep,
-                         self.training_state(epoch, row))
+            with writing(run / "best"):
+                write_checkpoint(run, "best", self.model, info, self.prep)
+        with writing(run / "last"):
+            write_checkpoint(run, "last", self.model, info, self.prep,
+                             self.training_state(epoch, row))
         self.rows.append(row)
+        self.write_log()
+
+    def write_log(self) -> None:
+        """``log.csv`` and ``log.json`` from the rows of the finished epochs."""
+        run = self.run_dir
         fields = LOG_FIELDS + [f"val_dice_{r}" for r in self.train_ds.region_names]
-        write_csv(run / "log.csv", self.rows, fields)
-        atomic_write_json(run / "log.json", self.rows)
+        with writing(run / "log.csv"):
+            write_csv(run / "log.csv", self.rows, fields)
+        with writing(run / "log.json"):
+            atomic_write_json(run / "log.json", self.rows)
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
@@ -323,7 +374,8 @@ class Trainer:
                   "best_epoch": self.best_epoch, "best_val_dice": self.best_dice,
                   "stopped_early": self.stopped, "best": str(run / "best"),
                   "last": str(run / "last")}
-        atomic_write_json(run / "result.json", result)
+        with writing(run / "result.json"):
+            atomic_write_json(run / "result.json", result)
         return result
 
 

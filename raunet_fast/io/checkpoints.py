@@ -35,15 +35,11 @@ def write_checkpoint(run: Path, name: str, model, info: dict[str, Any],
     final, tmp, old = run / name, run / f".{name}.tmp", run / f".{name}.old"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    atomic_write_json(tmp / PREPROCESSING_NAME, preprocessing)
-    sha = sha256(tmp / WEIGHTS_NAME)
-    if state is not None:
-        buf = io.BytesIO()
-        torch.save(dict(state, weights_sha256=sha), buf)
-        atomic_write_bytes(tmp / STATE_NAME, buf.getvalue())
-    atomic_write_json(tmp / CHECKPOINT_NAME, dict(info, weights_sha256=sha))  # completeness marker
-    fsync_dir(tmp)
+    try:
+        _fill_checkpoint(tmp, model, info, preprocessing, state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+        raise
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -53,6 +49,19 @@ def write_checkpoint(run: Path, name: str, model, info: dict[str, Any],
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+def _fill_checkpoint(tmp: Path, model, info: dict[str, Any], preprocessing: dict[str, Any],
+                     state: dict[str, Any] | None) -> None:
+    model.save_pretrained(tmp)
+    atomic_write_json(tmp / PREPROCESSING_NAME, preprocessing)
+    sha = sha256(tmp / WEIGHTS_NAME)
+    if state is not None:
+        buf = io.BytesIO()
+        torch.save(dict(state, weights_sha256=sha), buf)
+        atomic_write_bytes(tmp / STATE_NAME, buf.getvalue())
+    atomic_write_json(tmp / CHECKPOINT_NAME, dict(info, weights_sha256=sha))  # completeness marker
+    fsync_dir(tmp)
 
 
 def fsync_dir(path: Path) -> None:
