@@ -532,8 +532,13 @@ class PredictConfig(InferenceConfig):
     """``raunet-fast predict``: masks for new data (no ground truth)."""
 
     command: ClassVar[str] = "predict"
-    path_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "out", "ensemble", "input")
+    path_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "out", "ensemble", "input", "onnx")
 
+    checkpoint: str | None = option(None, "checkpoint folder, e.g. RUN_DIR/best (or --onnx)",
+                                    parse=str)
+    onnx: str | None = option(
+        None, "run this .onnx file (raunet-fast export --format onnx) with ONNX Runtime "
+              "instead of a checkpoint (the onnx extra)", parse=str, metavar="FILE")
     input: str | None = option(None, "an image, a folder of images, a BraTS case folder or "
                                      "a folder of them", required=True, parse=str)
     probabilities: bool = option(False, "2-D: also write the foreground probability as "
@@ -555,6 +560,13 @@ class PredictConfig(InferenceConfig):
     def check(self) -> None:
         super().check()
         check_at_least("num_workers", self.num_workers, 0)
+        if (self.checkpoint is None) == (self.onnx is None):
+            raise ValueError("predict: pass --checkpoint (a checkpoint folder) or --onnx (an "
+                             "exported .onnx file), one of the two")
+        if self.onnx is not None and (self.fused or self.ensemble or
+                                      self.dtype not in (None, "fp32") or self.device == "cuda"):
+            raise ValueError("--onnx runs the exported file as it is, in fp32 on the CPU: "
+                             "--fused, --ensemble, --dtype and --device cuda do not apply")
         if self.skip_existing and self.overwrite:
             raise ValueError("--skip-existing keeps the outputs in --out, --overwrite replaces "
                              "them: pass one of the two")

@@ -48,12 +48,7 @@ def export_model(model: torch.nn.Module, size: tuple[int, int] = (512, 512), bat
     """
     h, w = size
     mult = int(getattr(model, "size_multiple", 1))
-    if batch < 1 or h < 1 or w < 1:
-        raise ValueError(f"batch and size must be >= 1, got batch={batch}, size={size}")
-    if dynamic and (h % mult or w % mult or min(h, w) < 2 * mult):
-        raise ValueError(f"with dynamic shapes the example size must be a multiple of the "
-                         f"model's size_multiple {mult} (the network halves H and W "
-                         f"{mult.bit_length() - 1} times), at least {2 * mult}, got {h}x{w}")
+    check_example_size(size, batch, mult, dynamic)
     device = torch.device(device)
     model = copy.deepcopy(model).eval().to(device)
     if fused:
@@ -75,6 +70,18 @@ def export_model(model: torch.nn.Module, size: tuple[int, int] = (512, 512), bat
                         3: mult * d("w_blocks", min=2, max=65536 // mult)}}
     with torch.no_grad():
         return torch.export.export(module, (x,), dynamic_shapes=shapes)
+
+
+def check_example_size(size: tuple[int, int], batch: int, mult: int, dynamic: bool) -> None:
+    """The example shape of an export: sizes >= 1; with dynamic shapes multiples of the
+    model's size multiple ``mult``, at least twice it."""
+    h, w = size
+    if batch < 1 or h < 1 or w < 1:
+        raise ValueError(f"batch and size must be >= 1, got batch={batch}, size={size}")
+    if dynamic and (h % mult or w % mult or min(h, w) < 2 * mult):
+        raise ValueError(f"with dynamic shapes the example size must be a multiple of the "
+                         f"model's size_multiple {mult} (the network halves H and W "
+                         f"{mult.bit_length() - 1} times), at least {2 * mult}, got {h}x{w}")
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
@@ -103,40 +110,71 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Pat
 def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.device import resolve_device
     from .hub import from_pretrained
-    from .inference import inference_dtype
     from .io.checkpoints import check_checkpoint_folder
 
     check_checkpoint_folder(args.checkpoint)
-    if args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give the .pt2 file to write")
-    if args.out.exists() and not args.overwrite:
-        raise ValueError(f"--out {args.out} exists; pass --overwrite to replace it")
-    if args.dtype is not None and not args.fused and args.dtype != "fp32":
-        raise ValueError("--dtype bf16/fp16 is for --fused; the reference model is exported "
-                         "in fp32")
+    _check_export_args(args)
     device = resolve_device(args.device)
     model = from_pretrained(args.checkpoint, map_location=device).eval()
-    size = args.size
-    if size is None:  # the training size, rounded up to what a dynamic program needs
-        from .io.checkpoints import read_preprocessing
+    size = args.size or _default_size(args, model)
+    if args.format == "onnx":
+        return _write_onnx(args, model, size)
+    from .inference import inference_dtype
 
-        prep = read_preprocessing(args.checkpoint)
-        stored = prep.get("image_size") or prep.get("patch")  # patch-trained: its windows
-        size = tuple(stored) if stored else (512, 512)
-        if not args.static:
-            m = model.size_multiple
-            size = tuple(max(2 * m, -(-int(v) // m) * m) for v in size)
     dtype = inference_dtype(args.dtype, device) if args.fused else None
     program = export_model(model, size=size, batch=args.batch, dynamic=not args.static,
                            fused=args.fused, dtype=dtype, device=device)
     save_program(program, args.out)
-    mult = model.size_multiple
-    shape = (f"{args.batch} x {model.in_channels} x {size[0]} x {size[1]}" if args.static else
-             f"N x {model.in_channels} x H x W, H and W multiples of {mult} from {2 * mult}")
     kind = "fused" if args.fused else "reference"
-    print(f"export: wrote {args.out} ({kind} model, {shape}, {device.type}); load with "
-          f"torch.export.load('{args.out}').module()"
+    print(f"export: wrote {args.out} ({kind} model, {_shape_text(args, model, size)}, "
+          f"{device.type}); load with torch.export.load('{args.out}').module()"
           + ("  (after `import raunet_fast.ops`, which registers its ops)" if args.fused else ""))
+    return 0
+
+
+def _check_export_args(args: argparse.Namespace) -> None:
+    suffix = ".onnx" if args.format == "onnx" else ".pt2"
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the {suffix} file to write")
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out} exists; pass --overwrite to replace it")
+    if args.dtype is not None and args.dtype != "fp32" and (args.format == "onnx" or not args.fused):
+        raise ValueError(f"--dtype {args.dtype} is for --fused .pt2 programs; the reference "
+                         f"model and ONNX files are exported in fp32")
+    if args.format == "onnx" and args.device == "cuda":
+        raise ValueError("ONNX files are traced on the CPU (they run anywhere); drop --device")
+
+
+def _default_size(args: argparse.Namespace, model) -> tuple[int, int]:
+    """The training size, rounded up to what a dynamic program needs."""
+    from .io.checkpoints import read_preprocessing
+
+    prep = read_preprocessing(args.checkpoint)
+    stored = prep.get("image_size") or prep.get("patch")  # patch-trained: its windows
+    size = tuple(stored) if stored else (512, 512)
+    if not args.static:
+        m = model.size_multiple
+        size = tuple(max(2 * m, -(-int(v) // m) * m) for v in size)
+    return size
+
+
+def _shape_text(args: argparse.Namespace, model, size) -> str:
+    mult = model.size_multiple
+    if args.static:
+        return f"{args.batch} x {model.in_channels} x {size[0]} x {size[1]}"
+    return f"N x {model.in_channels} x H x W, H and W multiples of {mult} from {2 * mult}"
+
+
+def _write_onnx(args: argparse.Namespace, model, size) -> int:
+    from .io.checkpoints import read_preprocessing
+    from .onnx_export import OPSET, export_onnx
+
+    export_onnx(model.cpu(), args.out, size=size, batch=args.batch, dynamic=not args.static,
+                folded=args.fused, preprocessing=read_preprocessing(args.checkpoint))
+    kind = "BatchNorm-folded" if args.fused else "reference"
+    print(f"export: wrote {args.out} ({kind} model, ONNX opset {OPSET}, "
+          f"{_shape_text(args, model, size)}, fp32); run it with `raunet-fast predict --onnx "
+          f"{args.out}` or onnxruntime.InferenceSession")
     return 0
 
 
@@ -150,7 +188,11 @@ def add_cli(sub) -> None:
                                    "unless --static; the reference "
                                    "model in fp32, or with --fused the fused inference model.")
     p.add_argument("--checkpoint", required=True, type=Path, help="e.g. RUN_DIR/best")
-    p.add_argument("--out", required=True, type=Path, help="the .pt2 file to write")
+    p.add_argument("--out", required=True, type=Path, help="the .pt2 (or .onnx) file to write")
+    p.add_argument("--format", default="pt2", choices=["pt2", "onnx"],
+                   help="pt2: a torch.export program; onnx: an ONNX file for ONNX Runtime "
+                        "(the onnx extra; --fused then exports the BatchNorm-folded model in "
+                        "standard ops) (default: pt2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--size", type=parse_size, default=None, metavar="S|HxW",
                    help="example input size (the fixed size with --static; default: the "

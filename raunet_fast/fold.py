@@ -105,3 +105,22 @@ def carry_input_through(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     w2c[:, cmid:cmid + cin, 1, 1] = wsd
     w2c[:, cmid + cin:cmid + 2 * cin, 1, 1] = -wsd
     return w1c, b1c, w2c
+
+
+def folded_copy(model: nn.Module) -> nn.Module:
+    """A copy of eval-mode ``model`` with every BatchNorm folded into the conv before it (the
+    conv gets the folded weight and a bias, the norm becomes the identity): the same
+    function in standard ops only, for exporters (ONNX) that do not know the fused ops."""
+    import copy
+
+    if model.training:
+        raise ValueError("fold BatchNorm only in eval mode (call model.eval() first)")
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        if isinstance(m, ConvNormAct) and not isinstance(m.norm, nn.Identity):
+            w, b = fold_conv_norm_act(m)
+            conv = m.conv
+            conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
+            conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=False)
+            m.norm = nn.Identity()
+    return out

@@ -65,12 +65,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean a mistake in the input, printed as one line by :func:`main`.
 
     ValueError (bad values, corrupt files), OSError (missing files, a file where a folder is
-    needed, permissions, ...) and the TypeErrors the package raises on purpose for wrong
-    input types (:class:`~raunet_fast.errors.InputTypeError`). Any other TypeError is a bug
+    needed, permissions, ...), the TypeErrors the package raises on purpose for wrong
+    input types (:class:`~raunet_fast.errors.InputTypeError`) and missing optional
+    dependencies (:class:`~raunet_fast.errors.MissingExtra`). Any other TypeError is a bug
     and shows its traceback."""
-    from ..errors import InputTypeError
+    from ..errors import InputTypeError, MissingExtra
 
-    return (ValueError, OSError, InputTypeError)
+    return (ValueError, OSError, InputTypeError, MissingExtra)
 
 
 def debug_enabled() -> bool:

@@ -117,23 +117,22 @@ class PredictionRun:
 
     def __init__(self, cfg: PredictConfig):
         self.cfg = cfg.validate()
-        self.checkpoint, self.input, self.out = (Path(cfg.checkpoint), Path(cfg.input),
-                                                 Path(cfg.out))
+        self.checkpoint, self.input, self.out = (Path(cfg.checkpoint or cfg.onnx),
+                                                 Path(cfg.input), Path(cfg.out))
         self.workers = (min(4, os.cpu_count() or 1) if cfg.num_workers is None
                         else cfg.num_workers)
         self.errors: list[str] = []  # bad files skipped (skip_errors)
         self.skipped = 0  # images whose outputs existed (skip_existing)
 
     def setup(self) -> None:
-        from ..hub import from_pretrained
-
         cfg = self.cfg
         cfg.apply_reading_options()
         set_threads(cfg.threads)
-        check_checkpoint_folder(self.checkpoint)
+        self.device = resolve_device(cfg.device)
+        prep, self.model = self._load_model()
+        self.prep = prep
         if not self.input.exists():
             raise FileNotFoundError(f"--input {self.input} does not exist")
-        self.prep = prep = read_preprocessing(self.checkpoint)
         patch = prep.get("patch") if prep.get("dataset") in ("isic2018", "folder") else None
         self.window, self.overlap = default_window(cfg.window, cfg.overlap, cfg.image_size,
                                                    patch)
@@ -142,14 +141,30 @@ class PredictionRun:
         self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None
                                else cfg.threshold)
         check_threshold(self.threshold)
-        self.device = resolve_device(cfg.device)
         self.amp_dtype = self._autocast_dtype()
-        self.model = from_pretrained(self.checkpoint, map_location=self.device).eval()
         if cfg.window is not None:  # sizes given here (the checkpoint's are as trained)
             self.window = fit_size("--window", self.window, self.model.size_multiple)
         if cfg.image_size is not None:
             self.size = fit_size("--image-size", self.size, self.model.size_multiple)
         self.extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, self.model, self.device)
+
+    def _load_model(self):
+        """The preprocessing and the model: a checkpoint folder's, or an ONNX file's (its
+        preprocessing travels in its metadata; run by ONNX Runtime on the CPU)."""
+        from ..hub import from_pretrained
+
+        cfg = self.cfg
+        if cfg.onnx is None:
+            check_checkpoint_folder(self.checkpoint)
+            model = from_pretrained(self.checkpoint, map_location=self.device).eval()
+            return read_preprocessing(self.checkpoint), model
+        from ..onnx_export import OnnxModel
+
+        model = OnnxModel(cfg.onnx, threads=cfg.threads)
+        if not model.preprocessing:
+            raise ValueError(f"--onnx {cfg.onnx} carries no preprocessing metadata (export it "
+                             f"with raunet-fast export --format onnx from a checkpoint)")
+        return model.preprocessing, model
 
     def _autocast_dtype(self) -> torch.dtype | None:
         """Without ``--fused``, ``--dtype bf16 / fp16`` runs the reference under autocast."""
