@@ -25,6 +25,8 @@ NORMS = ("batch", "instance", "group")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16", "fp16")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
+#: --dtype choices: a precision, or auto (bf16 where the hardware has bf16 matrix units)
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 SPLITS = ("train", "val", "test")
 SCHEDULERS = ("plateau", "cosine", "none")
 
@@ -468,7 +470,8 @@ class InferenceConfig(RunConfig):
                                 "(build_inference_model; norm=batch models), the fast path; "
                                 "evaluate: --amp is rejected with it, use --dtype")
     dtype: str | None = option(None, "precision of the --fused model (default fp32 on CPU, "
-                                     "bf16 on CUDA)", choices=DTYPE_NAMES)
+                                     "bf16 on CUDA; auto: bf16 also on a CPU with AMX / "
+                                     "AVX512-BF16)", choices=DTYPE_CHOICES)
     progress: bool = option(True, "no progress bars", flag="--no-progress")
 
     def check(self) -> None:
@@ -548,8 +551,9 @@ class PredictConfig(InferenceConfig):
               "to 4; 0: none)", parse=int)
     dtype: str | None = option(
         None, "precision: of the --fused model (default fp32 on CPU, bf16 on CUDA); without "
-              "--fused bf16 / fp16 run the reference model under autocast (default fp32)",
-        choices=DTYPE_NAMES)
+              "--fused bf16 / fp16 run the reference model under autocast (default fp32); "
+              "auto (--fused): bf16 where the hardware has bf16 matrix units",
+        choices=DTYPE_CHOICES)
     skip_errors: bool = option(
         False, "2-D: go past images that cannot be read (each is listed at the end, and the "
                "exit code is 2)")

@@ -17,6 +17,7 @@ wrapped in ``torch.compile`` (the fused ops are opaque custom ops: no graph brea
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -179,8 +180,13 @@ def build_inference_model(model: SegmentationUNet, dtype: torch.dtype | str | No
     """
     if compile and cuda_graphs:
         raise ValueError("choose compile=True or cuda_graphs=True, not both")
+    device = next(model.parameters()).device
     if dtype is None or isinstance(dtype, str):
-        dtype = inference_dtype(dtype, next(model.parameters()).device)
+        dtype = inference_dtype(dtype, device, announce=dtype == "auto")
+    if device.type == "cpu":
+        from .runtime import tune_cpu_allocator_unless_disabled
+
+        tune_cpu_allocator_unless_disabled()
     fast = InferenceUNet(model, dtype=dtype, backend=backend, carry_input=carry_input).eval()
     if cuda_graphs:
         return CUDAGraphRunner(fast).eval()
@@ -191,11 +197,29 @@ def build_inference_model(model: SegmentationUNet, dtype: torch.dtype | str | No
 DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def inference_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
-    """The fused model's dtype for a command-line name: ``fp32`` / ``bf16`` / ``fp16``, or
-    ``None`` / ``"auto"``: fp32 on CPU (exact), bf16 on CUDA (fast, no overflow)."""
-    if name in (None, "auto"):
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+def inference_dtype(name: str | None, device: torch.device | str,
+                    announce: bool = False) -> torch.dtype:
+    """The fused model's dtype for a name: ``fp32`` / ``bf16`` / ``fp16``; ``None``: fp32 on
+    CPU (exact), bf16 on CUDA (fast, no overflow); ``"auto"``: bf16 on CUDA and on a CPU
+    with bf16 matrix hardware (AMX-BF16 or AVX512-BF16), fp32 on other CPUs. ``announce``:
+    say what ``"auto"`` picked (an :class:`InferenceDtypeNotice` warning)."""
+    device = torch.device(device)
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name == "auto":
+        from .runtime import cpu_has_fast_bf16, cpu_isa
+
+        fast = device.type == "cuda" or cpu_has_fast_bf16()
+        if announce:
+            where = "CUDA" if device.type == "cuda" else f"this CPU ({cpu_isa()})"
+            warnings.warn(f"dtype='auto' picked {'bf16' if fast else 'fp32'} on {where}"
+                          + (": about 1e-2 relative error, pass dtype=torch.float32 for exact "
+                             "results" if fast else ""), InferenceDtypeNotice, stacklevel=3)
+        return torch.bfloat16 if fast else torch.float32
     if name not in DTYPE_NAMES:
         raise ValueError(f"dtype must be auto, {', '.join(DTYPE_NAMES)}, got {name!r}")
     return DTYPE_NAMES[name]
+
+
+class InferenceDtypeNotice(UserWarning):
+    """What ``dtype="auto"`` picked for the fused model."""

@@ -171,6 +171,9 @@ class PredictionRun:
         dtype = self.cfg.dtype
         if self.cfg.fused or dtype in (None, "fp32"):
             return None
+        if dtype == "auto":
+            raise ValueError("--dtype auto chooses the precision of the --fused model; pass "
+                             "--fused, or a precision (bf16) for autocast")
         if dtype == "fp16" and self.device.type != "cuda":
             raise ValueError("--dtype fp16 for the reference model needs a CUDA device; on CPU "
                              "use --dtype bf16, fp32, or --fused")

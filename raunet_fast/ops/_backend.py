@@ -121,45 +121,57 @@ _ext_lock = threading.Lock()
 _ext_cache: dict[str, ModuleType | BackendUnavailable] = {}
 
 
-def load_extension(name: str, sources: list[str], cuda: bool) -> ModuleType:
-    """Build (once, cached on disk by torch) and import a ``csrc/`` extension.
+def load_extension(name: str, sources: list[str], cuda: bool, quiet: bool = False) -> ModuleType:
+    """Build (once per build key, see :mod:`raunet_fast.ops._build`) and import a ``csrc/``
+    extension.
 
     ``sources`` are file names inside :func:`csrc_dir`. ``cuda=False`` builds a CPU
-    extension with OpenMP. Honours ``MAX_JOBS`` and ``TORCH_EXTENSIONS_DIR`` (torch's own
-    variables). Raises :class:`BackendUnavailable` with the compiler error on failure,
-    and remembers the failure for this process.
+    extension with OpenMP. Honours ``MAX_JOBS``. Raises :class:`BackendUnavailable` with the
+    compiler error on failure, or when another process has been building it for longer
+    than the time limit, and remembers the failure for this process.
     """
     with _ext_lock:
         hit = _ext_cache.get(name)
         if isinstance(hit, BackendUnavailable):
             raise hit
-        if hit is not None:
-            return hit
-        try:
-            from torch.utils import cpp_extension
+        if hit is None:
+            try:
+                hit = _build_and_import(name, sources, cuda, quiet)
+            except BackendUnavailable as e:
+                hit = e
+            _ext_cache[name] = hit
+        if isinstance(hit, BackendUnavailable):
+            raise hit
+        return hit
 
-            if cuda and cpp_extension.CUDA_HOME is None:
-                raise BackendUnavailable(f"cannot build {name}: no CUDA toolkit (nvcc) found")
-            root = csrc_dir()
-            paths = [str(root / s) for s in sources]
-            openmp = ["-fopenmp"]
-            mod = cpp_extension.load(
-                name=name, sources=paths, extra_include_paths=[str(root)],
-                extra_cflags=["-O3", "-std=c++17", *openmp],
-                extra_ldflags=openmp,
-                extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] if cuda else None,
-                with_cuda=cuda, verbose=False)
-        except BackendUnavailable as e:
-            _ext_cache[name] = e
-            raise
-        except Exception as e:  # compiler errors come as RuntimeError / CalledProcessError
-            msg = str(e)
-            err = BackendUnavailable(f"building the {name} extension failed: "
-                                     f"{msg[-2000:] if len(msg) > 2000 else msg}")
-            _ext_cache[name] = err
-            raise err from e
-        _ext_cache[name] = mod
-        return mod
+
+def _build_and_import(name: str, sources: list[str], cuda: bool, quiet: bool) -> ModuleType:
+    from torch.utils import cpp_extension
+
+    from ..io.lock import LockHeld
+    from ._build import build_dir, build_guard, build_key
+
+    if cuda and cpp_extension.CUDA_HOME is None:
+        raise BackendUnavailable(f"cannot build {name}: no CUDA toolkit (nvcc) found")
+    root = csrc_dir()
+    paths = [root / s for s in sources]
+    cflags = ["-O3", "-std=c++17", "-fopenmp"]
+    cuda_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] if cuda else None
+    folder = build_dir(name, build_key(name, paths, cflags + (cuda_flags or []), cuda))
+    try:
+        with build_guard(folder, name, quiet):
+            return cpp_extension.load(
+                name=name, sources=[str(p) for p in paths], extra_include_paths=[str(root)],
+                extra_cflags=cflags, extra_ldflags=["-fopenmp"], extra_cuda_cflags=cuda_flags,
+                with_cuda=cuda, build_directory=str(folder), verbose=False)
+    except LockHeld as e:
+        raise BackendUnavailable(f"the {name} extension is being built by pid "
+                                 f"{e.owner.get('pid')} ({e.path}) for longer than the time "
+                                 f"limit (RAUNET_BUILD_TIMEOUT)") from e
+    except Exception as e:  # compiler errors come as RuntimeError / CalledProcessError
+        msg = str(e)
+        raise BackendUnavailable(f"building the {name} extension failed: "
+                                 f"{msg[-2000:] if len(msg) > 2000 else msg}") from e
 
 
 def warn_fallback(op: str, wanted: str, used: str, why: str) -> None:
