@@ -11,6 +11,10 @@ Times, on one device and in one process, the variants a user can choose between:
   fused+graphs+carry  with ``carry_input=True`` (CUDA only, ``carry=True``)
   fused+compile-<dt>  ``torch.compile`` around the fused model
   *-ro-<dt>           the two compiled variants with mode="reduce-overhead" (CUDA only)
+  compile+freezing-fp32, onnxruntime-fp32, fused-bf16
+                      CPU, fp32 runs: what a CPU user would pick instead (ONNX Runtime: the
+                      onnx extra), and the fused model in bf16 where the CPU has AMX /
+                      AVX512-BF16
 
 and reports ms per batch (median, end to end: the host's launch time counts), images/s,
 speed-up over eager-<dt> and over compile-<dt>, and the relative L2 error of each output
@@ -65,12 +69,15 @@ class Variants(dict):
 
 
 def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-             backend: str = "auto", compile: bool = True, carry: bool = False) -> Variants:
+             backend: str = "auto", compile: bool = True, carry: bool = False,
+             shape: tuple[int, ...] | None = None) -> Variants:
     """The variants of the module docstring, built from a copy of ``model`` (the caller's
     module is not moved or changed). ``torch.compile`` variants compile static graphs
     (``dynamic=False``); :func:`run` resets dynamo between shapes so each shape is compiled
     for itself. fp32 runs have no separate channels_last eager variant: ``compile-fp32``
-    compiles the fp32 reference model as the user runs it (NCHW)."""
+    compiles the fp32 reference model as the user runs it (NCHW). On the CPU in fp32 also
+    ``compile+freezing-fp32``, ``onnxruntime-fp32`` (a static export of ``shape``) and, where
+    bf16 runs in hardware, ``fused-bf16``."""
     import copy
 
     from .inference import build_inference_model
@@ -92,7 +99,47 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
         _add_graphed(out, fused, model, name, dtype, backend, carry)
     if compile:
         _add_compiled(out, "fused+compile", fused, name, device)
+    if device.type == "cpu" and dtype == torch.float32:
+        _add_cpu(out, model, backend, compile, shape)
     return out
+
+
+def _add_cpu(out: Variants, model, backend: str, compile: bool, shape) -> None:
+    """The CPU user's other choices: ``torch.compile`` with freezing (weights folded into
+    the graph as constants), ONNX Runtime on a static-shape export of ``shape`` (when the
+    onnx extra is installed) and, on a CPU with bf16 matrix units, the fused model in bf16."""
+    from .inference import build_inference_model
+    from .runtime import cpu_has_fast_bf16
+
+    if compile:
+        frozen = torch.compile(model, dynamic=False, options={"freezing": True})
+        out["compile+freezing-fp32"] = lambda x: frozen(x)
+    if shape is not None:
+        runner = _onnx_runner(model, shape)
+        if runner is not None:
+            out["onnxruntime-fp32"] = lambda x: runner(x)
+    if cpu_has_fast_bf16():
+        fused16 = build_inference_model(model, dtype=torch.bfloat16, backend=backend)
+        out["fused-bf16"] = lambda x: fused16(x)
+
+
+def _onnx_runner(model, shape):
+    """ONNX Runtime on a static export of ``model`` for ``shape`` (N, C, H, W); None when
+    the onnx extra is missing (the row is then left out, and the header says so)."""
+    import tempfile
+
+    from .errors import MissingExtra
+
+    try:
+        from .onnx_export import OnnxModel, export_onnx
+
+        folder = tempfile.mkdtemp(prefix="raunet-bench-onnx-")
+        path = export_onnx(model, Path(folder) / "model.onnx", size=tuple(shape[2:]),
+                           batch=shape[0], dynamic=False)
+        return OnnxModel(path)
+    except MissingExtra as e:
+        print(f"# onnxruntime-fp32 left out: {e}")
+        return None
 
 
 def _add_compiled(out: Variants, prefix: str, module, name: str, device: torch.device,
@@ -150,8 +197,8 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
         rows: list[BenchRow] = []
         for h, w in (((s, s) if isinstance(s, int) else tuple(s)) for s in sizes):
             for batch in batches:
-                fns = variants(model, device, dtype, backend, compile, carry)
                 x = torch.randn(batch, getattr(model, "in_channels", 3), h, w, device=device)
+                fns = variants(model, device, dtype, backend, compile, carry, tuple(x.shape))
                 rows += time_shape(model, fns, x, timer, env, label, print_fn)
                 del fns
                 gc.collect()
@@ -167,6 +214,10 @@ def print_header(env: Env, label: str, dtype_name: str, print_fn) -> None:
     tf32 = ""
     if env.device_type == "cuda":
         tf32 = "  fp32 convs: TF32" if torch.backends.cudnn.allow_tf32 else "  fp32 convs: exact"
+    else:
+        from .runtime import cpu_features, cpu_isa
+
+        tf32 = f"  ISA: {cpu_isa()} ({' '.join(sorted(cpu_features())) or 'flags unknown'})"
     print_fn(f"# {env.describe()}  {label}  {dtype_name}{tf32}")
     print_fn(f"{'size':>9} {'batch':>5} {'variant':<26} {'ms':>9} {'img/s':>8} "
              f"{'vs eager':>9} {'vs compile':>10} {'rel L2 err':>11}")

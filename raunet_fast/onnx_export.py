@@ -17,8 +17,10 @@ result, and splits batches for a static file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: tuple[int, int] 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(module, (x,), tmp, dynamo=True, opset_version=OPSET,
                               input_names=["image"], output_names=["logits"],
                               dynamic_shapes=_dynamic_shapes(mult) if dynamic else None,
@@ -79,6 +81,19 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: tuple[int, int] 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def _quiet_exporter():
+    """The exporter logs a warning per optional library it does not find (torchvision):
+    kept out of the user's output."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _set_metadata(proto, values: dict[str, Any]) -> None:
