@@ -15,6 +15,8 @@ Times, on one device and in one process, the variants a user can choose between:
                       CPU, fp32 runs: what a CPU user would pick instead (ONNX Runtime: the
                       onnx extra), and the fused model in bf16 where the CPU has AMX /
                       AVX512-BF16
+  int8-fp32in         CPU, fp32 runs, with the cpu-int8 extra: torchao int8 (PT2E,
+                      calibrated on noise: time it, do not judge its error)
 
 and reports ms per batch (median, end to end: the host's launch time counts), images/s,
 speed-up over eager-<dt> and over compile-<dt>, and the relative L2 error of each output
@@ -28,7 +30,9 @@ the one timing method of the package's benchmarks.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
+import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -78,8 +82,6 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
     compiles the fp32 reference model as the user runs it (NCHW). On the CPU in fp32 also
     ``compile+freezing-fp32``, ``onnxruntime-fp32`` (a static export of ``shape``) and, where
     bf16 runs in hardware, ``fused-bf16``."""
-    import copy
-
     from .inference import build_inference_model
 
     name = DTYPE_NAMES[dtype]
@@ -109,10 +111,10 @@ def _add_cpu(out: Variants, model, backend: str, compile: bool, shape) -> None:
     the graph as constants), ONNX Runtime on a static-shape export of ``shape`` (when the
     onnx extra is installed) and, on a CPU with bf16 matrix units, the fused model in bf16."""
     from .inference import build_inference_model
-    from .runtime import cpu_has_fast_bf16
+    from .runtime import compile_frozen, cpu_has_fast_bf16
 
     if compile:
-        frozen = torch.compile(model, dynamic=False, options={"freezing": True})
+        frozen = compile_frozen(model, dynamic=False)
         out["compile+freezing-fp32"] = lambda x: frozen(x)
     if shape is not None:
         runner = _onnx_runner(model, shape)
@@ -121,6 +123,23 @@ def _add_cpu(out: Variants, model, backend: str, compile: bool, shape) -> None:
     if cpu_has_fast_bf16():
         fused16 = build_inference_model(model, dtype=torch.bfloat16, backend=backend)
         out["fused-bf16"] = lambda x: fused16(x)
+    if shape is not None and importlib.util.find_spec("torchao") is not None:
+        int8 = _int8_runner(model, shape)
+        out["int8-fp32in"] = lambda x: int8(x)
+
+
+def _int8_runner(model, shape):
+    """The int8 model (torchao PT2E, lowered by torch.compile with freezing), calibrated on
+    4 batches of uniform noise: a speed measurement; its error column is that of a
+    badly calibrated model (``raunet-fast quantize`` calibrates on real images)."""
+    from .quantize import pad_to_multiple, quantize_model
+    from .runtime import compile_frozen
+
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.rand(*shape, generator=gen) for _ in range(4)]
+    example = pad_to_multiple(calib[0], int(model.size_multiple))
+    q = quantize_model(copy.deepcopy(model), calib, example.repeat(2, 1, 1, 1)[:2])
+    return compile_frozen(q)
 
 
 def _onnx_runner(model, shape):
@@ -311,7 +330,6 @@ def network_flops(model: torch.nn.Module, x: torch.Tensor) -> float | None:
 
 
 def copy_to(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    import copy
 
     return copy.deepcopy(model).eval().to(device)
 

@@ -25,7 +25,7 @@ import functools
 import os
 
 __all__ = ["tune_cpu_allocator", "tune_cpu_allocator_unless_disabled", "cpu_features",
-           "cpu_isa", "cpu_has_fast_bf16"]
+           "cpu_isa", "cpu_has_fast_bf16", "compile_frozen"]
 
 #: the CPU flags that matter here (Linux ``/proc/cpuinfo`` names)
 FEATURES = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
@@ -91,3 +91,21 @@ def cpu_has_fast_bf16(features: frozenset[str] | None = None) -> bool:
     """Whether bf16 matrix math runs in hardware here (AMX-BF16 or AVX512-BF16)."""
     f = cpu_features() if features is None else features
     return bool({"amx_bf16", "avx512_bf16"} & f)
+
+
+def compile_frozen(module, **kwargs):
+    """``torch.compile(module)`` with inductor's freezing (weights become graph constants:
+    the CPU convolutions, int8 ones included, are prepacked for oneDNN once). Freezing is
+    read from inductor's config while a shape compiles, on the first call with it, so the
+    returned callable sets it around every call (``options={"freezing": True}`` is not
+    enough for quantized graphs)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module, **kwargs)
+
+    def run(*args):
+        with inductor_config.patch(freezing=True), torch.no_grad():
+            return compiled(*args)
+
+    return run

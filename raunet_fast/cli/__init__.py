@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "raunet_fast.cli.demo",
     "raunet_fast.cli.benchmark",
     "raunet_fast.cli.export",
+    "raunet_fast.cli.quantize",
     "raunet_fast.cli.build_extensions",
 ]
 

@@ -31,7 +31,7 @@ from ..io.tables import write_csv
 from ..io.outputs import check_out
 from ..metrics import BRATS_EMPTY_DISTANCE, ISIC_JACCARD_THRESHOLD, all_metrics, diagonal
 from .device import autocast_dtype, resolve_device, set_threads
-from .predictor import (Predictor, check_channels, default_window, load_ensemble,
+from .predictor import (Predictor, check_channels, default_window, load_ensemble, load_model,
                         missing_size_error, resolve_image_size)
 
 METRICS = ("dice", "jaccard", "hd", "hd95")
@@ -81,13 +81,10 @@ class Evaluator:
         self.predictor = self._build_predictor(prep)
 
     def _build_predictor(self, prep: dict[str, Any]) -> Predictor:
-        from ..hub import from_pretrained
-
         cfg = self.cfg
         dev = resolve_device(cfg.device)
         amp_dtype = autocast_dtype(cfg.amp, dev)
-        model = self.model if self.model is not None else from_pretrained(self.checkpoint,
-                                                                          map_location=dev)
+        model = self.model if self.model is not None else load_model(self.checkpoint, dev)
         self.model = model = model.to(dev).eval()
         if cfg.window is not None:  # sizes given here (the checkpoint's are as trained)
             self.window = fit_size("--window", self.window, model.size_multiple)

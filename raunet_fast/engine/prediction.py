@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from ..config import PredictConfig, check_threshold, fit_size, write_config
-from ..io.checkpoints import check_checkpoint_folder, read_preprocessing
+from ..io.checkpoints import read_preprocessing
 from ..io.images import MASK_SUFFIX, PROB_SUFFIX, check_image, list_images, png_bytes
 from ..io.outputs import check_out
 from .device import resolve_device, set_threads
-from .predictor import (Predictor, default_window, load_ensemble, missing_size_error,
+from .predictor import (Predictor, default_window, load_ensemble, load_model, missing_size_error,
                         resize_logits, resolve_image_size)
 
 BRATS_SUFFIX = "_pred_seg.nii.gz"
@@ -149,15 +149,11 @@ class PredictionRun:
         self.extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, self.model, self.device)
 
     def _load_model(self):
-        """The preprocessing and the model: a checkpoint folder's, or an ONNX file's (its
-        preprocessing travels in its metadata; run by ONNX Runtime on the CPU)."""
-        from ..hub import from_pretrained
-
+        """The preprocessing and the model: a checkpoint folder's (fp32 or int8), or an ONNX
+        file's (its preprocessing travels in its metadata; run by ONNX Runtime on the CPU)."""
         cfg = self.cfg
         if cfg.onnx is None:
-            check_checkpoint_folder(self.checkpoint)
-            model = from_pretrained(self.checkpoint, map_location=self.device).eval()
-            return read_preprocessing(self.checkpoint), model
+            return read_preprocessing(self.checkpoint), load_model(self.checkpoint, self.device)
         from ..onnx_export import OnnxModel
 
         model = OnnxModel(cfg.onnx, threads=cfg.threads)

@@ -47,6 +47,21 @@ def load_ensemble(checkpoint: Path, extra, prep: dict[str, Any], model, device,
     return models
 
 
+def load_model(checkpoint: Path, device: torch.device):
+    """The model of a checkpoint folder: an fp32 one (``from_pretrained``, eval mode), or
+    an int8 one written by ``raunet-fast quantize`` (:class:`~raunet_fast.quantize.Int8Model`,
+    CPU only)."""
+    from ..hub import from_pretrained
+    from ..quantize import Int8Model, is_quantized
+
+    if is_quantized(checkpoint):
+        if device.type != "cpu":
+            raise ValueError(f"{checkpoint} is an int8 model for the CPU; pass --device cpu")
+        return Int8Model(checkpoint)
+    check_checkpoint_folder(checkpoint)
+    return from_pretrained(checkpoint, map_location=device).eval()
+
+
 def build_forward(model, device: torch.device, fused: bool, dtype: str | None,
                   tta: bool = False, ensemble=()):
     """``model`` itself, or with ``fused`` its folded, fused inference form
@@ -66,7 +81,10 @@ def build_forward(model, device: torch.device, fused: bool, dtype: str | None,
         fwd, name = build_forward(model, device, fused, dtype)
         return FlipTTA(fwd), f"{name} + flip TTA"
     if not fused:
-        return model, "reference"
+        return model, "int8" if type(model).__name__ == "Int8Model" else "reference"
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError("--fused builds the fused form of an fp32 checkpoint; this model "
+                         "is already compiled for deployment (int8 / ONNX): drop --fused")
     from ..inference import DTYPE_NAMES, build_inference_model, inference_dtype
 
     dt = inference_dtype(dtype, device)
