@@ -16,7 +16,7 @@ Times, on one device and in one process, the variants a user can choose between:
                       onnx extra), and the fused model in bf16 where the CPU has AMX /
                       AVX512-BF16
   int8-fp32in         CPU, fp32 runs, with the cpu-int8 extra: torchao int8 (PT2E,
-                      calibrated on noise: time it, do not judge its error)
+                      calibrated on the benchmark's noise input)
 
 and reports ms per batch (median, end to end: the host's launch time counts), images/s,
 speed-up over eager-<dt> and over compile-<dt>, and the relative L2 error of each output
@@ -130,13 +130,14 @@ def _add_cpu(out: Variants, model, backend: str, compile: bool, shape) -> None:
 
 def _int8_runner(model, shape):
     """The int8 model (torchao PT2E, lowered by torch.compile with freezing), calibrated on
-    4 batches of uniform noise: a speed measurement; its error column is that of a
-    badly calibrated model (``raunet-fast quantize`` calibrates on real images)."""
+    4 batches of the benchmark's own input distribution (Gaussian noise): a speed
+    measurement; ``raunet-fast quantize`` calibrates on real images and reports the Dice
+    change."""
     from .quantize import pad_to_multiple, quantize_model
     from .runtime import compile_frozen
 
     gen = torch.Generator().manual_seed(0)
-    calib = [torch.rand(*shape, generator=gen) for _ in range(4)]
+    calib = [torch.randn(*shape, generator=gen) for _ in range(4)]
     example = pad_to_multiple(calib[0], int(model.size_multiple))
     q = quantize_model(copy.deepcopy(model), calib, example.repeat(2, 1, 1, 1)[:2])
     return compile_frozen(q)
