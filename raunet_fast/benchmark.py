@@ -30,6 +30,7 @@ the one timing method of the package's benchmarks.
 from __future__ import annotations
 
 import argparse
+import json
 import copy
 import gc
 import importlib.util
@@ -123,7 +124,7 @@ def _add_cpu(out: Variants, model, backend: str, compile: bool, shape) -> None:
     if cpu_has_fast_bf16():
         fused16 = build_inference_model(model, dtype=torch.bfloat16, backend=backend)
         out["fused-bf16"] = lambda x: fused16(x)
-    if shape is not None and importlib.util.find_spec("torchao") is not None:
+    if compile and shape is not None and importlib.util.find_spec("torchao") is not None:
         int8 = _int8_runner(model, shape)
         out["int8-fp32in"] = lambda x: int8(x)
 
@@ -195,9 +196,10 @@ def _add_graphed(out: Variants, fused, model, name, dtype, backend, carry) -> No
 def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torch.device,
         backend: str = "auto", compile: bool = True, carry: bool = False, warmup: int = 5,
         iters: int = 20, out_csv: str | Path | None = None, label: str = "",
-        print_fn: Callable[[str], None] = print) -> list[BenchRow]:
+        print_fn: Callable[[str], None] = print, extra: dict | None = None) -> list[BenchRow]:
     """Time every variant at every (size, batch); print the table; append harness CSV rows
-    to ``out_csv``. ``sizes``: ints or (H, W) pairs. Returns the rows.
+    to ``out_csv``. ``sizes``: ints or (H, W) pairs; ``extra``: more name -> callable
+    variants (an int8 checkpoint). Returns the rows.
 
     Each variant is called 3 times before its timing (a CUDA-graph runner's eager warm-up
     calls and its capture stay out of it) and its error is taken after it (a graph replay
@@ -219,6 +221,7 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
             for batch in batches:
                 x = torch.randn(batch, getattr(model, "in_channels", 3), h, w, device=device)
                 fns = variants(model, device, dtype, backend, compile, carry, tuple(x.shape))
+                fns.update(extra or {})
                 rows += time_shape(model, fns, x, timer, env, label, print_fn)
                 del fns
                 gc.collect()
@@ -362,16 +365,27 @@ def check_args(args: argparse.Namespace, device: torch.device) -> str:
     return dtype_name
 
 
-def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
-    """The model to time and its label: a checkpoint's, or a fresh one."""
-    if args.checkpoint is not None:
-        from .hub import from_pretrained
-        from .io.checkpoints import check_checkpoint_folder
+def load_model(args: argparse.Namespace):
+    """The model to time, its label and extra variants: a checkpoint's model, or a fresh
+    one; an int8 folder (``raunet-fast quantize``) is timed next to the fp32 checkpoint it
+    was made from."""
+    if args.checkpoint is None:
+        model = demo_model(args.model, args.in_channels, args.out_channels, args.base_channels)
+        return model, f"{args.model} base {args.base_channels}", {}
+    from .hub import from_pretrained
+    from .io.checkpoints import check_checkpoint_folder
+    from .quantize import REPORT_NAME, Int8Model, is_quantized
 
-        check_checkpoint_folder(args.checkpoint)
-        return from_pretrained(args.checkpoint, map_location="cpu").eval(), f"{args.checkpoint}"
-    model = demo_model(args.model, args.in_channels, args.out_channels, args.base_channels)
-    return model, f"{args.model} base {args.base_channels}"
+    source, extra = Path(args.checkpoint), {}
+    if is_quantized(source):
+        extra = {"int8-checkpoint": Int8Model(source)}
+        report = source / REPORT_NAME
+        source = Path(json.loads(report.read_text()).get("source", "")) if report.is_file() else None
+        if source is None or not source.is_dir():
+            raise ValueError(f"{args.checkpoint} is an int8 model; its fp32 checkpoint (the "
+                             f"'source' in {REPORT_NAME}) is needed for the reference rows")
+    check_checkpoint_folder(source)
+    return from_pretrained(source, map_location="cpu").eval(), f"{args.checkpoint}", extra
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -379,10 +393,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     dtype_name = check_args(args, device)
-    model, label = load_model(args)
+    model, label, extra = load_model(args)
+    if extra and device.type != "cpu":
+        raise ValueError("an int8 checkpoint runs on the CPU; pass --device cpu")
     run(model, args.size, args.batch, DTYPES[dtype_name], device, backend=args.backend,
         compile=not args.no_compile, carry=args.carry, warmup=args.warmup, iters=args.iters,
-        out_csv=args.out, label=label)
+        out_csv=args.out, label=label, extra=extra)
     return 0
 
 

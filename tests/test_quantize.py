@@ -112,6 +112,11 @@ def test_quantize_cli_report_and_predict(trained, tmp_path, capsys):
     assert cli.main(["predict", "--checkpoint", str(out), "--out", str(tmp_path / "f"),
                      "--fused", *common]) == 2
     assert "drop --fused" in capsys.readouterr().err
+    # benchmark takes the int8 folder, timed next to its fp32 source
+    assert cli.main(["benchmark", "--checkpoint", str(out), "--size", str(SIZE), "--batch", "1",
+                     "--device", "cpu", "--warmup", "1", "--iters", "1", "--no-compile"]) == 0
+    table = capsys.readouterr().out
+    assert "int8-checkpoint" in table and "eager-fp32" in table and "FAILED" not in table
 
 
 def test_int8_model_refuses_wrong_input(trained, tmp_path):
