@@ -36,9 +36,11 @@ struct GateDims {
   int f;           // intermediate channels F
 };
 
-AG_HD float relu(float v) { return v > 0.f ? v : 0.f; }
+// Keeps NaN, like torch.relu (a `v > 0 ? v : 0` / fmaxf form would turn NaN into 0).
+AG_HD float relu(float v) { return v < 0.f ? 0.f : v; }
 
-// 1 / (1 + exp(-s)); exp(-s) = inf for very negative s gives exactly 0, never NaN.
+// 1 / (1 + exp(-s)); exp(-s) = inf for very negative s gives exactly 0, never NaN; a NaN
+// logit stays NaN (no clamp of s).
 AG_HD float sigmoid(float s) { return 1.f / (1.f + expf(-s)); }
 
 // acc[0..n) += v * w[0..n)   (one channel's contribution to a chunk of F accumulators)
@@ -47,6 +49,8 @@ AG_HD void axpy(float* __restrict__ acc, float v, const float* __restrict__ w, i
 }
 
 // Epilogue of one chunk of F: sum_j psi[j] * relu(acc[j] + bias[j]) over j in [0, n).
+// n counts real channels only: a padded channel's accumulator can hold 0 * inf = NaN (an
+// Inf input times its zero weight), which psi = 0 does not cancel.
 AG_HD float psi_dot_relu(const float* __restrict__ acc, const float* __restrict__ bias,
                          const float* __restrict__ psi, int n) {
   float s = 0.f;

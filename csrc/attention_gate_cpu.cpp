@@ -26,14 +26,15 @@ constexpr int kFPad = 32;  // F is padded to a multiple of every micro kernel's 
 
 // s[p] += sum_j psi[j] relu(acc[p][j] + bias[j]) for the kTile pixels of `in`
 // (kTile x K floats, rows past the last pixel are zeros), over the padded weight wt
-// (K x Fp floats) in chunks of kFB channels. Micro kernel: kPB pixels x kFB channels of
-// accumulators in registers (AVX2: 4 x 16 = 8 ymm; AVX-512: 6 x 32 = 12 zmm, 2 weight
-// loads and 6 broadcasts per 12 FMAs).
+// (K x Fp floats) in chunks of kFB channels; the epilogue reads the F real channels only.
+// Micro kernel: kPB pixels x kFB channels of accumulators in registers (AVX2: 4 x 16 =
+// 8 ymm; AVX-512: 6 x 32 = 12 zmm, 2 weight loads and 6 broadcasts per 12 FMAs).
 template <int kPB, int kFB>
 static inline __attribute__((always_inline)) void tile_logits_impl(
-    const float* __restrict__ in, int K, const float* __restrict__ wt, int Fp,
+    const float* __restrict__ in, int K, const float* __restrict__ wt, int Fp, int F,
     const float* __restrict__ bias, const float* __restrict__ psi, float* __restrict__ s) {
-  for (int f0 = 0; f0 < Fp; f0 += kFB) {
+  for (int f0 = 0; f0 < F; f0 += kFB) {  // chunks of padded channels only: skipped
+    const int nf = std::min(kFB, F - f0);  // real channels of this chunk (see psi_dot_relu)
     for (int p0 = 0; p0 < kTile; p0 += kPB) {
       float acc[kPB][kFB];
       for (int p = 0; p < kPB; ++p)
@@ -48,7 +49,7 @@ static inline __attribute__((always_inline)) void tile_logits_impl(
         }
       }
       for (int p = 0; p < kPB; ++p)
-        s[p0 + p] += raunet_ag::psi_dot_relu(acc[p], bias + f0, psi + f0, kFB);
+        s[p0 + p] += raunet_ag::psi_dot_relu(acc[p], bias + f0, psi + f0, nf);
     }
   }
 }
@@ -56,27 +57,28 @@ static inline __attribute__((always_inline)) void tile_logits_impl(
 static_assert(kTile % 4 == 0 && kTile % 6 == 0, "tiles hold whole micro kernels");
 static_assert(kFPad % 16 == 0 && kFPad % 32 == 0, "padding fits every kFB");
 
-void tile_logits_generic(const float* in, int K, const float* wt, int Fp, const float* bias,
-                         const float* psi, float* s) {
-  tile_logits_impl<4, 16>(in, K, wt, Fp, bias, psi, s);
+void tile_logits_generic(const float* in, int K, const float* wt, int Fp, int F,
+                         const float* bias, const float* psi, float* s) {
+  tile_logits_impl<4, 16>(in, K, wt, Fp, F, bias, psi, s);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2,fma"))) void tile_logits_avx2(const float* in, int K,
-                                                          const float* wt, int Fp,
+                                                          const float* wt, int Fp, int F,
                                                           const float* bias, const float* psi,
                                                           float* s) {
-  tile_logits_impl<4, 16>(in, K, wt, Fp, bias, psi, s);
+  tile_logits_impl<4, 16>(in, K, wt, Fp, F, bias, psi, s);
 }
 
 __attribute__((target("avx512f,avx512vl,fma,prefer-vector-width=512"))) void tile_logits_avx512(
-    const float* in, int K, const float* wt, int Fp, const float* bias, const float* psi,
+    const float* in, int K, const float* wt, int Fp, int F, const float* bias, const float* psi,
     float* s) {
-  tile_logits_impl<6, 32>(in, K, wt, Fp, bias, psi, s);
+  tile_logits_impl<6, 32>(in, K, wt, Fp, F, bias, psi, s);
 }
 #endif
 
-using TileFn = void (*)(const float*, int, const float*, int, const float*, const float*, float*);
+using TileFn = void (*)(const float*, int, const float*, int, int, const float*, const float*,
+                       float*);
 
 // The micro kernel set_cpu_isa() asked for ("": the best the CPU has).
 std::string& forced_isa() {
@@ -121,8 +123,8 @@ void gate_cpu(const T* x, const T* g, const T* wx, const T* wg, const T* bias, c
   const int K = d.cx + d.cg;
   const int Fp = (d.f + kFPad - 1) / kFPad * kFPad;
   // Packed fp32 weight wt (K x Fp): row k < Cx is column k of W_x, row Cx + k column k of
-  // W_g. F is padded with zero columns: the micro kernels run full chunks, and padded
-  // columns have bias 0 and psi 0, so they add nothing.
+  // W_g. F is padded with zero columns: the micro kernels run full chunks, and their
+  // epilogue skips the padded columns.
   std::vector<float> wpad((size_t)K * Fp, 0.f), bpad(Fp, 0.f), ppad(Fp, 0.f);
   for (int f = 0; f < d.f; ++f) {
     bpad[f] = static_cast<float>(bias[f]);
@@ -162,7 +164,7 @@ void gate_cpu(const T* x, const T* g, const T* wx, const T* wg, const T* bias, c
         }
         s[p] = 0.f;
       }
-      tile_fn(in.data(), K, wpad.data(), Fp, bpad.data(), ppad.data(), s);
+      tile_fn(in.data(), K, wpad.data(), Fp, d.f, bpad.data(), ppad.data(), s);
       for (int p = 0; p < np; ++p) {
         const float a = raunet_ag::gate_alpha(s[p], bpsi);
         if (alpha != nullptr) alpha[p_begin + p] = static_cast<T>(a);

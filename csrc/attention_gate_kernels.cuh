@@ -342,9 +342,10 @@ __global__ void __launch_bounds__(kMmaThreads, 4)
       const int p = tid / 2;       // 128 threads, 64 pixels
       const int half = tid % 2;    // each takes half of the TF columns
       float part = 0.f;
+      // real f only: a padded f's accumulator may be 0 * inf = NaN, which psi 0 keeps
 #pragma unroll 8
       for (int ff = half * (TF / 2); ff < (half + 1) * (TF / 2); ++ff)
-        part += psi_term(Cs[p * LDC + ff], bias_s[ff], psi_s[ff]);  // padded f: psi 0
+        if (f0 + ff < F) part += psi_term(Cs[p * LDC + ff], bias_s[ff], psi_s[ff]);
       part += __shfl_xor_sync(0xffffffffu, part, 1);
       if (half == 0) logit_s[p] += part;
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.numerics import requires_cuda
+from helpers.numerics import assert_same_nonfinite, requires_cuda
 from raunet_fast import AttentionUNet, RAUNet, ResUNet, UNet
 from raunet_fast.inference import build_inference_model
 
@@ -65,6 +65,39 @@ def test_triton_backend_in_interpreter_matches_reference():
     x = torch.randn(1, 3, 9, 12)
     with torch.no_grad():
         assert rel_l2(fast(x), model(x)) < 1e-4
+
+
+def nonfinite_inputs(h, w):
+    """All-NaN images, and one NaN / +Inf / -Inf pixel near a corner of an image large enough
+    that part of the output stays finite."""
+    out = {"all-nan": torch.full((1, 3, h, w), float("nan"))}
+    for name, value in (("nan", float("nan")), ("+inf", float("inf")), ("-inf", float("-inf"))):
+        x = torch.randn(1, 3, h, w)
+        x[0, 1, 2, 3] = value
+        out[f"{name} pixel"] = x
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # numpy (interpreter) on NaN
+@pytest.mark.parametrize("backend", [
+    "torch", "cpp", "auto",
+    pytest.param("triton", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="interpreter test; the GPU tests run the kernels"))])
+@pytest.mark.parametrize("cls", [RAUNet, AttentionUNet])
+def test_fused_model_keeps_nan_and_inf_where_the_reference_has_them(cls, backend):
+    """NaN / Inf in the input: the fused model's logits are NaN / +-Inf exactly where the
+    eval-mode reference model's are, the finite rest unchanged (IEEE semantics through
+    every fused conv, gate and concatenation)."""
+    model = trained_like(cls, base_channels=4 if backend == "triton" else 6)
+    fast = build_inference_model(model, dtype=torch.float32, backend=backend)
+    h, w = (32, 36) if backend == "triton" else (48, 40)
+    for name, x in nonfinite_inputs(h, w).items():
+        with torch.no_grad():
+            ref, out = model(x), fast(x)
+        if name != "all-nan":
+            assert ref.isnan().any() and torch.isfinite(ref).any(), f"{name}: a weak case"
+        assert_same_nonfinite(out, ref, torch.float32, k=9 * 64, what=f"{cls.__name__} "
+                              f"{backend} {name}")
 
 
 def test_fused_model_rejects_bad_inputs_like_the_reference():

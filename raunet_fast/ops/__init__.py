@@ -26,12 +26,12 @@ __all__ = ["BACKENDS", "BackendUnavailable", *_OPS]
 # (e.g. ``from raunet_fast.ops.attention_gate import fold_attention_gate``) binds the module
 # on this package, where the op should be; so it is imported now, which is cheap (torch
 # only: no triton, nothing built) and leaves the op bound for good.
-from .attention_gate import attention_gate, attention_gate_concat  # noqa: E402
+from .attention_gate import attention_gate, attention_gate_concat  # noqa: E402, F401
 
 # Every op is registered with torch.library once this package is imported (the conv op too,
 # as cheaply): programs exported from the fused model (raunet_fast.export) resolve their
 # ``raunet_fast::`` ops after ``import raunet_fast.ops``.
-from .conv3x3 import conv3x3_fused  # noqa: E402
+from .conv3x3 import conv3x3_fused  # noqa: E402, F401
 
 
 def __getattr__(name: str):

@@ -70,8 +70,6 @@ VARIABLES: tuple[Variable, ...] = (
              "conv3x3 'cuda'/'auto': cuDNN's runtime-fused conv + bias (+ add) + ReLU"),
     Variable("RAUNET_CONV_TMA", "conv_tma", _choice("auto", "off", "interpret"),
              "conv3x3 Triton TMA kernel on sm_90; 'interpret': also in the interpreter"),
-    Variable("RAUNET_CPP_ONEDNN_POSTOPS", "cpp_onednn_postops", _flag(True),
-             "conv3x3 'cpp' fp32: bias (+ add) + ReLU as oneDNN post-ops"),
     Variable("RAUNET_FAST_AUTOTUNE", "autotune", _flag(True),
              "time the Triton configs of each layer shape once on CUDA (0: default config)"),
     Variable("RAUNET_FAST_AUTOTUNE_VERBOSE", "autotune_verbose", _flag(False),

@@ -95,6 +95,38 @@ def assert_parity(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dty
                               f"a systematic error, not rounding")
 
 
+def _positions(mask: torch.Tensor, limit: int = 4) -> list[tuple[int, ...]]:
+    return [tuple(int(i) for i in idx) for idx in mask.nonzero()[:limit].tolist()]
+
+
+def assert_same_nonfinite(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, *,
+                          k: int = 1, scale: torch.Tensor | None = None, roundings: int = 2,
+                          what: str = "") -> None:
+    """NaN, +Inf and -Inf exactly where ``expected`` has them (IEEE semantics: a kernel may
+    neither drop a NaN nor make one), and the finite rest as :func:`assert_parity`."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    inf = float("inf")
+    for name, test in (("NaN", torch.isnan), ("+Inf", lambda t: t == inf),
+                       ("-Inf", lambda t: t == -inf)):
+        ma, me = test(a), test(e)
+        if not torch.equal(ma, me):
+            missing, extra = me & ~ma, ma & ~me
+            raise AssertionError(
+                f"{what}: {name} expected at {int(me.sum())} positions, got {int(ma.sum())}; "
+                f"{int(missing.sum())} missing (e.g. {_positions(missing)}, got "
+                f"{[a[p].item() for p in _positions(missing)]}), {int(extra.sum())} extra "
+                f"(e.g. {_positions(extra)}, want {[e[p].item() for p in _positions(extra)]})")
+    fin = torch.isfinite(e)
+    if scale is not None:  # an infinite intermediate (relu(-inf) = 0) would void the bounds
+        scale = scale.detach().to("cpu", torch.float64)
+        scale = torch.where(torch.isfinite(scale), scale, 0.0)[fin]
+    if fin.any():
+        assert_parity(a[fin], e[fin], dtype, k=k, roundings=roundings, scale=scale,
+                      what=f"{what} (finite values)")
+
+
 _skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                         reason="needs a CUDA device (none present on this machine)")
 

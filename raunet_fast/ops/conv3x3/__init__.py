@@ -14,10 +14,12 @@ Backends (``backend=``):
 * ``"cuda"``   - with ReLU on: cuDNN's runtime-fused conv + bias (+ add) + ReLU (the 1x1
   projection as one cuDNN conv feeding the add). With ReLU off (or
   ``RAUNET_CONV_CUDNN_FUSION=0``): cuDNN convolution + one fused vectorised epilogue kernel
-  (``csrc/conv_epilogue*``), built with ninja at first use.
-* ``"cpp"``    - fp32: a oneDNN convolution with weights prepacked once, bias (+ add) +
-  ReLU as oneDNN post-ops when ReLU is on; otherwise (ReLU off, fp16/bf16,
-  ``RAUNET_CPP_ONEDNN_POSTOPS=0``) the same csrc epilogue math built for the CPU.
+  (``csrc/conv_epilogue*``), built with ninja at first use. The fused ReLU is the one that
+  need not keep NaN (torch builds it with ``CUDNN_NOT_PROPAGATE_NAN``); every other path
+  follows IEEE semantics like the reference.
+* ``"cpp"``    - a oneDNN convolution (fp32: weights prepacked once; else at::conv2d), then
+  the same csrc epilogue math built for the CPU (bias + shortcut + ReLU in one pass; not
+  oneDNN post-ops, whose ReLU turns NaN into 0).
 * ``"auto"``   - on CUDA the cuDNN fusion when ReLU is on, or where a Triton kernel contends
   the faster of the two by a one-time timing per layer shape (:mod:`.dispatch`), else
   ``"triton"`` (``"cuda"``, then ``"torch"`` if Triton is missing); ``"cpp"`` on CPU

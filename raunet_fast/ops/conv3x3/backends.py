@@ -13,8 +13,7 @@ from .layout import as_out, empty_out, out_memory_format
 from .weights import cached, pad_channels, packed_for, weight_as
 
 __all__ = ["CPU_EXT", "CUDA_EXT", "extension", "triton_impl", "cudnn_fusion_applies",
-           "cudnn_fused", "csrc_impl", "onednn_probe", "ONEDNN", "ONEDNN_POSTOPS",
-           "CUDNN_FUSION"]
+           "cudnn_fused", "csrc_impl", "onednn_probe", "ONEDNN", "CUDNN_FUSION"]
 
 CPU_EXT = ("raunet_conv_epilogue_cpu", ["conv_epilogue_cpu.cpp"], False)
 CUDA_EXT = ("raunet_conv_epilogue_cuda", ["conv_epilogue.cu", "conv_epilogue_binding.cpp"], True)
@@ -48,46 +47,37 @@ def triton_impl(x, weight, bias, residual, shortcut_input, shortcut_weight, pack
 # layout (per weight and input shape): eager at::conv2d reorders them on every call. Off
 # (the at::conv2d path used) where this torch build lacks the ops: probed once on a tiny
 # known-good input (onednn_probe); a call that fails for its own inputs falls back for
-# that call only.
+# that call only. Bias, shortcut and ReLU then run in the csrc epilogue, never as oneDNN
+# post-ops: oneDNN's ReLU (a max with 0) turns NaN into 0, torch.relu keeps it.
 ONEDNN = {"enabled": True}
-
-#: With ReLU on, oneDNN's post-ops fuse bias (+ the shortcut add) + ReLU into the
-#: convolution (the CPU twin of the cuDNN fusion). ReLU off, or
-#: ``settings.cpp_onednn_postops`` off (``RAUNET_CPP_ONEDNN_POSTOPS=0``): the csrc epilogue.
-ONEDNN_POSTOPS = SettingsView("enabled", "cpp_onednn_postops")
 
 _PROBE: dict[str, bool] = {}
 _ONE = [1, 1]
 
 
-def _probe_call(what: str) -> None:
+def _probe_call() -> None:
     x = torch.randn(1, 2, 3, 3)
     w = torch._C._nn.mkldnn_reorder_conv2d_weight(
         torch.randn(2, 2, 3, 3).to_mkldnn(), _ONE, _ONE, _ONE, 1, list(x.shape))
-    if what == "conv":
-        torch.ops.mkldnn._convolution_pointwise(x, w, None, _ONE, _ONE, _ONE, 1, "none", [], "")
-    else:
-        torch.ops.mkldnn._convolution_pointwise.binary(
-            x, torch.randn(1, 2, 3, 3), w, torch.randn(2), _ONE, _ONE, _ONE, 1, "add", 1.0,
-            "relu", [], "")
+    torch.ops.mkldnn._convolution_pointwise(x, w, None, _ONE, _ONE, _ONE, 1, "none", [], "")
 
 
-def onednn_probe(what: str) -> bool:
-    """Whether this torch build runs the prepacked oneDNN conv (``"conv"``) and its
-    bias + add + ReLU post-ops (``"postops"``): tried once on a tiny input, then remembered."""
-    if what not in _PROBE:
+def onednn_probe() -> bool:
+    """Whether this torch build runs the prepacked oneDNN conv: tried once on a tiny input,
+    then remembered."""
+    if "conv" not in _PROBE:
         try:
-            _probe_call(what)
-            _PROBE[what] = True
+            _probe_call()
+            _PROBE["conv"] = True
         except Exception:  # noqa: BLE001 - ops missing or refusing in this build
-            _PROBE[what] = False
-    return _PROBE[what]
+            _PROBE["conv"] = False
+    return _PROBE["conv"]
 
 
 def _onednn_weight(weight: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
     if not (ONEDNN["enabled"] and x.dtype == torch.float32 and x.device.type == "cpu"
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and onednn_probe("conv")):
+            and onednn_probe()):
         return None
 
     def make():
@@ -99,24 +89,9 @@ def _onednn_weight(weight: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tens
         return None
 
 
-def _onednn_postops(xc, pw, bias, sc, fmt, dtype):
-    """conv + bias (+ add) + ReLU as oneDNN post-ops; None if refused for these inputs."""
-    # oneDNN reads the bias as dense fp32 whatever its strides: give it exactly that
-    b = bias.detach().to(torch.float32).contiguous()
-    try:
-        if sc is None:
-            return torch.ops.mkldnn._convolution_pointwise(xc, pw, b, _ONE, _ONE, _ONE, 1,
-                                                           "relu", [], "")
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            xc, sc.to(dtype).contiguous(memory_format=fmt), pw, b, _ONE, _ONE, _ONE, 1,
-            "add", 1.0, "relu", [], "")
-    except Exception:  # noqa: BLE001 - refused for these inputs: the epilogue path
-        return None
-
-
 def cpp_onednn(ext, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
-    """Prepacked oneDNN convolution with the epilogue as oneDNN post-ops (ReLU on) or the
-    fused csrc epilogue in one pass; None when the prepacked path is not available."""
+    """Prepacked oneDNN convolution, then the fused csrc epilogue (bias + shortcut + ReLU)
+    in one pass; None when the prepacked path is not available."""
     pw = _onednn_weight(weight, x)
     if pw is None:
         return None
@@ -127,10 +102,6 @@ def cpp_onednn(ext, x, weight, bias, residual, shortcut_input, shortcut_weight, 
         sw = weight_as(shortcut_weight.reshape(cout, cs, 1, 1), x.dtype, fmt)
         sc = F.conv2d(shortcut_input.to(x.dtype), sw)
     xc = x.contiguous(memory_format=fmt)
-    if relu and ONEDNN_POSTOPS["enabled"] and onednn_probe("postops"):
-        y = _onednn_postops(xc, pw, bias, sc, fmt, x.dtype)
-        if y is not None:
-            return y
     try:
         y = torch.ops.mkldnn._convolution_pointwise(xc, pw, None, _ONE, _ONE, _ONE, 1, "none",
                                                     [], "")

@@ -5,8 +5,9 @@
 // compiled by g++ against the small CUDA shim below and run block by block, one OpenMP
 // thread per CUDA thread (__syncthreads = omp barrier, __shared__ = static storage shared
 // by the team, __shfl_xor_sync through a barrier-fenced buffer, WMMA fragments as whole
-// 16x16 matrices computed per thread). Results are compared with an fp64 reference.
-// Built and run by tests/test_attention_gate.py (test_gate_cuda_kernels_emulated_on_cpu);
+// 16x16 matrices computed per thread). Results are compared with an fp64 reference, also
+// with NaN / Inf in an operand (then NaN and Inf must come out exactly where it has them).
+// Built and run by tests/ops/attention_gate/test_cpu.py (test_gate_cuda_kernels_emulated_on_cpu);
 // prints one line per case and exits non-zero on any mismatch.
 #define RAUNET_AG_EMULATE 1
 
@@ -254,10 +255,27 @@ struct Case {
   int64_t P;
 };
 
+// A non-finite value written into one operand before the run (site: nullptr for none).
+// site "x-off" / "g-off": +Inf in channel 0 of two pixels whose weights for that channel
+// are all negative, so ReLU switches it off and the reference stays finite but for the
+// Inf itself (it must not meet a padded zero weight and come out as NaN).
+struct Poison {
+  const char* site;  // "x", "g", "wx", "wg", "bias", "psi", "bpsi", "x-off" or "g-off"
+  float value;
+};
+
+// got against the fp64 reference: NaN where it has NaN, the same infinity where it has one
+// (IEEE semantics: no NaN dropped, none made), else within tol.
+inline bool same_value(double got, double want, double tol) {
+  if (std::isnan(want)) return std::isnan(got);
+  if (std::isinf(want)) return got == want;
+  return std::fabs(got - want) <= tol * (1 + std::fabs(want));
+}
+
 // Runs one kernel variant; returns the number of mismatching values (and prints a line).
 template <typename T>
 int run_case(const char* tname, const Case& cs, bool mma, bool misalign, std::mt19937& rng,
-             double tol) {
+             double tol, Poison poison = {nullptr, 0.f}) {
   std::normal_distribution<float> nd(0.f, 1.f);
   const int cx = cs.cx, cg = cs.cg, F = cs.f;
   const int64_t P = cs.P;
@@ -283,6 +301,23 @@ int run_case(const char* tname, const Case& cs, bool mma, bool misalign, std::mt
   for (auto& p : psi) p = from_f<T>(nd(rng) / std::sqrt(static_cast<float>(F)));
   bpsi[0] = from_f<T>(0.5f * nd(rng));
   for (int64_t i = 0; i < P * cx; ++i) out[i] = from_f<T>(-777.f);
+  const std::string site = poison.site != nullptr ? poison.site : "";
+  if (site == "x-off" || site == "g-off") {
+    const bool on_x = site == "x-off";
+    for (int f = 0; f < F; ++f) {
+      T& w = on_x ? wx[(size_t)f * cx] : wg[(size_t)f * cg];
+      w = from_f<T>(-std::fabs(static_cast<float>(to_d(w))) - 0.1f);
+    }
+    for (int j = 0; j < 2; ++j)
+      (on_x ? x[(rng() % P) * cx] : g[(rng() % P) * cg]) = from_f<T>(INFINITY);
+  } else if (!site.empty()) {  // two elements of the named operand
+    T* data = site == "x" ? x : site == "g" ? g : site == "wx" ? wx.data()
+            : site == "wg" ? wg.data() : site == "bias" ? bias.data()
+            : site == "psi" ? psi.data() : bpsi.data();
+    const int64_t n = site == "x" ? P * cx : site == "g" ? P * cg : site == "wx" ? (int64_t)F * cx
+                    : site == "wg" ? (int64_t)F * cg : site == "bpsi" ? 1 : F;
+    for (int j = 0; j < 2; ++j) data[rng() % n] = from_f<T>(poison.value);
+  }
 
   constexpr int VEC = 16 / sizeof(T);
   const bool vec = !misalign && cx % VEC == 0 && cg % VEC == 0;
@@ -326,21 +361,22 @@ int run_case(const char* tname, const Case& cs, bool mma, bool misalign, std::mt
       acc[f] = s;
     }
     double s = to_d(bpsi[0]);
-    for (int f = 0; f < F; ++f) s += to_d(psi[f]) * (acc[f] > 0 ? acc[f] : 0.0);
+    for (int f = 0; f < F; ++f) s += to_d(psi[f]) * (acc[f] < 0 ? 0.0 : acc[f]);  // NaN stays
     const double a = 1.0 / (1.0 + std::exp(-s));
-    const double ea = std::fabs(to_d(alpha[p]) - a);
-    max_err = std::max(max_err, ea);
-    if (!(ea <= tol * (1 + std::fabs(a)))) ++bad;
+    if (!same_value(to_d(alpha[p]), a, tol)) ++bad;
+    if (std::isfinite(a)) max_err = std::max(max_err, std::fabs(to_d(alpha[p]) - a));
     for (int c = 0; c < cx; ++c) {
       const double want = to_d(x[p * cx + c]) * a;
-      const double e = std::fabs(to_d(out[p * cx + c]) - want);
-      max_err = std::max(max_err, e);
-      if (!(e <= tol * (1 + std::fabs(want)))) ++bad;
+      const double got = to_d(out[p * cx + c]);
+      if (!same_value(got, want, tol)) ++bad;
+      if (std::isfinite(want) && std::isfinite(got)) max_err = std::max(max_err, std::fabs(got - want));
     }
   }
-  std::printf("%-5s %-4s %-10s Cx=%-3d Cg=%-3d F=%-3d P=%-5lld max_err=%.3g %s\n", tname,
+  char label[32] = "";
+  if (poison.site != nullptr) std::snprintf(label, sizeof label, " %s=%g", poison.site, poison.value);
+  std::printf("%-5s %-4s %-10s Cx=%-3d Cg=%-3d F=%-3d P=%-5lld%s max_err=%.3g %s\n", tname,
               mma ? "mma" : "fma", misalign ? "misaligned" : (vec ? "vector" : "scalar"), cx, cg,
-              F, static_cast<long long>(P), max_err, bad ? "FAIL" : "ok");
+              F, static_cast<long long>(P), label, max_err, bad ? "FAIL" : "ok");
   return bad;
 }
 
@@ -361,6 +397,21 @@ int main(int argc, char** argv) {
       bad += run_case<__half>("fp16", c, true, mis, rng, 2e-3);
       bad += run_case<__nv_bfloat16>("bf16", c, false, mis, rng, 1.6e-2);
       bad += run_case<__nv_bfloat16>("bf16", c, true, mis, rng, 1.6e-2);
+    }
+  }
+  // non-finite operands (IEEE semantics): F = 24 and 40 leave padded columns in every F
+  // tile, where an Inf input meets zero weights (0 * inf = NaN must stay out of the logit)
+  const float nan = std::nanf(""), inf = INFINITY;
+  const Poison poisons[] = {{"x", nan}, {"x", inf}, {"x", -inf}, {"g", inf}, {"wx", nan},
+                            {"wg", -inf}, {"bias", inf}, {"psi", -inf}, {"bpsi", nan},
+                            {"x-off", inf}, {"g-off", inf}};
+  const Case nf_cases[] = {{48, 80, 24, 100}, {40, 24, 40, 65}};
+  for (const Case& c : nf_cases) {
+    for (const Poison& pz : poisons) {
+      bad += run_case<float>("fp32", c, false, false, rng, 2e-5, pz);
+      bad += run_case<__half>("fp16", c, false, false, rng, 2e-3, pz);
+      bad += run_case<__half>("fp16", c, true, false, rng, 2e-3, pz);
+      bad += run_case<__nv_bfloat16>("bf16", c, true, true, rng, 1.6e-2, pz);
     }
   }
   std::printf("%s\n", bad ? "MISMATCHES" : "all cases ok");

@@ -3,12 +3,12 @@
 // Without a GPU, this checks the kernels' indexing: the grid-stride loops (also with a grid
 // far smaller than the work), the 16-byte vector path (Pack<T, VEC>, channel of each lane,
 // alignment checks) and the scalar path (any layout), for float, double and a bfloat16
-// stand-in (8 lanes per vector, like bf16/fp16 on the GPU). The kernels are compiled by the
-// host compiler against the small CUDA shim below and run thread by thread (they have no
-// shared memory or barriers, so any order is a valid schedule). Results are compared with
-// the element math written out here independently. Built and run by tests/test_conv3x3.py
-// (test_conv_cuda_epilogue_emulated_on_cpu); prints one line per case, exits non-zero on a
-// mismatch.
+// stand-in (8 lanes per vector, like bf16/fp16 on the GPU), also with NaN / Inf operands.
+// The kernels are compiled by the host compiler against the small CUDA shim below and run
+// thread by thread (they have no shared memory or barriers, so any order is a valid
+// schedule). Results are compared with the element math written out here independently.
+// Built and run by tests/ops/conv3x3/test_cpu.py (test_conv_cuda_epilogue_emulated_on_cpu);
+// prints one line per case, exits non-zero on a mismatch.
 #define RAUNET_CE_EMULATE 1
 
 #include <cmath>
@@ -117,9 +117,13 @@ static int failures = 0;
 // (inner = H*W). offset: elements the data starts after a 16-byte aligned base.
 static unsigned g_seed = 1234u;
 
+// Equal values, NaN equal to NaN (IEEE semantics: no NaN dropped, none made).
+inline bool same(float a, float b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
+
+// nonfinite: NaN, +Inf and -Inf written into some elements of y and sc and one bias.
 template <typename T>
 void check_case(const char* tname, int n, int C, int H, int W, bool channels_last, bool with_sc,
-                bool relu, int offset, int max_blocks, int expect_width) {
+                bool relu, int offset, int max_blocks, int expect_width, bool nonfinite = false) {
   const int64_t numel = static_cast<int64_t>(n) * C * H * W;
   const int64_t inner = channels_last ? 1 : static_cast<int64_t>(H) * W;
   std::mt19937 rng(g_seed + C * 7 + H);
@@ -139,6 +143,14 @@ void check_case(const char* tname, int n, int C, int H, int W, bool channels_las
     s[i] = T(dist(rng));
   }
   for (int c = 0; c < C; ++c) bias[c] = dist(rng);
+  if (nonfinite) {
+    const float special[] = {std::nanf(""), INFINITY, -INFINITY};
+    for (int j = 0; j < 6; ++j) {
+      y[rng() % numel] = T(special[j % 3]);
+      s[rng() % numel] = T(special[(j + 1) % 3]);
+    }
+    bias[rng() % C] = special[rng() % 3];
+  }
   for (int64_t i = 0; i < numel; ++i) {
     const int64_t c = channels_last ? i % C : (i / inner) % C;
     float v = static_cast<float>(y[i]) + bias[c] + (with_sc ? static_cast<float>(s[i]) : 0.f);
@@ -149,11 +161,12 @@ void check_case(const char* tname, int n, int C, int H, int W, bool channels_las
                            max_blocks);
   int64_t bad = 0;
   for (int64_t i = 0; i < numel; ++i)
-    if (static_cast<float>(y[i]) != static_cast<float>(ref[i])) ++bad;
+    if (!same(static_cast<float>(y[i]), static_cast<float>(ref[i]))) ++bad;
   const bool ok = bad == 0 && width == expect_width;
-  std::printf("%-6s %dx%dx%dx%d %s sc=%d relu=%d offset=%d max_blocks=%d vec=%d bad=%lld %s\n",
+  std::printf("%-6s %dx%dx%dx%d %s sc=%d relu=%d offset=%d max_blocks=%d vec=%d%s bad=%lld %s\n",
               tname, n, C, H, W, channels_last ? "NHWC" : "NCHW", with_sc, relu, offset,
-              max_blocks, width, static_cast<long long>(bad), ok ? "ok" : "FAIL");
+              max_blocks, width, nonfinite ? " nan/inf" : "", static_cast<long long>(bad),
+              ok ? "ok" : "FAIL");
   if (!ok) ++failures;
 }
 
@@ -169,6 +182,9 @@ void sweep(const char* tname) {
       check_case<T>(tname, 3, 41, 7, 13, true, sc, relu, 0, 2, 1);
       check_case<T>(tname, 1, 4 * VEC, 3, 5, true, sc, relu, 1, 0, 1);
       check_case<T>(tname, 2, 24, 7, 13, false, sc, relu, 0, 5, 1);
+      // NaN / +-Inf operands, vector and scalar paths
+      check_case<T>(tname, 2, 4 * VEC, 5, 7, true, sc, relu, 0, 0, VEC, true);
+      check_case<T>(tname, 2, 24, 7, 13, false, sc, relu, 0, 5, 1, true);
     }
 }
 

@@ -225,3 +225,79 @@ def test_fused_residual_block_triton_interpreter():
     # roundings, each of a size like the result's): generous 12
     assert_parity(got, want, torch.float16, k=9 * 24 + 8, roundings=12,
                   what="fused block triton fp16")
+
+
+# ------------------------------------------------------------------ the GPU's run-time loops
+def _run_or_skip_old_interpreter(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the known interpreter limitation only
+        if "0-dimensional arrays" in repr(e):
+            pytest.skip("this triton's interpreter cannot range() over runtime ints (numpy >= 2.3)")
+        raise
+
+
+@interpreter_only
+@pytest.mark.parametrize("kernel", ["gemm", "small", "tma"])
+def test_conv_triton_runtime_trip_counts_in_interpreter(monkeypatch, kernel):
+    """The interpreter normally gets the K loops' trip counts as constants (K_ITERS,
+    SC_ITERS, K_STEPS); the GPU counts them at run time, in a branch of its own. This runs
+    that branch where the interpreter can (triton >= 3.7), with small K chunks so that every
+    loop (taps x channel chunks, the shortcut's chunks, flat-K steps) runs several times and
+    ends on a masked tail."""
+    from raunet_fast.ops.conv3x3.triton import launch as k
+
+    monkeypatch.setattr(k, "constant_trip_counts", lambda: False)
+    monkeypatch.setattr(k.configs, "INTERPRET_CONFIG", KernelConfig(32, 16, 16, 4, 1))
+    monkeypatch.setattr(k.configs, "SMALL_K_INTERPRET_CONFIG", KernelConfig(32, 16, 16, 4))
+    dtype = torch.float16 if kernel == "tma" else torch.float32
+    if kernel == "tma":
+        monkeypatch.setitem(k.TMA, "mode", "interpret")
+        cases = [((1, 24, 32, 2, 64), "shortcut", 24), ((1, 24, 32, 2, 64), "shortcut", 3),
+                 ((1, 24, 32, 2, 64), "residual", None)]   # Cin 24: 2 chunks of 16
+    elif kernel == "small":
+        cases = [((2, 4, 24, 5, 7), "shortcut", 20), ((2, 3, 24, 5, 7), "residual", None)]
+    else:
+        cases = [((2, 20, 24, 5, 7), "shortcut", 20), ((1, 20, 24, 5, 7), "residual", None)]
+
+    def run():
+        for i, (dims, epilogue, cs) in enumerate(cases):
+            monkeypatch.setattr(k, "_TUNED", {})
+            cl = kernel == "tma" or i % 2 == 0
+            args, kw, kk = make_case(*dims, epilogue, dtype=dtype, channels_last=cl, cs=cs)
+            check("triton", args, kw, kk, True, dtype, f"run-time loops {kernel} {dims} "
+                  f"{epilogue} cs={cs}")
+            ran = {key[0] if key[0] in ("small", "tma") else "gemm" for key in k._TUNED}
+            assert ran == {kernel}, f"{kernel} expected, {ran} ran"
+    _run_or_skip_old_interpreter(run)
+
+
+# ------------------------------------------------------------------ mixed layouts
+@interpreter_only
+@pytest.mark.parametrize("kernel", ["gemm", "small", "tma"])
+def test_conv_triton_residual_and_shortcut_in_another_layout(monkeypatch, kernel):
+    """x channels-last with the residual / shortcut input NCHW, and the other way round
+    (and a strided view): the kernels read each operand through its own strides, so every
+    mix matches the reference; the output keeps x's layout."""
+    from raunet_fast.ops.conv3x3.triton import launch as k
+
+    dtype = torch.float16 if kernel == "tma" else torch.float32
+    if kernel == "tma":
+        monkeypatch.setitem(k.TMA, "mode", "interpret")
+    dims = {"gemm": (2, 16, 32, 5, 7), "small": (2, 3, 32, 5, 7), "tma": (1, 16, 32, 2, 64)}[kernel]
+    cl, nchw = torch.channels_last, torch.contiguous_format
+    for epilogue, name in (("residual", "residual"), ("shortcut", "shortcut_input")):
+        for x_fmt, other_fmt in ((cl, nchw), (nchw, cl), (cl, "view")):
+            monkeypatch.setattr(k, "_TUNED", {})
+            args, kw, kk = make_case(*dims, epilogue, dtype=dtype, cs=16)
+            x = args[0].contiguous(memory_format=x_fmt)
+            t = kw[name]
+            if other_fmt == "view":   # neither layout: every other column of a wider tensor
+                wide = torch.randn(*t.shape[:3], 2 * t.shape[3]).to(dtype)
+                wide[..., ::2] = t
+                kw[name] = wide[..., ::2]
+            else:
+                kw[name] = t.contiguous(memory_format=other_fmt)
+            y = check("triton", (x, *args[1:]), kw, kk, True, dtype,
+                      f"{kernel}: x {x_fmt}, {name} {other_fmt}")
+            assert y.is_contiguous(memory_format=x_fmt)

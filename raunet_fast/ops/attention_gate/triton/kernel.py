@@ -116,11 +116,12 @@ def _gate_tile(
                 w = tl.load(wg_ptr + offs_f[None, :] * CG + offs_k[:, None],
                             mask=mk[:, None] & mask_f[None, :], other=0.0)
                 acc = tl.dot(gt, w, acc, input_precision=DOT_PRECISION)
-        # ---- bias, ReLU, psi dot (masked F columns have bias 0 and psi 0: no effect)
+        # ---- bias, ReLU (NaN kept, as torch.relu), psi dot over the real F columns: a
+        #      masked column's accumulator may be 0 * inf = NaN, which psi = 0 would keep
         b = tl.load(b_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
         psi = tl.load(psi_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        a = tl.maximum(acc + b[None, :], 0.0)
-        s += tl.sum(a * psi[None, :], axis=1)
+        a = tl.maximum(acc + b[None, :], 0.0, propagate_nan=tl.PropagateNan.ALL)
+        s += tl.sum(tl.where(mask_f[None, :], a * psi[None, :], 0.0), axis=1)
 
     s += tl.load(bpsi_ptr).to(tl.float32)
     alpha = 1.0 / (1.0 + tl.exp(-s))

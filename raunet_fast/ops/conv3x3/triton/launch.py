@@ -97,6 +97,14 @@ def _strides(t: torch.Tensor, a: int) -> tuple[int, int, int, int]:
 
 
 # ------------------------------------------------------------------ launchers
+def constant_trip_counts() -> bool:
+    """Whether launches pass the K loops' trip counts as constants (``K_ITERS``,
+    ``SC_ITERS``, ``K_STEPS``): under the interpreter, because older ones (triton 3.6 with
+    numpy >= 2.3) cannot ``range()`` over a run-time value. Else 0, and the kernels count
+    their steps at run time (the GPU code; a test forces it in the interpreter)."""
+    return configs.interpreting()
+
+
 def _launch(cfg: KernelConfig, x, packed, bias, residual, shortcut_input, y, relu,
             channels_last, ieee, aligns):
     xa, sa, ya = aligns
@@ -106,7 +114,7 @@ def _launch(cfg: KernelConfig, x, packed, bias, residual, shortcut_input, y, rel
     s = shortcut_input if shortcut_input is not None else x
     cs = shortcut_input.shape[1] if shortcut_input is not None else 0
     bk = cfg.block_k
-    interp = configs.interpreting()
+    interp = constant_trip_counts()
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(cout, cfg.block_n),)
     conv3x3_fused_kernel[grid](
         x, packed, bias, r, s, y,
@@ -135,7 +143,7 @@ def _launch_small(cfg: KernelConfig, x, packed, bias, residual, shortcut_input, 
         HAS_RES=residual is not None, HAS_SC=shortcut_input is not None, RELU=relu,
         IEEE=ieee, Y_CL=y_cl, YA=ya, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
-        K_STEPS=triton.cdiv(9 * cin + cs, cfg.block_k) if configs.interpreting() else 0,
+        K_STEPS=triton.cdiv(9 * cin + cs, cfg.block_k) if constant_trip_counts() else 0,
         num_warps=cfg.num_warps, num_stages=1)
 
 
@@ -158,7 +166,7 @@ def _launch_tma(cfg: KernelConfig, x, packed, bias, residual, shortcut_input, y,
     s_desc = nhwc(shortcut_input, bk) if sc_desc else x_desc
     s = shortcut_input if shortcut_input is not None else x
     r_desc = nhwc(residual, bn) if residual is not None else y_desc
-    interp = configs.interpreting()
+    interp = constant_trip_counts()
     grid = (triton.cdiv(cout, bn) * triton.cdiv(w, bm) * n * h,)
     conv3x3_tma_kernel[grid](
         x_desc, w_desc, s_desc, r_desc, y_desc, bias, s, packed, h, w, cin, cs, cout,

@@ -133,7 +133,7 @@ def conv3x3_small_k_kernel(
         r = tl.load(r_ptr + img64 * sr_n + (oh * sr_h + ow * sr_w)[:, None] + rc[None, :],
                     mask=mask, other=0.0)
         acc = acc + r.to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+    if RELU:   # NaN kept, as torch.relu (plain tl.maximum may return the 0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     y = y_ptr + img64 * sy_n + (oh * sy_h + ow * sy_w)[:, None] + yc[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)

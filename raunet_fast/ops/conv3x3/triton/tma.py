@@ -137,6 +137,6 @@ def conv3x3_tma_kernel(
     acc = acc + bias[None, :]
     if HAS_RES:
         acc = acc + r_desc.load([n, h, w0, n0]).reshape(BLOCK_M, BLOCK_N).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+    if RELU:   # NaN kept, as torch.relu (plain tl.maximum may return the 0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     y_desc.store([n, h, w0, n0], acc.to(y_desc.dtype).reshape(1, 1, BLOCK_M, BLOCK_N))
