@@ -193,7 +193,6 @@ def test_cuda_graphs_option_runs_cpu_inputs_directly():
 def test_default_dtype_is_device_aware_and_names_are_accepted():
     model = RAUNet(base_channels=4, depth=3).eval()
     assert build_inference_model(model).dtype == torch.float32  # CPU: exact, not fp16
-    assert build_inference_model(model, dtype="auto").dtype == torch.float32
     assert build_inference_model(model, dtype="bf16").dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be"):
         build_inference_model(model, dtype="int8")
