@@ -160,6 +160,7 @@ class PredictionRun:
                                  batch_size=cfg.batch_size)
         if self.amp_dtype is not None:
             p.name += f" (autocast {cfg.dtype})"
+        p.progress = cfg.progress
         return p
 
     def run(self) -> dict[str, Any]:
@@ -260,9 +261,10 @@ class PredictionRun:
         """The network input of one image (decoded and scaled as in training) and its size."""
         from ..data.common import read_image, resize_pair
 
-        if self.window is not None:  # full resolution, scaled as in training
+        if self.window is not None:  # full resolution; uint8, scaled window by window
             image, full = read_image(path, self.modes[path])
-            return resize_pair(image, None, None)[0], full
+            x = torch.from_numpy(image)
+            return (x[None] if x.dim() == 2 else x.permute(2, 0, 1)), full
         image, full = read_image(path, self.modes[path], draft_size=self.size)
         return resize_pair(image, None, self.size)[0], full
 
