@@ -5,7 +5,10 @@ runs the model on batches of windows and blends the overlapping predictions with
 map (Gaussian by default: a window's centre counts more than its border, where the network
 saw less context). On the device the model runs on, memory is bounded by ``batch_size``
 windows whatever the image size (the blended result is accumulated on the image's device,
-e.g. in CPU memory for a large image while the model runs on the GPU). Every model call
+e.g. in CPU memory for a large image while the model runs on the GPU). On the image's
+device there is the input (a uint8 image stays uint8: windows are scaled to float one
+batch at a time), the float32 result, which doubles as the accumulator, and one band of
+the weight normaliser; no other image-sized tensor. Every model call
 takes ``batch_size`` windows (the last batch is padded with repeats) unless the whole image
 needs fewer, which suits the fused model with CUDA graphs
 (:func:`raunet_fast.inference.build_inference_model` with ``cuda_graphs=True``: one graph
@@ -83,52 +86,114 @@ def sliding_window_inference(model: Callable[[torch.Tensor], torch.Tensor], imag
                              progress: bool = False) -> torch.Tensor:
     """Predict ``image`` (``N x C x H x W``) window by window and blend the windows.
 
-    ``window``: window size (int or ``(h, w)``), typically the patch size the model was
-    trained on; an image smaller than the window along an axis is padded with ``pad_value``
-    up to it and the padding cropped from the result. ``overlap``: fraction of a window that
-    neighbouring windows share, in ``[0, 1)``. ``batch_size``: windows per model call (the
-    memory bound). ``blend``: ``"gaussian"`` or ``"constant"`` weights (:func:`blend_weights`).
-    ``device``: where the model runs (default: the image's device); windows are moved there
-    one batch at a time and predictions back, so a large image and its result can stay in
-    CPU memory while the model runs on the GPU. The last batch is padded to ``batch_size``
-    with repeats of its last window (their predictions dropped) when there were full batches
-    before it, so that calls keep one shape.
+    ``image``: floating point (passed to the model as it is) or uint8 (0..255: each batch of
+    windows is converted to float32 and scaled by 1/255, as decoded images are in training,
+    so a large image never exists as a float copy); any strides (e.g. an ``H x W x C`` array
+    permuted to ``C x H x W``). ``window``: window size (int or ``(h, w)``), typically the
+    patch size the model was trained on; along an axis where the image is smaller than the
+    window, windows are padded with ``pad_value`` (in model-input units, i.e. after the
+    uint8 scaling) up to it and the padding dropped from the result. ``overlap``: fraction
+    of a window that neighbouring windows share, in ``[0, 1)``. ``batch_size``: windows per
+    model call (the memory bound). ``blend``: ``"gaussian"`` or ``"constant"`` weights
+    (:func:`blend_weights`). ``device``: where the model runs (default: the image's device);
+    windows are moved there one batch at a time and predictions back, so a large image and
+    its result can stay in CPU memory while the model runs on the GPU. The last batch is
+    padded to ``batch_size`` with repeats of its last window (their predictions dropped)
+    when there were full batches before it, so that calls keep one shape. ``progress``: a
+    tqdm bar counting windows, with the throughput in image megapixels per second.
 
     Returns float32 ``N x K x H x W`` on the image's device: the weighted mean, at every pixel,
     of the predictions of the windows covering it (``K``: the model's output channels; logits
-    stay logits).
+    stay logits). Besides the result, memory holds one batch of windows and predictions and
+    a ``window-height x W`` normaliser band.
     """
     _check_inputs(image, overlap, batch_size)
-    wh, ww = _pair(window, "window")
+    win = _pair(window, "window")
     run_dev = torch.device(device) if device is not None else image.device
-    weights = blend_weights((wh, ww), blend, sigma_scale, device=image.device)
+    weights = blend_weights(win, blend, sigma_scale, device=image.device)
     n, _, h, w = image.shape
-    ph, pw = max(wh - h, 0), max(ww - w, 0)
-    if ph or pw:  # smaller than a window: pad to it (bottom / right), crop at the end
-        image = F.pad(image, (0, pw, 0, ph), value=pad_value)
-    H, W = image.shape[-2:]
-    tiles = [(b, y, x) for b in range(n) for y in window_starts(H, wh, overlap)
-             for x in window_starts(W, ww, overlap)]
-    acc = norm = None
-    from tqdm import tqdm
-
-    with tqdm(total=len(tiles), desc="windows", unit="window", disable=not progress) as bar:
+    ys, xs = window_starts(h, win[0], overlap), window_starts(w, win[1], overlap)
+    tiles = [(b, y, x) for b in range(n) for y in ys for x in xs]
+    out = None
+    with _WindowBar(len(tiles), n * h * w, progress) as bar:
         for i in range(0, len(tiles), batch_size):
             chunk = tiles[i:i + batch_size]
             # one call shape: pad a short last batch with repeats (when full ones came first)
             call = chunk + [chunk[-1]] * (batch_size - len(chunk)) if i else chunk
-            xb = torch.stack([image[b, :, y:y + wh, x:x + ww] for b, y, x in call]).to(run_dev)
-            pred = _checked_prediction(model(xb), len(call), (wh, ww))
-            pred = pred[:len(chunk)].float().to(image.device)
-            if acc is None:
-                acc = torch.zeros(n, pred.shape[1], H, W, device=image.device)
-                norm = torch.zeros(n, 1, H, W, device=image.device)
-            for j, (b, y, x) in enumerate(chunk):
-                acc[b, :, y:y + wh, x:x + ww].addcmul_(pred[j], weights)
-                norm[b, 0, y:y + wh, x:x + ww].add_(weights)
+            xb = _take_windows(image, call, win, pad_value, run_dev)
+            pred = _checked_prediction(model(xb), len(call), win)[:len(chunk)]
+            pred = pred.to(image.device, torch.float32)
+            if out is None:  # the result doubles as the accumulator of weighted logits
+                out = torch.zeros(n, pred.shape[1], h, w, device=image.device)
+            _accumulate(out, pred, chunk, weights)
             bar.update(len(chunk))
-    out = acc.div_(norm)
-    return out if (ph, pw) == (0, 0) else out[:, :, :h, :w].contiguous()
+    return _normalise(out, weights, ys, xs)
+
+
+def _take_windows(image: torch.Tensor, call, win: tuple[int, int], pad_value: float,
+                  device: torch.device) -> torch.Tensor:
+    """The windows ``(b, y, x)`` of ``call`` as one contiguous ``B x C x wh x ww`` batch on
+    ``device``: uint8 moved as uint8, then scaled to float32 in [0, 1]; padded with
+    ``pad_value`` at the bottom / right where the image is smaller than a window."""
+    wh, ww = win
+    xb = torch.stack([image[b, :, y:y + wh, x:x + ww] for b, y, x in call])
+    xb = xb.to(device).contiguous()  # contiguous: the model sees the layout of a plain batch
+    if xb.dtype == torch.uint8:
+        xb = xb.float().div_(255.0)  # as raunet_fast.data.common.resize_pair scales images
+    ph, pw = wh - xb.shape[-2], ww - xb.shape[-1]
+    return F.pad(xb, (0, pw, 0, ph), value=pad_value) if ph or pw else xb
+
+
+def _accumulate(out: torch.Tensor, pred: torch.Tensor, chunk, weights: torch.Tensor) -> None:
+    """Add each window's prediction times the weight map into ``out`` in place (cropped
+    where a window was padded past the image)."""
+    h, w = out.shape[-2:]
+    for j, (b, y, x) in enumerate(chunk):
+        dh, dw = min(weights.shape[0], h - y), min(weights.shape[1], w - x)
+        out[b, :, y:y + dh, x:x + dw].addcmul_(pred[j, :, :dh, :dw], weights[:dh, :dw])
+
+
+def _normalise(out: torch.Tensor, weights: torch.Tensor, ys, xs) -> torch.Tensor:
+    """Divide ``out`` in place by the sum of the weights of the windows covering each pixel
+    (the same for every image and channel), built band by band from the window starts so
+    that only one ``window-height x W`` band of it exists at a time."""
+    (wh, ww), (h, w) = weights.shape, out.shape[-2:]
+    for r0 in range(0, h, wh):
+        r1 = min(r0 + wh, h)
+        norm = torch.zeros(r1 - r0, w, device=out.device)
+        for y in ys:
+            a, b = max(y, r0), min(y + wh, r1)
+            for x in xs if a < b else ():
+                dw = min(ww, w - x)
+                norm[a - r0:b - r0, x:x + dw].add_(weights[a - y:b - y, :dw])
+        out[..., r0:r1, :].div_(norm)
+    return out
+
+
+class _WindowBar:
+    """tqdm bar over windows whose postfix is the throughput in image megapixels / s (the
+    windows done times the image pixels per window, overlap counted once)."""
+
+    def __init__(self, windows: int, pixels: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.mp_per_window = pixels / 1e6 / windows
+        # leave=None: kept when standalone, cleared when nested under another bar
+        self.bar = tqdm(total=windows, desc="windows", unit="window", leave=None,
+                        disable=not enabled)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def update(self, k: int) -> None:
+        if not self.bar.disable:
+            elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
+            mp_s = (self.bar.n + k) * self.mp_per_window / elapsed
+            self.bar.set_postfix_str(f"{mp_s:.2f} MP/s", refresh=False)
+        self.bar.update(k)
 
 
 def _check_inputs(image, overlap: float, batch_size) -> None:
@@ -139,8 +204,9 @@ def _check_inputs(image, overlap: float, batch_size) -> None:
         raise ValueError(f"image must be N x C x H x W, got shape {tuple(image.shape)}{hint}")
     if image.numel() == 0:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise TypeError(f"image must be floating point, got {image.dtype}")
+    if not (image.is_floating_point() or image.dtype == torch.uint8):
+        raise TypeError(f"image must be floating point or uint8 (0..255, scaled by 1/255), "
+                        f"got {image.dtype}")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from raunet_fast.sliding_window import blend_weights, sliding_window_inference, window_starts
 
@@ -120,8 +122,9 @@ def test_bad_arguments_are_named():
         sliding_window_inference(model, x, 0)
     with pytest.raises(ValueError, match="batch_size"):
         sliding_window_inference(model, x, 8, batch_size=0)
-    with pytest.raises(TypeError, match="floating"):
-        sliding_window_inference(model, x.to(torch.uint8), 8)
+    for dtype in (torch.int16, torch.int64, torch.bool):
+        with pytest.raises(TypeError, match="floating point or uint8"):
+            sliding_window_inference(model, x.to(dtype), 8)
     with pytest.raises(ValueError, match="blend"):
         sliding_window_inference(model, x, 8, blend="median")
     down = nn.Conv2d(3, 1, 2, stride=2)
@@ -189,3 +192,120 @@ def test_window_argument_types():
     for bad in ("64", (4,), (4, 4, 4), 2.5, True):
         with pytest.raises(TypeError, match="window"):
             sliding_window_inference(model, x, bad)
+
+
+def _context_model(cin: int, k: int) -> nn.Module:
+    """3 x 3 convolutions: a window's prediction depends on its neighbourhood, so the
+    blend of overlapping windows differs from the whole-image prediction."""
+    return nn.Sequential(nn.Conv2d(cin, 4, 3, padding=1), nn.Tanh(),
+                         nn.Conv2d(4, k, 3, padding=1)).eval()
+
+
+def _naive_blend(model, image, window, overlap, pad_value=0.0):
+    """The documented algorithm written out plainly: pad the float image at the bottom /
+    right up to the window, predict every window on its own, average with the Gaussian map
+    (exp(-d^2 / 2 sigma^2) per axis, sigma = size / 8, scaled to peak 1, floored at 1e-3),
+    crop the padding."""
+    import math
+
+    n, _, h, w = image.shape
+    wh, ww = window
+    padded = torch.nn.functional.pad(image, (0, max(ww - w, 0), 0, max(wh - h, 0)),
+                                     value=pad_value)
+    H, W = padded.shape[-2:]
+
+    def axis(size):
+        return torch.tensor([math.exp(-0.5 * ((i - (size - 1) / 2) / (size / 8)) ** 2)
+                             for i in range(size)], dtype=torch.float64)
+    wmap = axis(wh)[:, None] * axis(ww)[None, :]
+    wmap = (wmap / wmap.max()).clamp_min(1e-3)
+    num = den = 0
+    for y in window_starts(H, wh, overlap):
+        for x in window_starts(W, ww, overlap):
+            with torch.no_grad():
+                pred = model(padded[:, :, y:y + wh, x:x + ww]).double()
+            num = num + torch.nn.functional.pad(pred * wmap, (x, W - x - ww, y, H - y - wh))
+            den = den + torch.nn.functional.pad(wmap, (x, W - x - ww, y, H - y - wh))
+    return (num / den)[:, :, :h, :w]
+
+
+@pytest.mark.parametrize("size,window,overlap,batch", [
+    ((45, 70), (16, 16), 0.25, 5),     # odd sizes; 48 windows: the last batch is padded
+    ((9, 11), (16, 16), 0.25, 4),      # smaller than the window in both axes
+    ((9, 70), (16, 24), 0.5, 3),       # smaller in one axis only
+    ((33, 17), (16, 16), 0.0, 4)])
+def test_uint8_image_equals_float_path_and_naive_blend(size, window, overlap, batch):
+    """A uint8 image gives exactly what its float / 255 version gives (the windows are
+    scaled as resize_pair scales images), and both match the naive blend of the
+    documented algorithm; an H x W x C array permuted to C x H x W gives the same."""
+    model = _context_model(3, 2)
+    u8 = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
+    as_float = u8.float() / 255
+    a = sliding_window_inference(model, u8, window, overlap=overlap, batch_size=batch)
+    b = sliding_window_inference(model, as_float, window, overlap=overlap, batch_size=batch)
+    assert a.shape == (2, 2, *size) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    hwc = u8.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # strides of a decoded image
+    assert torch.equal(sliding_window_inference(model, hwc, window, overlap=overlap,
+                                                batch_size=batch), a)
+    ref = _naive_blend(model, as_float, window, overlap)
+    torch.testing.assert_close(a.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pad_value_is_in_model_input_units():
+    """An image smaller than the window: a uint8 image is scaled before the window is padded,
+    so pad_value means the same for uint8 and float images."""
+    model = _context_model(1, 1)
+    u8 = torch.randint(0, 256, (1, 1, 7, 30), dtype=torch.uint8)
+    a = sliding_window_inference(model, u8, 16, pad_value=0.5)
+    torch.testing.assert_close(a.double(), _naive_blend(model, u8 / 255, (16, 16), 0.25, 0.5),
+                               rtol=1e-5, atol=1e-5)
+
+
+class _LargeStorages(TorchDispatchMode):
+    """Records every tensor storage of at least ``limit`` bytes an operation returns (and
+    the op that made it), so a test can list the image-sized allocations."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.seen = limit, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.limit:
+                self.seen.setdefault(t.untyped_storage().data_ptr(), str(func))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_memory_stays_bounded(dtype):
+    """Without timing: the model only ever sees float32 batches of at most batch_size
+    windows, and the only image-sized storage created is the result (no float copy of a
+    uint8 input, no padded image, no N x K x H x W or H x W temporaries beside it)."""
+    h, w, win, batch = 300, 260, 64, 3
+    conv = _context_model(3, 2)
+    shapes = []
+
+    def model(xb):
+        assert xb.dtype == torch.float32 and xb.is_contiguous()
+        assert xb.shape[0] <= batch and tuple(xb.shape[1:]) == (3, win, win), xb.shape
+        shapes.append(xb.shape[0])
+        return conv(xb)
+
+    image = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8)
+    image = image if dtype == torch.uint8 else image / 255
+    with _LargeStorages(limit=h * w * 4) as mode:  # one float32 H x W plane
+        out = sliding_window_inference(model, image, win, overlap=0.25, batch_size=batch)
+    big = {p: op for p, op in mode.seen.items() if p != image.untyped_storage().data_ptr()}
+    assert list(big) == [out.untyped_storage().data_ptr()], big
+    assert out.shape == (1, 2, h, w)
+    assert set(shapes) == {batch} and len(shapes) == -(-36 // batch)  # 6 x 6 windows
+
+
+def test_progress_bar_counts_windows_and_megapixels(capsys):
+    model = lambda xb: xb[:, :1]  # noqa: E731
+    sliding_window_inference(model, torch.zeros(1, 1, 40, 40, dtype=torch.uint8), 16,
+                             overlap=0.0, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "9/9" in err and "MP/s" in err, err

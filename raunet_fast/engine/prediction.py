@@ -182,6 +182,7 @@ class PredictionRun:
                                  batch_size=cfg.batch_size)
         if self.amp_dtype is not None:
             p.name += f" (autocast {cfg.dtype})"
+        p.progress = cfg.progress
         return p
 
     def run(self) -> dict[str, Any]:
@@ -304,9 +305,10 @@ class PredictionRun:
 
         mode = "RGB" if self.model.in_channels == 3 else "L"
         convert = self.cfg.convert_channels
-        if self.window is not None:  # full resolution, scaled as in training
+        if self.window is not None:  # full resolution; uint8, scaled window by window
             image, full = read_image(path, mode, convert=convert)
-            return resize_pair(image, None, None)[0], full
+            x = torch.from_numpy(image)
+            return (x[None] if x.dim() == 2 else x.permute(2, 0, 1)), full
         image, full = read_image(path, mode, draft_size=self.size, convert=convert)
         return resize_pair(image, None, self.size)[0], full
 

@@ -137,12 +137,13 @@ class Predictor:
     """Logits and label maps from a forward module (a model, fused, TTA, an ensemble).
 
     ``batch_size`` images (BraTS: slices; windows) per call, under autocast in
-    ``amp_dtype`` when given; outputs are float32 on the CPU."""
+    ``amp_dtype`` when given; outputs are float32 on the CPU. ``progress``: windowed
+    prediction shows a bar per image (windows, megapixels / s)."""
 
     def __init__(self, forward, device: torch.device, amp_dtype: torch.dtype | None = None,
-                 batch_size: int = 8, name: str = "reference"):
+                 batch_size: int = 8, name: str = "reference", progress: bool = False):
         self.forward, self.device, self.amp_dtype = forward, device, amp_dtype
-        self.batch_size, self.name = batch_size, name
+        self.batch_size, self.name, self.progress = batch_size, name, progress
 
     @classmethod
     def from_model(cls, model, device: torch.device, *, fused: bool = False,
@@ -164,12 +165,14 @@ class Predictor:
 
     @torch.no_grad()
     def logits_windowed(self, x: torch.Tensor, window, overlap: float) -> torch.Tensor:
-        """``C x H x W`` image -> ``K x H x W`` logits at the image's own resolution, from
-        overlapping windows (``batch_size`` windows per call)."""
+        """``C x H x W`` image (float, or uint8 scaled by 1/255 a batch of windows at a
+        time) -> ``K x H x W`` logits at the image's own resolution, from overlapping
+        windows (``batch_size`` windows per call)."""
         from ..sliding_window import sliding_window_inference
 
         return sliding_window_inference(self._run, x[None], window, overlap=overlap,
-                                        batch_size=self.batch_size, device=self.device)[0].cpu()
+                                        batch_size=self.batch_size, device=self.device,
+                                        progress=self.progress)[0].cpu()
 
     def predict_image(self, x: torch.Tensor, full_size, window=None,
                       overlap: float = 0.25) -> torch.Tensor:
