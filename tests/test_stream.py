@@ -71,6 +71,24 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def gray_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    model = build_model("raunet", in_channels=1, out_channels=1, base_channels=4, depth=3)
+    x = torch.from_numpy(np.stack(smooth_frames(4, SIZE, SIZE, seed=4))).float().mean(3) / 255
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x[:, None])
+        model.eval()
+        model.head.bias -= model(x[:, None]).median()
+    path = tmp_path_factory.mktemp("ck") / "gray"
+    model.save_pretrained(path)
+    (path / "preprocessing.json").write_text(json.dumps(
+        {"dataset": "folder", "patch": [SIZE, SIZE], "threshold": 0.5}))
+    return path
+
+
+@pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("video") / "clip.avi"
     write_video(path, smooth_frames(FRAMES, H, W, seed=2))
@@ -152,6 +170,20 @@ def test_resized_frames_and_the_fused_model(checkpoint, video, frames_as_png, tm
         assert (m != want[name]).mean() < 0.01, name
 
 
+def test_a_grayscale_model_gets_the_frames_luma(gray_checkpoint, video, frames_as_png,
+                                                tmp_path):
+    """predict --convert-channels reads the RGB PNG frames as luma: the same masks."""
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    assert stream("--checkpoint", str(gray_checkpoint), "--input", str(video), "--out", str(out),
+                  "--masks", "--no-video", "--no-fused") == 0
+    assert predict("--checkpoint", str(gray_checkpoint), "--input", str(frames_as_png),
+                   "--out", str(pred), "--convert-channels") == 0
+    want = masks_of(pred)
+    assert len(want) == FRAMES and 0.05 < np.mean([m.mean() / 255 for m in want.values()]) < 0.95
+    for name, m in masks_of(out / "masks").items():
+        np.testing.assert_array_equal(m, want[name], err_msg=name)
+
+
 def test_folder_of_frames_in_natural_order(checkpoint, tmp_path):
     """Frames f1, f2, f10 play in that order (not f1, f10, f2); with --alpha 0 the overlay
     is the frame itself, so the decoded video's brightness shows the order."""
@@ -193,6 +225,13 @@ def test_bad_video_files_are_one_line_errors(kind, checkpoint, video, tmp_path, 
     assert stream("--checkpoint", str(checkpoint), "--input", str(bad), "--out", str(out)) == 2
     one_line_error(capsys, str(bad))
     assert not out.exists() or not any(out.glob("*overlay*")), list(out.iterdir())
+
+
+def test_a_missing_camera_is_a_one_line_error(checkpoint, tmp_path, capsys):
+    device = tmp_path / "video97"  # no such capture device
+    assert stream("--checkpoint", str(checkpoint), "--input", f"camera:{device}",
+                  "--out", str(tmp_path / "out")) == 2
+    one_line_error(capsys, "cannot read camera", str(device))
 
 
 def test_missing_pyav_names_the_extra(checkpoint, video, tmp_path, capsys, monkeypatch):

@@ -42,7 +42,7 @@ class FrameSegmenter:
         if self.in_channels == 1:
             from PIL import Image
 
-            image = np.asarray(Image.fromarray(rgb).convert("L"))
+            image = np.array(Image.fromarray(rgb).convert("L"))  # writable, for torch
         if self.size is not None:
             return resize_pair(image, None, self.size)[0]
         x = torch.from_numpy(np.ascontiguousarray(image))
