@@ -149,7 +149,8 @@ def test_video_masks_equal_predict_on_its_frames(checkpoint, video, frames_as_pn
     assert len(overlay) == FRAMES and overlay[0].shape == (H + 1, W + 1, 3)
     stats = json.loads((out / "stream_stats.json").read_text())
     assert stats["frames"] == FRAMES and stats["dropped"] == 0
-    assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p99"] <= stats["latency_ms"]["max"]
+    lat = stats["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
 
 
 def test_resized_frames_and_the_fused_model(checkpoint, video, frames_as_png, tmp_path):
@@ -252,3 +253,28 @@ def test_a_failing_frame_leaves_no_half_written_video(checkpoint, tmp_path, caps
     assert stream("--checkpoint", str(checkpoint), "--input", str(folder), "--out", str(out)) == 2
     one_line_error(capsys, "share a size")
     assert [p.name for p in out.iterdir() if "overlay" in p.name] == []
+
+
+def test_ctrl_c_finishes_the_frames_in_flight_and_closes_the_video(checkpoint, video, tmp_path,
+                                                                   monkeypatch):
+    """Ctrl-C (KeyboardInterrupt in the main thread) while frames are written: the run
+    returns its numbers, and the video holds exactly the frames written."""
+    import _thread
+
+    from raunet_fast.stream import StreamRun, stream as stream_api
+
+    write = StreamRun._write
+
+    def interrupting(self, frame):
+        if frame.index == 1:
+            _thread.interrupt_main()
+        return write(self, frame)
+
+    monkeypatch.setattr(StreamRun, "_write", interrupting)
+    out = tmp_path / "out"
+    s = stream_api(checkpoint, video, out, masks=True, queue_size=1, device="cpu",
+                   progress=False)
+    assert s["interrupted"] and 2 <= s["frames"] <= FRAMES
+    assert len(decode(out / "clip_overlay.mp4")) == s["frames"]
+    assert len(masks_of(out / "masks")) == s["frames"]
+    assert not list(out.glob(".*partial*"))

@@ -103,6 +103,8 @@ class StreamRun:
         cfg = self.cfg
         self.video_path = self.out / f"{self.source.name}_overlay.{cfg.video_format}"
         check_out(self.out, [self.video_path.name] if cfg.video else [], cfg.overwrite)
+        self.video = (VideoSink(self.video_path, self.source.fps, cfg.video_format)
+                      if cfg.video else None)  # PyAV and an encoder are there before the model
         masks = self.out / MASKS_DIR
         if cfg.masks and not cfg.overwrite and masks.is_dir() and any(masks.iterdir()):
             raise ValueError(f"--out {self.out} already holds masks in {masks}; pass "
@@ -138,7 +140,6 @@ class StreamRun:
         from .pipeline import Pipeline
 
         cfg, src = self.cfg, self.source
-        self.video = VideoSink(self.video_path, src.fps, cfg.video_format) if cfg.video else None
         self.stats = StreamStats(self.device)
         total = min(filter(None, (src.total, cfg.max_frames)), default=None)
         self.bar = tqdm(total=total, desc="stream", unit="frame", disable=not cfg.progress)

@@ -23,7 +23,7 @@ CODECS = {"mp4": ("libx264", "mpeg4"), "avi": ("mpeg4",), "webm": ("libvpx-vp9",
 CODEC_OPTIONS = {"libx264": {"preset": "veryfast", "crf": "20"},
                  "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"},
                  "libvpx": {"deadline": "realtime", "cpu-used": "8", "crf": "10", "b": "2M"},
-                 "mpeg4": {"qscale": "3"}}
+                 "mpeg4": {"qmin": "2", "qmax": "5"}}
 
 
 def mask_layers(masks: list[np.ndarray], head: str) -> list[np.ndarray]:
