@@ -16,9 +16,10 @@ def _ms(stats: dict) -> str:
 
 def report(s: dict) -> str:
     """The summary of a run in one line."""
-    memory = f"peak memory {s['peak_rss_mb']:.0f} MiB"
-    if s.get("peak_cuda_mb") is not None:
-        memory += f" (CUDA {s['peak_cuda_mb']:.0f} MiB)"
+    rss, cuda = s.get("peak_rss_mb"), s.get("peak_cuda_mb")
+    memory = "peak memory " + ("unknown" if rss is None else f"{rss:.0f} MiB")
+    if cuda is not None:
+        memory += f" (CUDA {cuda:.0f} MiB)"
     wrote = ", ".join(str(p) for p in (s["video"], s["masks"]) if p) or "no outputs"
     stopped = " (stopped by Ctrl-C)" if s.get("interrupted") else ""
     return (f"stream: {s['frames']} frames{stopped} in {s['seconds']:.2f}s: "

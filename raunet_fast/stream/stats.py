@@ -6,7 +6,6 @@ were written. Inference time: the model call alone (with the copy of the masks b
 host, which waits for the device)."""
 from __future__ import annotations
 
-import resource
 import sys
 import time
 
@@ -27,9 +26,13 @@ def latency_summary(seconds: list[float]) -> dict[str, float | None]:
     return out
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> float | None:
     """The process's peak resident memory in MiB (``ru_maxrss``: KiB on Linux, bytes on
-    macOS)."""
+    macOS; None where there is no ``resource`` module, on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
 
