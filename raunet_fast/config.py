@@ -574,3 +574,55 @@ class PredictConfig(InferenceConfig):
         if self.skip_existing and self.overwrite:
             raise ValueError("--skip-existing keeps the outputs in --out, --overwrite replaces "
                              "them: pass one of the two")
+
+
+VIDEO_FORMATS = ("mp4", "avi", "webm")
+
+
+@dataclass(kw_only=True)
+class StreamConfig(InferenceConfig):
+    """``raunet-fast stream``: segment a video, a folder of frames or a camera, frame by
+    frame, into an overlay video and / or per-frame masks."""
+
+    command: ClassVar[str] = "stream"
+    path_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "out", "ensemble", "input")
+
+    input: str | None = option(
+        None, "a video file (mp4, avi, webm, ...: the video extra), a folder of frames "
+              "(read in natural name order) or camera:N (a camera device)", required=True,
+        parse=str)
+    video: bool = option(True, "no overlay video (OUT/<input>_overlay.<format>)",
+                         flag="--no-video")
+    masks: bool = option(False, "also write each frame's mask as OUT/masks/<frame>_mask.png "
+                                "(frames of a video are named frame_000000, ...)")
+    video_format: str = option("mp4", "container of the overlay video (mp4: H.264, avi: "
+                                      "MPEG-4 part 2, webm: VP9)", choices=VIDEO_FORMATS)
+    fps: float | None = option(
+        None, "frame rate of a folder of frames or a camera (default 25), and of the overlay "
+              "video (default: the input's)", parse=float)
+    realtime: bool = option(
+        False, "play the input at its frame rate and skip frames when inference falls "
+               "behind (the newest frame is segmented; the others are counted as dropped)")
+    max_frames: int | None = option(None, "stop after this many frames (a camera runs until "
+                                          "then, or until Ctrl-C)", parse=int)
+    queue_size: int = option(4, "frames each stage may hold ahead of the next (decode, "
+                                "inference, overlay, writing run in their own threads)")
+    alpha: float = option(0.5, "opacity of the mask colour in the overlay video")
+    fused: bool = option(True, "run the reference model instead of the folded, fused one "
+                               "(the fused one needs norm=batch; on CUDA it runs as CUDA "
+                               "graphs)", flag="--no-fused")
+    dtype: str | None = option("auto", "precision of the fused model (auto: bf16 on CUDA and "
+                                       "on CPUs with AMX / AVX512-BF16, fp32 elsewhere)",
+                               choices=DTYPE_CHOICES)
+
+    def check(self) -> None:
+        super().check()
+        check_at_least("max_frames", self.max_frames, 1)
+        check_at_least("queue_size", self.queue_size, 1)
+        if self.fps is not None:
+            _finite_positive("fps", self.fps)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.fused and self.dtype not in (None, "auto", "fp32"):
+            raise ValueError(f"--dtype {self.dtype} is the precision of the fused model; drop "
+                             f"--no-fused (the reference model runs in fp32)")

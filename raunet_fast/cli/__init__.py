@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "raunet_fast.cli.train",
     "raunet_fast.cli.evaluate",
     "raunet_fast.cli.predict",
+    "raunet_fast.cli.stream",
     "raunet_fast.cli.demo",
     "raunet_fast.cli.benchmark",
     "raunet_fast.cli.export",

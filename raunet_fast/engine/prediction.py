@@ -95,6 +95,31 @@ def output_names(stem: str, head: str, regions: list[str], probabilities: bool) 
     return names
 
 
+def output_head(prep: dict[str, Any], out_channels: int, threshold_given: bool) -> str:
+    """How logits become masks: ``binary``, ``multilabel`` (sigmoid) or ``softmax`` (from
+    the checkpoint's ``"output"``); ``threshold_given``: --threshold was passed (refused
+    for softmax)."""
+    if not str(prep.get("output", "sigmoid")).lower().startswith("softmax"):
+        return "binary" if out_channels == 1 else "multilabel"
+    if threshold_given:
+        raise ValueError("--threshold applies to sigmoid outputs; this checkpoint's output "
+                         "is softmax (its label map takes the most probable class)")
+    if out_channels > 256:
+        raise ValueError(f"{out_channels} classes do not fit an 8-bit label map")
+    return "softmax"
+
+
+def mask_tensors(logits: torch.Tensor, head: str, threshold: float):
+    """``K x H x W`` logits -> (masks, probabilities) on the logits' device: binary /
+    multilabel: one uint8 0/255 mask per channel (sigmoid > threshold); softmax: the uint8
+    label map, and 1 - P(class 0) as the probability."""
+    if head == "softmax":
+        prob = torch.softmax(logits, dim=0)
+        return [prob.argmax(0).to(torch.uint8)], [1.0 - prob[0]]
+    prob = torch.sigmoid(logits)
+    return [(p > threshold).to(torch.uint8) * 255 for p in prob], list(prob)
+
+
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int):
     """``fn`` over ``items`` in ``pool``, in order, at most ``ahead`` items decoded ahead of
     the consumer (memory stays bounded on large folders)."""
@@ -256,16 +281,7 @@ class PredictionRun:
             raise
 
     def _head(self) -> str:
-        """How logits become masks: ``binary``, ``multilabel`` (sigmoid) or ``softmax``."""
-        out_ch = self.model.out_channels
-        if not str(self.prep.get("output", "sigmoid")).lower().startswith("softmax"):
-            return "binary" if out_ch == 1 else "multilabel"
-        if self.cfg.threshold is not None:
-            raise ValueError("--threshold applies to sigmoid outputs; this checkpoint's output "
-                             "is softmax (its label map takes the most probable class)")
-        if out_ch > 256:
-            raise ValueError(f"{out_ch} classes do not fit an 8-bit label map")
-        return "softmax"
+        return output_head(self.prep, self.model.out_channels, self.cfg.threshold is not None)
 
     def _check_images(self) -> list[Path]:
         """The images to predict, every header checked and every output name checked
@@ -317,13 +333,8 @@ class PredictionRun:
         from ..hub import atomic_write_bytes
 
         logits = resize_logits(logits[None], full)[0]
-        if self.head == "softmax":
-            prob = torch.softmax(logits, dim=0)
-            masks, probs = [prob.argmax(0).to(torch.uint8).numpy()], [1.0 - prob[0]]
-        else:
-            prob = torch.sigmoid(logits)
-            masks = [(p > self.threshold).numpy().astype(np.uint8) * 255 for p in prob]
-            probs = list(prob)
+        masks, probs = mask_tensors(logits, self.head, self.threshold)
+        masks = [m.numpy() for m in masks]
         if self.cfg.probabilities:
             masks += [(p * 255).round_().clamp_(0, 255).to(torch.uint8).numpy() for p in probs]
         names = self.outputs[path]

@@ -8,13 +8,14 @@ import json
 import pytest
 
 from raunet_fast import cli
-from raunet_fast.config import (EvaluateConfig, PredictConfig, TrainConfig, add_options,
-                                from_args, read_config_file)
+from raunet_fast.config import (EvaluateConfig, PredictConfig, StreamConfig, TrainConfig,
+                                add_options, from_args, read_config_file)
 
-CLASSES = (TrainConfig, EvaluateConfig, PredictConfig)
+CLASSES = (TrainConfig, EvaluateConfig, PredictConfig, StreamConfig)
 REQUIRED = {TrainConfig: ["--data-root", "d", "--out", "o"],
             EvaluateConfig: ["--checkpoint", "c", "--dataset", "folder", "--data-root", "d"],
-            PredictConfig: ["--checkpoint", "c", "--input", "i", "--out", "o"]}
+            PredictConfig: ["--checkpoint", "c", "--input", "i", "--out", "o"],
+            StreamConfig: ["--checkpoint", "c", "--input", "i", "--out", "o"]}
 
 
 def parser_for(cls) -> argparse.ArgumentParser:
