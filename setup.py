@@ -50,6 +50,8 @@ setup(
                   "onnxruntime>=1.18"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
         "cpu-int8": ["torchao>=0.12"],
+        # reproduce's figures and the demo's pictures
+        "plots": ["matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["raunet-fast=raunet_fast.cli:main"]},
     classifiers=[
