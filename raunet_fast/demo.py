@@ -43,7 +43,7 @@ def run_demo(out: str | Path = "raunet-demo", cases: int = 160, epochs: int = 20
 
     from .config import TrainConfig
     from .data.generate import make_isic2018
-    from .engine import evaluate, train
+    from .engine import evaluate
 
     if threads:
         torch.set_num_threads(threads)
@@ -59,26 +59,35 @@ def run_demo(out: str | Path = "raunet-demo", cases: int = 160, epochs: int = 20
     _save_untrained(out / "untrained", size, base_channels, depth, seed)
     before = evaluate(out / "untrained", "isic2018", out / "data", "test", out / "eval-untrained",
                       device=device, progress=False)
-    print(f"[3/4] training RA-U-Net (base {base_channels}, depth {depth}, "
-          f"{image_size}x{image_size}) for {epochs} epochs on {counts['train']} images, "
-          f"validating on {counts['val']}")
     t0 = time.perf_counter()
-    result = train(TrainConfig(
+    result, after = _train_and_score(out, counts, TrainConfig(
         data_root=str(out / "data"), out=str(out / "run"), model="raunet", dataset="isic2018",
         epochs=epochs, batch_size=batch_size, image_size=size, base_channels=base_channels,
         depth=depth, dropout=0.0, lr=lr, patience=max(epochs, 1), seed=seed, num_workers=0,
         device=device, progress=progress, cache_images=True, scheduler="none"))
     t_train = time.perf_counter() - t0
+    summary = {"untrained": before, "trained": after, "train": result,
+               "pictures": _pictures(out, device)}
+    summary["seconds"] = {"data": t_data, "train": t_train,
+                          "total": time.perf_counter() - t_start}
+    _report(out, counts, before, after, result, summary["seconds"])
+    summary["speed"] = _speed(out / "run" / "best", size, batch_size, device)
+    return summary
+
+
+def _train_and_score(out: Path, counts: dict, cfg) -> tuple[dict, dict]:
+    """Steps 3 and 4: train as ``cfg`` says, score the best checkpoint on the test split."""
+    from .engine import evaluate, train
+
+    print(f"[3/4] training RA-U-Net (base {cfg.base_channels}, depth {cfg.depth}, "
+          f"{cfg.image_size[0]}x{cfg.image_size[1]}) for {cfg.epochs} epochs on "
+          f"{counts['train']} images, validating on {counts['val']}")
+    result = train(cfg)
     print(f"[4/4] scoring the best checkpoint (epoch {result['best_epoch']}) on the "
           f"{counts['test']} test images")
     after = evaluate(out / "run" / "best", "isic2018", out / "data", "test", out / "eval",
-                     device=device, progress=False, save_predictions=True)
-    pictures = _pictures(out, device)
-    seconds = {"data": t_data, "train": t_train, "total": time.perf_counter() - t_start}
-    _report(out, counts, before, after, result, seconds)
-    speed = _speed(out / "run" / "best", size, batch_size, device)
-    return {"untrained": before, "trained": after, "train": result, "seconds": seconds,
-            "pictures": pictures, "speed": speed}
+                     device=cfg.device, progress=False, save_predictions=True)
+    return result, after
 
 
 def _pictures(out: Path, device: str, count: int = 4) -> Path | None:
