@@ -172,3 +172,35 @@ def test_missing_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert "raunet-fast[plots]" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o" / "runs").exists()  # refused before any training
+
+
+def test_brats_tables_per_region_and_resunet(tmp_path):
+    from raunet_fast.data import make_brats2021
+
+    make_brats2021(tmp_path / "data", 12, (28, 30, 10), seed=4, spacing=(1.0, 1.0, 2.0))
+    out = tmp_path / "out"
+    assert cli.main(["reproduce", "--dataset", "brats2021", "--data-root", str(tmp_path / "data"),
+                     "--out", str(out), "--seeds", "2", "--epochs", "1", "--crop", "20",
+                     "--base-channels", "6", "--depth", "3", "--num-workers", "0",
+                     "--device", "cpu", "--no-progress", "--with-resunet"]) == 0
+    models = [*MODELS, "resunet"]
+    ours = {r["model"]: r for r in read(out / "table1.csv") if r["source"] == "ours"}
+    assert set(ours) == {"U-Net", "Attention U-Net", "ResUNet", "RA-U-Net"}
+    label = {**MODELS, "resunet": "ResUNet"}
+    for model in models:
+        runs = [read(out / "runs" / f"{model}-seed{s}" / "test" / "cases.csv") for s in range(2)]
+        for m in METRICS:
+            k = 100 if m in ("dice", "jaccard") else 1
+            # the region mean per case, then per run, then over seeds
+            means = np.array([np.mean([np.mean([float(r[f"{m}_{g}"]) for g in ("WT", "TC", "ET")])
+                                       for r in rows]) * k for rows in runs])
+            assert float(ours[label[model]][f"{m}_mean_mean"]) == pytest.approx(means.mean(), rel=1e-8)
+            wt = np.array([np.mean([float(r[f"{m}_WT"]) for r in rows]) * k for rows in runs])
+            assert float(ours[label[model]][f"{m}_WT_std"]) == pytest.approx(wt.std(ddof=1), rel=1e-8,
+                                                                             abs=1e-10)
+    n_test = len(read(out / "runs" / "raunet-seed0" / "test" / "cases.csv"))
+    panel_grid(out / "fig6_cases.png", min(3, n_test), 2 + len(models) + 1)
+    panel_grid(out / "fig5_metrics.png", 1, len(METRICS))
+    paired = read(out / "table1_paired.csv")
+    assert {r["comparison"] for r in paired} == {
+        f"RA-U-Net - {label[m]}" for m in ("unet", "attention-unet", "resunet")}

@@ -164,8 +164,9 @@ def write_report(out: Path, info: dict, table_md: str, lines: list[str]) -> Path
         f"- split: {info['counts']} (the same for every run; split seed {c['split_seed']})",
         "", "## Budget (the same for every model)", "",
         f"- models: {', '.join(info['labels'])}; seeds {list(range(c['seeds']))}",
-        f"- {c['epochs']} epochs, early stopping after {c['patience']} without improvement, "
-        f"batch {c['batch_size']}, steps per epoch capped at {c['max_steps_per_epoch']}, "
+        f"- epochs: {c['epochs']} (early stopping after {c['patience']} without "
+        f"improvement), batch {c['batch_size']}, steps per epoch: "
+        f"{c['max_steps_per_epoch'] or 'all'}, "
         f"Adam lr {c['lr']}, Dice + Focal loss, flips / rotations / elastic augmentation",
         f"- network: base channels {c['base_channels']}, depth {c['depth']}, input "
         f"{info['input']}",
