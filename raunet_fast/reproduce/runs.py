@@ -96,13 +96,12 @@ def execute(cfg: ReproduceConfig, runs: list[Run], dataset: str, root: Path) -> 
     from tqdm import tqdm
 
     from ..engine import train
+    from ..engine.resume import check_same_run
 
     done = {"trained": [], "kept": []}
     for run in tqdm(runs, desc="reproduce", unit="run", disable=not cfg.progress):
         tcfg = train_config(cfg, run, dataset, root)
         if run.trained and run.evaluated:
-            from ..engine.resume import check_same_run
-
             check_same_run(run.folder, tcfg)  # a kept run must match the options
             done["kept"].append(run.folder.name)
             continue

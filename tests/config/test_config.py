@@ -8,11 +8,12 @@ import json
 import pytest
 
 from raunet_fast import cli
-from raunet_fast.config import (EvaluateConfig, PredictConfig, TrainConfig, add_options,
-                                from_args, read_config_file)
+from raunet_fast.config import (EvaluateConfig, PredictConfig, ReproduceConfig, TrainConfig,
+                                add_options, from_args, read_config_file)
 
-CLASSES = (TrainConfig, EvaluateConfig, PredictConfig)
+CLASSES = (TrainConfig, EvaluateConfig, PredictConfig, ReproduceConfig)
 REQUIRED = {TrainConfig: ["--data-root", "d", "--out", "o"],
+            ReproduceConfig: ["--dataset", "generated", "--out", "o"],
             EvaluateConfig: ["--checkpoint", "c", "--dataset", "folder", "--data-root", "d"],
             PredictConfig: ["--checkpoint", "c", "--input", "i", "--out", "o"]}
 
