@@ -66,7 +66,7 @@ def write_outputs(cfg, plan, results, cost, layout: str, root: Path) -> dict[str
     paper = {labels[m]: {f"{k}_mean" if layout == "brats2021" else k: v
                          for k, v in p.items()} for m, p in report.PAPER_TABLE1.items()}
     paths = {"table": out / "table1.md"}
-    paths["fig5"] = figures.bar_plot(shown, head, [report.NAMES[c.split("_")[0]] for c in head],
+    paths["fig5"] = figures.bar_plot(shown, head, [report.title(c) for c in head],
                                      out / "fig5_metrics.png", paper)
     paths["fig6"] = case_figure(cfg, plan, results, layout, root, out / "fig6_cases.png")
     paths["curves"] = figures.curves(validation_curves(plan), out / "curves.png")

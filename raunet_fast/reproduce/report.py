@@ -19,6 +19,14 @@ PAPER_TABLE1 = {"unet": {"dice": 86.1, "jaccard": 78.4, "hd": 7.6},
                 "attention-unet": {"dice": 88.7, "jaccard": 81.1, "hd": 6.2},
                 "raunet": {"dice": 91.4, "jaccard": 84.9, "hd": 4.8}}
 NAMES = {"dice": "Dice (%)", "jaccard": "Jaccard (%)", "hd": "HD", "hd95": "HD95"}
+
+
+def title(column: str) -> str:
+    """Table / figure heading of a headline column: distances in mm for BraTS (region
+    columns), in pixels for 2-D data."""
+    metric = column.split("_")[0]
+    unit = " (mm)" if "_" in column else " (px)"
+    return NAMES[metric] + (unit if metric in LOWER_IS_BETTER else "")
 LOWER_IS_BETTER = ("hd", "hd95")
 
 
@@ -65,7 +73,7 @@ def write_tables(out: Path, summary: dict, cost: dict, paired: list[dict], label
 
 
 def markdown_table(summary: dict, cost: dict, labels: dict, headline: list[str]) -> str:
-    head = ["model", *(NAMES[c.split("_")[0]] for c in headline), "params", "GFLOP / image",
+    head = ["model", *(title(c) for c in headline), "params", "GFLOP / image",
             "images / s", "paper Dice (%)", "paper Jaccard (%)", "paper HD (px)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, s in summary.items():
