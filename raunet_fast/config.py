@@ -626,3 +626,61 @@ class StreamConfig(InferenceConfig):
         if not self.fused and self.dtype not in (None, "auto", "fp32"):
             raise ValueError(f"--dtype {self.dtype} is the precision of the fused model; drop "
                              f"--no-fused (the reference model runs in fp32)")
+
+
+#: reproduce --dataset: the training data sets, or synthetic lesions in the ISIC layout
+REPRODUCE_DATASETS = (*DATASETS, "generated")
+
+
+@dataclass
+class ReproduceConfig(RunConfig):
+    """``raunet-fast reproduce``: the paper's model comparison, rerun (docs/reproduce.md)."""
+
+    command: ClassVar[str] = "reproduce"
+    path_fields: ClassVar[tuple[str, ...]] = ("data_root", "out", "cache_dir")
+
+    dataset: str | None = option(
+        None, "data set; generated: synthetic lesions in the ISIC 2018 layout, written to "
+              "--data-root (default OUT/data)", choices=REPRODUCE_DATASETS, required=True)
+    out: str | None = option(None, "output folder: tables, figures, report, one run "
+                                   "folder per model and seed (created)", required=True,
+                             parse=str)
+    data_root: str | None = option(None, "folder holding the data set (required except for "
+                                         "generated)", parse=str)
+    seeds: int = option(3, "training seeds per model (0 .. N-1), the same for every model")
+    epochs: int = option(50, "training epochs of every run")
+    image_size: tuple[int, int] | None = option(
+        None, "network input size (default: 64 for generated, else train's default)",
+        parse=parse_size, metavar="S|HxW")
+    base_channels: int = option(64, "channels of the first level (doubled per level)")
+    depth: int = option(5, "levels of the U")
+    batch_size: int = option(8, "images (slices) per training step")
+    lr: float = option(1e-4, "Adam learning rate (paper: 1e-4)")
+    patience: int = option(20, "early stopping: epochs without val Dice improvement")
+    max_steps_per_epoch: int | None = option(None, "cap on the steps of an epoch", parse=int)
+    with_resunet: bool = option(False, "also train ResUNet (residual blocks, no gates)")
+    cases: int = option(200, "generated: synthetic images to write (60/20/20 % split)")
+    crop: int | None = option(192, "BraTS: centre crop of the axial slices", parse=int)
+    split_seed: int = option(0, "BraTS / folder: seed of the train/val/test split by case")
+    cache_dir: str | None = option(None, "BraTS: keep preprocessed volumes here as .npy",
+                                   parse=str)
+    num_workers: int = option(2, "DataLoader worker processes")
+    device: str = option("auto", "auto: CUDA when present, else CPU", choices=DEVICES)
+    resume: bool = option(False, "continue an interrupted reproduce in --out: finished runs "
+                                 "are kept, interrupted ones continue")
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
+
+    def check(self) -> None:
+        super().check()
+        for name in ("seeds", "epochs", "base_channels", "batch_size", "patience",
+                     "max_steps_per_epoch"):
+            check_at_least(name, getattr(self, name), 1)
+        check_at_least("depth", self.depth, 2)
+        check_at_least("num_workers", self.num_workers, 0)
+        check_at_least("cases", self.cases, 3)
+        check_size("image_size", self.image_size)
+        check_out_folder(self.out)
+        _finite_positive("lr", self.lr)
+        if self.dataset != "generated" and self.data_root is None:
+            raise ValueError(f"reproduce --dataset {self.dataset} needs --data-root (the "
+                             f"folder holding the data set)")

@@ -4,7 +4,9 @@
 2. scores an untrained RA-U-Net on its test split (the baseline),
 3. trains a small RA-U-Net (``train``: Adam, Dice + Focal, augmentation, early stopping),
 4. scores the best checkpoint on the test split (``evaluate``),
-5. prints a results table and where every file is.
+5. prints a results table and where every file is, draws ``cases.png`` (input, truth,
+   prediction and attention map of a few test images; the ``plots`` extra) and prints the
+   fused inference model's speed against the reference model's on this machine.
 
 Everything lands in one folder (default ``./raunet-demo``); running the demo again
 replaces what an earlier demo wrote there.
@@ -27,6 +29,7 @@ def _prepare_folder(out: Path) -> None:
     for sub in ("data", "run", "untrained", "eval", "eval-untrained"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)
+    (out / "cases.png").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("folder written by `raunet-fast demo`; safe to delete\n")
 
@@ -40,7 +43,7 @@ def run_demo(out: str | Path = "raunet-demo", cases: int = 160, epochs: int = 20
 
     from .config import TrainConfig
     from .data.generate import make_isic2018
-    from .engine import evaluate, train
+    from .engine import evaluate
 
     if threads:
         torch.set_num_threads(threads)
@@ -56,23 +59,91 @@ def run_demo(out: str | Path = "raunet-demo", cases: int = 160, epochs: int = 20
     _save_untrained(out / "untrained", size, base_channels, depth, seed)
     before = evaluate(out / "untrained", "isic2018", out / "data", "test", out / "eval-untrained",
                       device=device, progress=False)
-    print(f"[3/4] training RA-U-Net (base {base_channels}, depth {depth}, "
-          f"{image_size}x{image_size}) for {epochs} epochs on {counts['train']} images, "
-          f"validating on {counts['val']}")
     t0 = time.perf_counter()
-    result = train(TrainConfig(
+    result, after = _train_and_score(out, counts, TrainConfig(
         data_root=str(out / "data"), out=str(out / "run"), model="raunet", dataset="isic2018",
         epochs=epochs, batch_size=batch_size, image_size=size, base_channels=base_channels,
         depth=depth, dropout=0.0, lr=lr, patience=max(epochs, 1), seed=seed, num_workers=0,
         device=device, progress=progress, cache_images=True, scheduler="none"))
     t_train = time.perf_counter() - t0
+    summary = {"untrained": before, "trained": after, "train": result,
+               "pictures": _pictures(out, device)}
+    summary["seconds"] = {"data": t_data, "train": t_train,
+                          "total": time.perf_counter() - t_start}
+    _report(out, counts, before, after, result, summary["seconds"])
+    summary["speed"] = _speed(out / "run" / "best", size, batch_size, device)
+    return summary
+
+
+def _train_and_score(out: Path, counts: dict, cfg) -> tuple[dict, dict]:
+    """Steps 3 and 4: train as ``cfg`` says, score the best checkpoint on the test split."""
+    from .engine import evaluate, train
+
+    print(f"[3/4] training RA-U-Net (base {cfg.base_channels}, depth {cfg.depth}, "
+          f"{cfg.image_size[0]}x{cfg.image_size[1]}) for {cfg.epochs} epochs on "
+          f"{counts['train']} images, validating on {counts['val']}")
+    result = train(cfg)
     print(f"[4/4] scoring the best checkpoint (epoch {result['best_epoch']}) on the "
           f"{counts['test']} test images")
     after = evaluate(out / "run" / "best", "isic2018", out / "data", "test", out / "eval",
-                     device=device, progress=False, save_predictions=True)
-    seconds = {"data": t_data, "train": t_train, "total": time.perf_counter() - t_start}
-    _report(out, counts, before, after, result, seconds)
-    return {"untrained": before, "trained": after, "train": result, "seconds": seconds}
+                     device=cfg.device, progress=False, save_predictions=True)
+    return result, after
+
+
+def _pictures(out: Path, device: str, count: int = 4) -> Path | None:
+    """``cases.png``: the first ``count`` test images as rows of input, truth, prediction
+    (with its Dice) and the finest attention map; None, with one line said, when the
+    ``plots`` extra (matplotlib) is missing."""
+    from .engine.device import resolve_device
+    from .hub import from_pretrained
+    from .io.checkpoints import read_preprocessing
+    from .io.tables import read_csv
+    from .reproduce import cases, figures
+
+    if not figures.plots_available():
+        print('pictures need the plots extra: pip install "raunet-fast[plots]"; skipping '
+              'cases.png')
+        return None
+    best = out / "run" / "best"
+    model = from_pretrained(best, map_location=resolve_device(device)).eval()
+    names = [r["case"] for r in read_csv(out / "eval" / "cases.csv")][:count]
+    views = cases.load_views("isic2018", out / "data", names, read_preprocessing(best), 3)
+    rows, labels = [], []
+    for view in views:
+        pred, alpha = cases.predict_view(model, view)
+        rows.append([{"kind": "image", "image": view.image},
+                     {"kind": "mask", "mask": view.truth},
+                     {"kind": "overlay", "image": view.image, "truth": view.truth,
+                      "pred": pred, "note": f"Dice {cases.dice(pred, view.truth):.3f}"},
+                     {"kind": "heat", "image": view.image, "map": alpha}])
+        labels.append(view.name)
+    titles = ["input", "ground truth", "prediction", "attention (finest gate)"]
+    return figures.case_grid(rows, titles, labels, out / "cases.png")
+
+
+def _speed(checkpoint: Path, size, batch_size: int, device: str) -> dict:
+    """Images per second of the trained model, reference and fused, on this machine (one
+    batch at the training size, median of timed calls); printed."""
+    import torch
+
+    from .bench_harness import Timer
+    from .engine.device import resolve_device
+    from .engine.predictor import build_forward
+    from .hub import from_pretrained
+
+    dev = resolve_device(device)
+    model = from_pretrained(checkpoint, map_location=dev).eval()
+    x = torch.rand(batch_size, model.in_channels, *size, device=dev)
+    timer = Timer(dev, warmup=2, iters=10, head_start=False)
+    speed = {}
+    for fused in (False, True):
+        forward, name = build_forward(model, dev, fused=fused, dtype=None)
+        speed[name] = batch_size / (timer(lambda: forward(x)) / 1e3)
+    (ref_name, ref), (fast_name, fast) = speed.items()
+    print(f"\nspeed on this machine ({dev.type}, batches of {batch_size} at {size[0]}x{size[1]}): "
+          f"{ref_name} model {ref:,.0f} images/s, {fast_name} model {fast:,.0f} images/s "
+          f"({fast / ref:.2f}x)")
+    return speed
 
 
 def _save_untrained(folder: Path, size, base_channels: int, depth: int, seed: int) -> None:
@@ -115,6 +186,8 @@ def _report(out: Path, counts, before, after, result, seconds) -> None:
     print(f"  test scores               {out / 'eval' / 'cases.csv'}  "
           f"{out / 'eval' / 'summary.json'}")
     print(f"  predicted masks           {out / 'eval' / 'predictions'}")
+    if (out / "cases.png").is_file():
+        print(f"  test cases as pictures    {out / 'cases.png'}")
     sys.stdout.flush()
 
 

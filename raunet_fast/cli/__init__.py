@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "raunet_fast.cli.predict",
     "raunet_fast.cli.stream",
     "raunet_fast.cli.demo",
+    "raunet_fast.cli.reproduce",
     "raunet_fast.cli.benchmark",
     "raunet_fast.cli.export",
     "raunet_fast.cli.quantize",

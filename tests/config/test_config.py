@@ -8,11 +8,12 @@ import json
 import pytest
 
 from raunet_fast import cli
-from raunet_fast.config import (EvaluateConfig, PredictConfig, StreamConfig, TrainConfig,
-                                add_options, from_args, read_config_file)
+from raunet_fast.config import (EvaluateConfig, PredictConfig, ReproduceConfig, StreamConfig,
+                                TrainConfig, add_options, from_args, read_config_file)
 
-CLASSES = (TrainConfig, EvaluateConfig, PredictConfig, StreamConfig)
+CLASSES = (TrainConfig, EvaluateConfig, PredictConfig, StreamConfig, ReproduceConfig)
 REQUIRED = {TrainConfig: ["--data-root", "d", "--out", "o"],
+            ReproduceConfig: ["--dataset", "generated", "--out", "o"],
             EvaluateConfig: ["--checkpoint", "c", "--dataset", "folder", "--data-root", "d"],
             PredictConfig: ["--checkpoint", "c", "--input", "i", "--out", "o"],
             StreamConfig: ["--checkpoint", "c", "--input", "i", "--out", "o"]}
