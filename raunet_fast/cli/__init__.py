@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as e:
         if debug_enabled():
             raise
+        if getattr(e, "echo", False):  # another process of the job (torchrun) reported it
+            return 2
         # user errors (bad paths, bad shapes, bad options): one clear line, no traceback
         print(f"raunet-fast {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
