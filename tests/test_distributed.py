@@ -5,6 +5,7 @@ One ``torchrun`` start runs all the 2-rank jobs (tests/helpers/ddp_worker.py); t
 references run in this process, with no process group."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -173,11 +174,13 @@ def test_sharded_evaluate_equals_one_process(two_ranks, data, tmp_path):
     assert (out / "eval" / "cases.csv").read_text() == (tmp_path / "eval" / "cases.csv").read_text()
 
 
-def test_a_killed_rank_stops_the_other_with_one_line(data, tmp_path):
-    """Ranks started by hand (no torchrun agent to clean up): rank 1 gets SIGKILL once an
-    epoch ended; rank 0 stops within the timeout with a one-line error; the run resumes."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_a_lost_rank_stops_the_other_with_one_line(data, tmp_path, sig):
+    """Ranks started by hand (no torchrun agent to clean up): rank 1 is killed (its
+    connections close) or stopped (it stays silent) once an epoch ended; rank 0 stops with
+    a one-line error (after --dist-timeout when stopped); the run then resumes."""
     run, port = tmp_path / "run", str(free_port())
-    argv = train_argv(data, run, 500, RUNS["instance"] + ["--dist-timeout", "20"])
+    argv = train_argv(data, run, 500, RUNS["instance"] + ["--dist-timeout", "6"])
     procs = []
     for r in (0, 1):
         e = dict(env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
@@ -189,7 +192,7 @@ def test_a_killed_rank_stops_the_other_with_one_line(data, tmp_path):
         while not (run / "log.csv").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert (run / "log.csv").exists(), procs[0].communicate(timeout=5)
-        procs[1].send_signal(signal.SIGKILL)
+        procs[1].send_signal(sig)
         _, err = procs[0].communicate(timeout=60)
     finally:
         for p in procs:
@@ -201,6 +204,39 @@ def test_a_killed_rank_stops_the_other_with_one_line(data, tmp_path):
     done = epochs_of(run)
     assert cli.main(train_argv(data, run, done + 1, RUNS["instance"] + ["--resume"])) == 0
     assert epochs_of(run) == done + 1
+
+
+@pytest.mark.parametrize("n, batch, world", [(7, 3, 2), (10, 4, 3), (5, 8, 2), (9, 9, 4)])
+def test_global_batches_cover_one_process_batches(n, batch, world):
+    """The ranks' parts of each step, put together in rank order, are the batch one
+    process's DataLoader draws (same order, same drop_last rule as the Trainer)."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from raunet_fast.engine.distributed import GlobalBatches
+
+    def sampler():
+        return RandomSampler(range(n), generator=torch.Generator().manual_seed(7))
+
+    drop = n > batch
+    one = [b.tolist() for b in DataLoader(range(n), batch_size=batch, sampler=sampler(),
+                                          drop_last=drop)]
+    parts = [list(GlobalBatches(sampler(), batch, drop, r, world)) for r in range(world)]
+    joined = [sum((p[i] for p in parts), []) for i in range(len(one))]
+    assert joined == one and all(len(p) == len(one) for p in parts)
+    assert all(abs(len(a) - len(b)) <= 1 for step in zip(*parts) for a in step for b in step)
+
+
+def test_global_batchnorm_is_batchnorm_outside_a_job():
+    from raunet_fast.engine.distributed import global_batchnorm
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5))
+    ref[1].weight.data.uniform_(0.5, 1.5)
+    model = global_batchnorm(copy.deepcopy(ref))
+    assert type(model[1]).__name__ == "GlobalBatchNorm"
+    x = torch.randn(4, 3, 9, 7)
+    torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
+    assert model.state_dict().keys() == ref.state_dict().keys()
 
 
 def epochs_of(run: Path) -> int:
