@@ -89,6 +89,7 @@ def two_ranks(data, tmp_path_factory):
     jobs["evaluate"] = {"kind": "cli", "argv": [
         "evaluate", "--checkpoint", best, "--dataset", "isic2018", "--data-root", str(data),
         "--split", "train", "--out", str(out / "eval"), "--no-progress", "--device", "cpu"]}
+    jobs.update(brats_jobs(out))
     (out / "jobs.json").write_text(json.dumps(jobs))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", str(free_port()), str(ROOT / "tests/helpers/ddp_worker.py"),
@@ -96,6 +97,34 @@ def two_ranks(data, tmp_path_factory):
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)], done
+
+
+def brats_jobs(out: Path) -> dict:
+    """BraTS: training (slices drawn by weight), evaluation and prediction of volumes."""
+    from raunet_fast.data import make_brats2021
+    from raunet_fast.models import build_model
+
+    data, ck = out / "brats_data", out / "brats_ck"
+    make_brats2021(data, 5, (28, 30, 10), seed=4, spacing=(1.0, 1.0, 2.0))
+    build_model("unet", in_channels=4, out_channels=3, base_channels=4, depth=3).save_pretrained(ck)
+    (ck / "preprocessing.json").write_text(json.dumps({"dataset": "brats2021", "crop": 24,
+                                                       "image_size": [16, 16]}))
+    return {"brats_train": {"kind": "cli", "argv": brats_train_argv(data, out / "brats_train")},
+            "brats_eval": {"kind": "cli", "argv": brats_eval_argv(data, ck, out / "brats_eval")},
+            "brats_pred": {"kind": "predict", "options": {
+                "checkpoint": str(ck), "input": str(data), "out": str(out / "brats_pred"),
+                "progress": False, "device": "cpu", "num_workers": 0}}}
+
+
+def brats_train_argv(data: Path, run: Path) -> list[str]:
+    return ["train", "--dataset", "brats2021", "--data-root", str(data), "--out", str(run),
+            "--epochs", "1", "--batch-size", "5", "--crop", "24", "--max-steps-per-epoch", "2",
+            *TINY, "--norm", "instance"]
+
+
+def brats_eval_argv(data: Path, ck: Path, out: Path) -> list[str]:
+    return ["evaluate", "--checkpoint", str(ck), "--dataset", "brats2021", "--data-root",
+            str(data), "--split", "train", "--out", str(out), "--no-progress", "--device", "cpu"]
 
 
 def free_port() -> int:
@@ -116,6 +145,30 @@ def test_two_ranks_take_the_steps_of_one_process(two_ranks, data, tmp_path, name
         assert float(ddp_log[0][key]) == pytest.approx(float(ref_log[0][key]), abs=1e-5)
 
 
+def test_brats_two_ranks_take_the_steps_of_one_process(two_ranks, tmp_path):
+    """Slices drawn with replacement by tumour weight, global batch 5 split 3 + 2."""
+    out, _, _ = two_ranks
+    assert cli.main(brats_train_argv(out / "brats_data", tmp_path / "ref")) == 0
+    assert_same_weights(out / "brats_train" / "last", tmp_path / "ref" / "last")
+
+
+def test_brats_sharded_evaluate_and_predict_equal_one_process(two_ranks, tmp_path):
+    out, ranks, _ = two_ranks
+    data, ck = out / "brats_data", out / "brats_ck"
+    assert cli.main(brats_eval_argv(data, ck, tmp_path / "eval")) == 0
+    ddp = json.loads((out / "brats_eval" / "summary.json").read_text())
+    ref = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert ddp["cases"] == ref["cases"] >= 2 and ddp["metrics"] == ref["metrics"]
+    from raunet_fast.engine import predict
+
+    parts = [set(r["brats_pred"]) for r in ranks]
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+    ref = predict(ck, data, tmp_path / "pred", progress=False, device="cpu", num_workers=0)
+    assert {Path(p).name for p in parts[0] | parts[1]} == {Path(p).name for p in ref["files"]}
+    for f in ref["files"]:
+        assert (out / "brats_pred" / Path(f).name).read_bytes() == Path(f).read_bytes()
+
+
 def test_plain_batchnorm_keeps_per_rank_statistics(two_ranks, data, tmp_path):
     """Without --sync-batchnorm each rank normalises its own part of the batch: the weights
     leave those of one process (so the --sync-batchnorm match is not vacuous), and the
@@ -133,7 +186,7 @@ def test_only_rank0_writes_and_the_run_records_it(two_ranks):
     run = out / "instance"
     assert sorted(p.name for p in run.iterdir()) == ["best", "last", "log.csv", "log.json",
                                                     "result.json", "run.json"]
-    assert done.stdout.count("weights in") == len(RUNS) + 3  # 7 runs, rank 0 reports
+    assert done.stdout.count("weights in") == len(RUNS) + 4  # 8 runs, rank 0 reports
 
 
 def test_resume_with_another_world_size(two_ranks, data, tmp_path):
@@ -198,7 +251,7 @@ def test_a_lost_rank_stops_the_other_with_one_line(data, tmp_path, sig):
         for p in procs:
             p.kill()
             p.wait()
-    assert procs[0].returncode == 2
+    assert procs[0].returncode == 2, err[-3000:]
     lines = [x for x in err.splitlines() if x.strip() and "Warning" not in x]
     assert len(lines) == 1 and "another rank" in lines[0] and "--resume" in lines[0], err
     done = epochs_of(run)

@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # user errors (bad paths, bad shapes, bad options): one clear line, no traceback
         print(f"raunet-fast {args.command}: error: {error_line(e)}", file=sys.stderr)
+        if getattr(e, "exit_now", False):  # a broken process group aborts when torn down
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
 
 

@@ -30,7 +30,11 @@ from ..losses import DiceFocalLoss
 
 
 class PeerLost(ConnectionError):
-    """Another rank of the job died or stopped answering."""
+    """Another rank of the job died or stopped answering. The process group cannot be
+    torn down any more (its threads abort the interpreter's exit): the command line exits
+    at once after the message (``exit_now``)."""
+
+    exit_now = True
 
 
 def env_rank() -> int:
