@@ -89,6 +89,8 @@ def two_ranks(data, tmp_path_factory):
     jobs["evaluate"] = {"kind": "cli", "argv": [
         "evaluate", "--checkpoint", best, "--dataset", "isic2018", "--data-root", str(data),
         "--split", "train", "--out", str(out / "eval"), "--no-progress", "--device", "cpu"]}
+    jobs["scale_lr"] = {"kind": "cli", "argv": train_argv(data, out / "scale_lr", 1,
+                                                          RUNS["instance"] + ["--scale-lr"])}
     jobs.update(brats_jobs(out))
     (out / "jobs.json").write_text(json.dumps(jobs))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -186,7 +188,13 @@ def test_only_rank0_writes_and_the_run_records_it(two_ranks):
     run = out / "instance"
     assert sorted(p.name for p in run.iterdir()) == ["best", "last", "log.csv", "log.json",
                                                     "result.json", "run.json"]
-    assert done.stdout.count("weights in") == len(RUNS) + 4  # 8 runs, rank 0 reports
+    assert done.stdout.count("weights in") == len(RUNS) + 5  # 9 runs, rank 0 reports
+
+
+def test_scale_lr_multiplies_by_the_world_size(two_ranks):
+    out, _, _ = two_ranks
+    assert float(read_csv(out / "scale_lr" / "log.csv")[0]["lr"]) == pytest.approx(6e-3)
+    assert float(read_csv(out / "instance" / "log.csv")[0]["lr"]) == pytest.approx(3e-3)
 
 
 def test_resume_with_another_world_size(two_ranks, data, tmp_path):
