@@ -99,13 +99,20 @@ def session(device: str, timeout_s: float = 600.0):
     backend = backend_for(device)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    except (dist.DistError, RuntimeError) as e:
+        raise PeerLost(f"rank {env_rank()} of {env_world_size()} could not join the job "
+                       f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     failed = False
     try:
         yield
-    except (PeerLost, dist.DistError) as e:
+    except PeerLost:
         failed = True
-        raise e if isinstance(e, PeerLost) else _lost(e) from e
+        raise
+    except dist.DistError as e:
+        failed = True
+        raise _lost(e) from e
     except RuntimeError as e:  # gloo reports a closed connection as a plain RuntimeError
         failed = True
         if not any(w in str(e) for w in ("Connection", "connection", "gloo", "NCCL", "imed out")):
