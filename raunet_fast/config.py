@@ -332,7 +332,8 @@ class TrainConfig(RunConfig):
     model: str = option("raunet", "architecture", choices=MODELS)
     dataset: str = option("isic2018", "data set layout", choices=DATASETS)
     epochs: int = option(150, "training epochs")
-    batch_size: int = option(8, "images (slices, patches) per step")
+    batch_size: int = option(8, "images (slices, patches) per step (under torchrun: the "
+                                "global batch, split across the processes)")
     image_size: tuple[int, int] | None = option(
         None, "network input size (default 512 for 2-D data; the crop for BraTS)",
         parse=parse_size, metavar="S|HxW")
@@ -383,6 +384,13 @@ class TrainConfig(RunConfig):
     in_channels: int | None = option(
         None, "folder: image channels the model takes, 1 (grayscale) or 3 (RGB) (default: "
               "those of the first image)", parse=int, choices=(1, 3))
+    sync_batchnorm: bool = option(
+        False, "under torchrun: BatchNorm statistics of the global batch (all processes) "
+               "instead of each process's part")
+    scale_lr: bool = option(False, "under torchrun: multiply --lr by the number of processes")
+    dist_timeout: float = option(
+        600.0, "under torchrun: seconds a process waits for the others before it stops with "
+               "an error (a dead or stuck process)")
 
     def resolved_image_size(self) -> tuple[int, int] | None:
         if self.image_size is not None:
@@ -397,6 +405,8 @@ class TrainConfig(RunConfig):
                      "max_steps_per_epoch"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("num_workers", self.num_workers, 0)
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         check_threshold(self.threshold)

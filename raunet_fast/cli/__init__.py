@@ -97,8 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as e:
         if debug_enabled():
             raise
+        if getattr(e, "echo", False):  # another process of the job (torchrun) reported it
+            return 2
         # user errors (bad paths, bad shapes, bad options): one clear line, no traceback
         print(f"raunet-fast {args.command}: error: {error_line(e)}", file=sys.stderr)
+        if getattr(e, "exit_now", False):  # a broken process group aborts when torn down
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
 
 

@@ -14,9 +14,13 @@ def run(args) -> int:
     if cfg is None:
         return 0
     from ..engine import Evaluator, format_summary
+    from ..engine.distributed import env_rank
 
-    with folder_lock(cfg.out, "evaluate") if cfg.out is not None else nullcontext():
+    main_rank = env_rank() == 0  # under torchrun, rank 0 holds the folder and reports
+    with folder_lock(cfg.out, "evaluate") if cfg.out is not None and main_rank else nullcontext():
         summary = Evaluator(cfg).run()
+    if not main_rank:
+        return 0
     print(format_summary(summary))
     if cfg.fused or cfg.tta:
         print(f"scored with the {summary['model']} model")

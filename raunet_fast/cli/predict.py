@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 
 from ..config import PredictConfig
 from ..io.lock import folder_lock
@@ -17,9 +18,13 @@ def run(args) -> int:
     if cfg is None:
         return 0
     from ..engine import PredictionRun
+    from ..engine.distributed import env_rank
 
-    with folder_lock(cfg.out, "predict"):
+    main_rank = env_rank() == 0  # under torchrun, rank 0 holds the folder and reports
+    with folder_lock(cfg.out, "predict") if main_rank else nullcontext():
         s = PredictionRun(cfg).run()
+    if not main_rank:
+        return 2 if s.get("errors") else 0
     n = len(s["files"])
     if s["kind"] == "brats":
         what = f"{_count(n, 'segmentation')} for {_count(s['cases'], 'case')}"

@@ -1,6 +1,7 @@
 """``raunet-fast train``: parse -> :class:`~raunet_fast.config.TrainConfig` -> Trainer."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -13,12 +14,15 @@ def run(args) -> int:
     if cfg is None:
         return 0
     from ..engine import train
+    from ..engine.distributed import env_rank
 
-    with folder_lock(cfg.out, "train"):
+    main_rank = env_rank() == 0  # under torchrun, rank 0 holds the folder and reports
+    with folder_lock(cfg.out, "train") if main_rank else nullcontext():
         result = train(cfg)
-    print(f"best val Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}; "
-          f"weights in {result['best']} (best) and {result['last']} (last), log in "
-          f"{Path(result['run_dir']) / 'log.csv'}")
+    if main_rank:
+        print(f"best val Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}; "
+              f"weights in {result['best']} (best) and {result['last']} (last), log in "
+              f"{Path(result['run_dir']) / 'log.csv'}")
     return 0
 
 

@@ -30,6 +30,7 @@ from ..io.nifti import write_labels
 from ..io.tables import write_csv
 from ..io.outputs import check_out
 from ..metrics import BRATS_EMPTY_DISTANCE, ISIC_JACCARD_THRESHOLD, all_metrics, diagonal
+from . import distributed as dist
 from .device import autocast_dtype, resolve_device, set_threads
 from .predictor import (Predictor, check_channels, default_window, load_ensemble, load_model,
                         missing_size_error, resolve_image_size)
@@ -112,8 +113,15 @@ class Evaluator:
         """Score every case; write ``out/cases.csv``, ``out/summary.json`` and
         ``out/config.json`` when ``out`` is given (existing ones only with ``overwrite``);
         return the summary."""
+        with dist.session(self.cfg.device):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        # under torchrun each rank scores its share of the cases, rank 0 writes the tables
         if self.out is not None:
             check_out(self.out, ["cases.csv", "summary.json", "config.json"], self.cfg.overwrite)
+        if not dist.is_main():
+            self.cfg.progress = False
         self.setup()
         pred_dir = self.prediction_folder()
         if self.cfg.dataset == "brats2021":
@@ -121,17 +129,23 @@ class Evaluator:
         else:
             rows, metrics, extra = self.score_images(pred_dir)
         summary = self.summary(rows, metrics, extra)
-        if self.out is not None:
+        if self.out is not None and dist.is_main():
             write_csv(self.out / "cases.csv", rows, float_format=".10g")
             atomic_write_json(self.out / "summary.json", summary)
             write_config(self.cfg, self.out)
         return summary
 
     def _bar(self, total: int, unit: str):
+        """This rank's case indices (all of them in one process), with a progress bar."""
         from tqdm import tqdm
 
-        return tqdm(range(total), desc=f"evaluate {self.cfg.split}", unit=unit,
+        return tqdm(dist.shard(range(total)), desc=f"evaluate {self.cfg.split}", unit=unit,
                     disable=not self.cfg.progress)
+
+    @staticmethod
+    def _all_rows(rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The rows of every rank's cases, in case order."""
+        return [row for _, row in sorted(dist.gather_lists(rows), key=lambda r: r[0])]
 
     def score_brats(self, pred_dir: Path | None):
         from ..data.brats import REGIONS, BraTS2021, case_files, labels_to_regions
@@ -146,11 +160,13 @@ class Evaluator:
             case = ds.case(i)
             vol = torch.from_numpy(np.asarray(case["image"], dtype=np.float32))  # Z x 4 x X x Y
             labels = self.predictor.predict_volume(vol, ds.crop, ds.image_size, self.threshold)
-            rows.append(brats_row(ds.names[i], labels_to_regions(labels),
-                                  labels_to_regions(np.asarray(case["seg"])), case["spacing"]))
+            rows.append((i, brats_row(ds.names[i], labels_to_regions(labels),
+                                      labels_to_regions(np.asarray(case["seg"])),
+                                      case["spacing"])))
             if pred_dir is not None:
                 write_labels(labels, case_files(ds.folders[i])["flair"],
                              pred_dir / f"{ds.names[i]}.nii.gz")
+        rows = self._all_rows(rows)
         metrics = {name: {k: stats([r[f"{k}_{name}"] for r in rows]) for k in METRICS}
                    for name in REGIONS}
         metrics["mean"] = {k: stats([float(np.mean([r[f"{k}_{n}"] for n in REGIONS]))
@@ -177,9 +193,10 @@ class Evaluator:
             x, _ = resize_pair(image, None, self.image_size)
             logits = self.predictor.predict_image(x, mask.shape, self.window, self.overlap)
             pred = (torch.sigmoid(logits[0]) > self.threshold).numpy()
-            rows.append(image_row(ds.names[i], pred, mask))
+            rows.append((i, image_row(ds.names[i], pred, mask)))
             if pred_dir is not None:
                 save_mask_png(pred, pred_dir / f"{ds.names[i]}_segmentation.png")
+        rows = self._all_rows(rows)
         metrics = {k: stats([r[k] for r in rows]) for k in (*METRICS, "thresholded_jaccard")}
         extra = {"distance_unit": "pixels",
                  "thresholded_jaccard_threshold": ISIC_JACCARD_THRESHOLD,

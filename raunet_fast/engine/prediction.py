@@ -39,6 +39,7 @@ from ..config import PredictConfig, check_threshold, fit_size, write_config
 from ..io.checkpoints import read_preprocessing
 from ..io.images import MASK_SUFFIX, PROB_SUFFIX, check_image, list_images, png_bytes
 from ..io.outputs import check_out
+from . import distributed as dist
 from .device import resolve_device, set_threads
 from .predictor import (Predictor, default_window, load_ensemble, load_model, missing_size_error,
                         resize_logits, resolve_image_size)
@@ -211,14 +212,37 @@ class PredictionRun:
         return p
 
     def run(self) -> dict[str, Any]:
-        self.setup()
-        kind = input_kind(self.prep, self.model, self.input)
-        t0 = time.perf_counter()
-        summary = self.run_brats() if kind == "brats" else self.run_images()
-        summary["seconds"] = seconds = time.perf_counter() - summary.pop("t0", t0)
-        count = summary["slices"] if kind == "brats" else summary["images"]
-        summary["images_per_s"] = count / max(seconds, 1e-9)
-        write_config(self.cfg, self.out, CONFIG_FILE)
+        """Predict everything (under ``torchrun``: this rank's share of the inputs, each
+        written by exactly one rank; the summary counts all ranks', ``rank_files`` lists
+        this rank's own)."""
+        with dist.session(self.cfg.device):
+            if not dist.is_main():
+                self.cfg.progress = False
+            self.setup()
+            kind = input_kind(self.prep, self.model, self.input)
+            t0 = time.perf_counter()
+            summary = self.run_brats() if kind == "brats" else self.run_images()
+            summary = self._gathered(summary)
+            summary["seconds"] = seconds = time.perf_counter() - summary.pop("t0", t0)
+            count = summary["slices"] if kind == "brats" else summary["images"]
+            summary["images_per_s"] = count / max(seconds, 1e-9)
+            if dist.is_main():
+                write_config(self.cfg, self.out, CONFIG_FILE)
+        return summary
+
+    @staticmethod
+    def _gathered(summary: dict[str, Any]) -> dict[str, Any]:
+        """The counts and files of all ranks (one process: ``summary`` itself)."""
+        summary["rank_files"] = list(summary["files"])
+        if not dist.active():
+            return summary
+        summary["files"] = dist.gather_lists(summary["files"])
+        for key in ("errors",):
+            if key in summary:
+                summary[key] = dist.gather_lists(summary[key])
+        for key in ("cases", "slices", "images"):
+            if key in summary:
+                summary[key] = int(sum(dist.gather_lists([summary[key]])))
         return summary
 
     # ------------------------------------------------------------------ BraTS
@@ -250,6 +274,8 @@ class PredictionRun:
         from ..io.nifti import write_labels
 
         cases = self._check_brats()
+        dist.barrier()  # every rank checked the outputs before any is written
+        cases = dist.shard(cases)
         predictor = self.predictor()
         self.out.mkdir(parents=True, exist_ok=True)
         crop, written, slices = self.prep.get("crop", 192), [], 0
@@ -344,6 +370,8 @@ class PredictionRun:
 
     def run_images(self) -> dict[str, Any]:
         paths = self._check_images()
+        dist.barrier()  # every rank checked the outputs before any is written
+        paths = dist.shard(paths)
         predictor = self.predictor()
         self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

@@ -59,7 +59,10 @@ LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "best", "epoc
 def say(msg: str, progress: bool) -> None:
     from tqdm import tqdm
 
-    tqdm.write(msg, file=sys.stderr if progress else sys.stdout)
+    from .distributed import is_main
+
+    if is_main():  # under torchrun: rank 0 speaks for the job
+        tqdm.write(msg, file=sys.stderr if progress else sys.stdout)
 
 
 @contextmanager
@@ -79,6 +82,9 @@ def writing(path: Path):
 class Trainer:
     """One training run (see the module docstring); :meth:`fit` runs it to the end."""
 
+    #: whether this process writes the run folder (under torchrun: rank 0 only)
+    writes = True
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg.validate()
         self.run_dir = Path(cfg.out)
@@ -92,7 +98,7 @@ class Trainer:
         cfg = self.cfg
         cfg.apply_reading_options()
         set_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.device = self.pick_device()
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         last, state = self.prepare_run_folder()
         torch.manual_seed(cfg.seed)
@@ -102,8 +108,9 @@ class Trainer:
         if state is not None:
             self.restore(state)
             self.write_log()
-            with writing(self.run_dir / "run.json"):
-                record_resume(self.run_dir, cfg, self.start_epoch)
+            if self.writes:
+                with writing(self.run_dir / "run.json"):
+                    record_resume(self.run_dir, cfg, self.start_epoch)
         from ..data import Augment
         from ..losses import DiceFocalLoss
 
@@ -111,6 +118,9 @@ class Trainer:
                                      cfg.focal_alpha, cfg.focal_gamma)
         pad = "zeros" if cfg.dataset == "brats2021" else "reflection"
         self.augment = Augment(padding_mode=pad) if cfg.augment else None
+
+    def pick_device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
 
     def prepare_run_folder(self):
         """The checkpoint to resume from and its state ((None, None): a fresh run); nothing
@@ -189,7 +199,7 @@ class Trainer:
 
     def build_optimization(self) -> None:
         cfg = self.cfg
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate(),
                                           weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler
         if cfg.scheduler == "plateau":
@@ -201,6 +211,9 @@ class Trainer:
             self.scheduler = None
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
+
+    def learning_rate(self) -> float:
+        return self.cfg.lr
 
     def restore(self, state: dict[str, Any]) -> None:
         """Optimizer, scheduler, scaler, RNG and early-stopping state of a resumed run."""
@@ -220,9 +233,9 @@ class Trainer:
             f"{self.best_dice:.4f} at epoch {self.best_epoch})", self.cfg.progress)
 
     # ------------------------------------------------------------------ one epoch
-    def epoch_loader(self, epoch: int):
-        """The epoch's training loader, its order seeded by the epoch (resumable)."""
-        from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+    def epoch_sampler(self, epoch: int):
+        """The epoch's order of the training items, seeded by the epoch (resumable)."""
+        from torch.utils.data import RandomSampler, WeightedRandomSampler
 
         from ..data.isic import GroupedSampler
 
@@ -235,7 +248,14 @@ class Trainer:
             sampler = GroupedSampler(len(ds), cfg.patches_per_image, generator=g)
         else:
             sampler = RandomSampler(ds, generator=g)
-        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
+        return sampler
+
+    def epoch_loader(self, epoch: int):
+        """The epoch's training loader (see :meth:`epoch_sampler`)."""
+        from torch.utils.data import DataLoader
+
+        cfg, ds = self.cfg, self.train_ds
+        return DataLoader(ds, batch_size=cfg.batch_size, sampler=self.epoch_sampler(epoch),
                           num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
                           drop_last=len(ds) > cfg.batch_size)
 
@@ -245,7 +265,7 @@ class Trainer:
         x = batch["image"].to(self.device, non_blocking=True)
         y = batch["mask"].to(self.device, non_blocking=True)
         if self.augment is not None:
-            x, y = self.augment(x, y, aug_gen)
+            x, y = self.augment_batch(x, y, aug_gen)
         context = patch_context(cfg)
         if context != (0, 0):  # the patch from the middle of its augmented surroundings
             (cy, cx), (ph, pw) = context, cfg.patch
@@ -261,6 +281,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach()), x.shape[0]
+
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor, aug_gen: torch.Generator):
+        return self.augment(x, y, aug_gen)
 
     def train_epoch(self, epoch: int) -> float:
         """Train one epoch; returns the mean training loss."""
@@ -286,6 +309,10 @@ class Trainer:
         if count == 0:
             raise ValueError(f"the training set yielded no batches (size {len(self.train_ds)}, "
                              f"batch size {cfg.batch_size})")
+        return self.epoch_mean(total, count)
+
+    def epoch_mean(self, total: float, count: float) -> float:
+        """The epoch's mean training loss from this process's sums."""
         return total / count
 
     def validate(self) -> dict[str, Any]:
@@ -339,6 +366,9 @@ class Trainer:
         run = self.run_dir
         info = {"epoch": epoch, "val_dice": val["val_dice"], "best_epoch": self.best_epoch,
                 "best_val_dice": self.best_dice}
+        if not self.writes:
+            self.rows.append(row)
+            return
         if improved:
             with writing(run / "best"):
                 write_checkpoint(run, "best", self.model, info, self.prep)
@@ -351,6 +381,8 @@ class Trainer:
     def write_log(self) -> None:
         """``log.csv`` and ``log.json`` from the rows of the finished epochs."""
         run = self.run_dir
+        if not self.writes:
+            return
         fields = LOG_FIELDS + [f"val_dice_{r}" for r in self.train_ds.region_names]
         with writing(run / "log.csv"):
             write_csv(run / "log.csv", self.rows, fields)
@@ -374,11 +406,20 @@ class Trainer:
                   "best_epoch": self.best_epoch, "best_val_dice": self.best_dice,
                   "stopped_early": self.stopped, "best": str(run / "best"),
                   "last": str(run / "last")}
-        with writing(run / "result.json"):
-            atomic_write_json(run / "result.json", result)
+        if self.writes:
+            with writing(run / "result.json"):
+                atomic_write_json(run / "result.json", result)
         return result
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training as configured (:class:`Trainer`); returns a summary."""
+    """Run (or resume) training as configured (:class:`Trainer`; under ``torchrun`` with
+    several processes :class:`~raunet_fast.engine.ddp_trainer.DistributedTrainer`);
+    returns a summary."""
+    from .distributed import env_world_size
+
+    if env_world_size() > 1:
+        from .ddp_trainer import DistributedTrainer
+
+        return DistributedTrainer(cfg).fit()
     return Trainer(cfg).fit()

@@ -66,13 +66,14 @@ def preprocessing_info(cfg: TrainConfig, ds) -> dict[str, Any]:
 
 @torch.no_grad()
 def validate(model, loader, loss_fn, device: torch.device, amp_dtype, threshold: float,
-             n_cases: int, progress: bool = False) -> dict[str, Any]:
+             n_cases: int, progress: bool = False, reduce=None) -> dict[str, Any]:
     """Validation loss and Dice per case (image or 3-D volume) and channel, averaged.
 
     Intersections and sizes are summed over all items of a case (all slices of a BraTS
     volume, all tiles of a patch-trained 2-D image - counted on their ``valid`` pixels, so
     each image pixel once) before the Dice; a case where both prediction and truth of a
-    channel are empty scores 1 for it.
+    channel are empty scores 1 for it. ``reduce(stats, loss_sum, n_items)``: the sums over
+    all processes when each saw a part of the loader's data set (returns the three).
     """
     from tqdm import tqdm
 
@@ -80,7 +81,7 @@ def validate(model, loader, loss_fn, device: torch.device, amp_dtype, threshold:
 
     model.eval()
     cut = math.log(threshold / (1 - threshold))
-    stats = None
+    stats = torch.zeros(n_cases, len(loader.dataset.region_names), 3, dtype=torch.float64)
     loss_sum, n_items = 0.0, 0
     for batch in tqdm(loader, desc="  validate", leave=False, disable=not progress, unit="batch"):
         x = batch["image"].to(device, non_blocking=True)
@@ -95,10 +96,10 @@ def validate(model, loader, loss_fn, device: torch.device, amp_dtype, threshold:
             pred, y = pred * valid, y * valid
         dims = tuple(range(2, pred.dim()))
         per = torch.stack([(pred * y).sum(dims), pred.sum(dims), y.sum(dims)], -1).double().cpu()
-        if stats is None:
-            stats = torch.zeros(n_cases, per.shape[1], 3, dtype=torch.float64)
         stats.index_add_(0, batch["case"].long(), per)
-    if stats is None:
+    if reduce is not None:
+        stats, loss_sum, n_items = reduce(stats, loss_sum, n_items)
+    if n_items == 0:
         raise ValueError("the validation set is empty")
     inter, psum, tsum = stats.unbind(-1)
     denom = psum + tsum
