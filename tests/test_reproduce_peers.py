@@ -147,8 +147,8 @@ def test_basicunet_refuses_another_depth():
         build_model("monai-basicunet", base_channels=4, depth=3)
 
 
-def test_missing_monai_names_the_peers_extra(tmp_path, capsys, monkeypatch):
-    from raunet_fast import build_model
+def test_missing_monai_names_the_peers_extra(done, tmp_path, capsys, monkeypatch):
+    from raunet_fast import build_model, from_pretrained
     from raunet_fast.errors import MissingExtra
 
     monkeypatch.setitem(sys.modules, "monai", None)  # import fails
@@ -158,3 +158,16 @@ def test_missing_monai_names_the_peers_extra(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o" / "runs").exists()  # refused before any training
     with pytest.raises(MissingExtra, match=r"raunet-fast\[peers\]"):
         build_model("monai-attention-unet", base_channels=4, depth=3)
+    with pytest.raises(MissingExtra, match=r"raunet-fast\[peers\]"):  # a saved peer too
+        from_pretrained(done / "runs" / "monai-basicunet-seed0" / "best")
+
+
+def test_fused_evaluate_of_a_peer_is_one_line(done, tmp_path, capsys):
+    data = done / "data"
+    assert cli.main(["evaluate", "--checkpoint", str(done / "runs" / "monai-basicunet-seed0"
+                                                     / "best"),
+                     "--dataset", "isic2018", "--data-root", str(data), "--split", "test",
+                     "--out", str(tmp_path / "ev"), "--fused", "--device", "cpu",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no fused inference form" in err and len(err.splitlines()) == 1
