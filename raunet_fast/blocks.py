@@ -33,7 +33,7 @@ _LAYERS = {
 
 def check_spatial_dims(spatial_dims) -> int:
     """``spatial_dims`` if it is 2 or 3, else a one-line ``ValueError``."""
-    if isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS:
+    if type(spatial_dims) is not int or spatial_dims not in SPATIAL_DIMS:
         raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}")
     return int(spatial_dims)
 

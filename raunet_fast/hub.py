@@ -150,7 +150,7 @@ def check_model_config(config: dict[str, Any], path: Path) -> None:
                          f"{config['deep_supervision']!r}")
     # a config.json written before volumes were supported has no entry: 2-D
     dims = config.get("spatial_dims", 2)
-    if isinstance(dims, bool) or dims not in SPATIAL_DIMS:
+    if type(dims) is not int or dims not in SPATIAL_DIMS:
         raise ValueError(f"{path}: spatial_dims must be 2 (images) or 3 (volumes), got {dims!r}")
 
 
