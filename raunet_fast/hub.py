@@ -132,7 +132,7 @@ MODEL_LIMITS = {"in_channels": (1, 1024), "out_channels": (1, 1024), "base_chann
 
 def check_model_config(config: dict[str, Any], path: Path) -> None:
     """Types and ranges of a model config (``config.json``), one line naming the entry."""
-    from .blocks import NORMS
+    from .blocks import NORMS, SPATIAL_DIMS
 
     for key, (low, high) in MODEL_LIMITS.items():
         v = config.get(key, low)
@@ -148,6 +148,10 @@ def check_model_config(config: dict[str, Any], path: Path) -> None:
     if not isinstance(config.get("deep_supervision", False), bool):
         raise ValueError(f"{path}: deep_supervision must be true or false, got "
                          f"{config['deep_supervision']!r}")
+    # a config.json written before volumes were supported has no entry: 2-D
+    dims = config.get("spatial_dims", 2)
+    if type(dims) is not int or dims not in SPATIAL_DIMS:
+        raise ValueError(f"{path}: spatial_dims must be 2 (images) or 3 (volumes), got {dims!r}")
 
 
 def _model_arguments(cls, directory: Path, overrides: dict[str, Any]):
@@ -168,7 +172,8 @@ def _model_arguments(cls, directory: Path, overrides: dict[str, Any]):
     if bad:
         raise ValueError(f"cannot override {sorted(bad)} when loading; only {sorted(allowed)}")
     kwargs = {k: config[k] for k in ("in_channels", "out_channels", "base_channels", "depth",
-                                     "dropout", "norm", "deep_supervision") if k in config}
+                                     "dropout", "norm", "deep_supervision", "spatial_dims")
+              if k in config}
     check_model_config(kwargs, directory / CONFIG_NAME)
     kwargs.update(overrides)
     return target, kwargs

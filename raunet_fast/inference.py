@@ -64,6 +64,9 @@ class InferenceUNet(nn.Module):
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"inference dtype must be torch.float32, torch.float16 or "
                              f"torch.bfloat16, got {dtype}")
+        if model.spatial_dims != 2:
+            raise ValueError("the fused inference form exists for 2-D models only; run a "
+                             "spatial_dims=3 model as is (optionally under torch.compile)")
         if model.norm != "batch":
             raise ValueError(f"only norm='batch' folds into the convolutions; this model uses "
                              f"norm={model.norm!r}: run it as is (optionally under torch.compile)")

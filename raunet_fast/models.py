@@ -11,7 +11,9 @@ class               residual  attention
 
 All four return raw logits ``N x out_channels x H x W`` for any ``H x W`` (the input
 is padded to a multiple of ``2**(depth-1)`` at the bottom/right and the output cropped
-back). Nothing here knows about kernels: the fast inference path lives in
+back). ``spatial_dims=3`` builds the same network for volumes from the same code (3-D
+convs, norms, pooling and up-convs): ``N x C x D x H x W`` in, logits of the same
+``D x H x W`` out, any ``D x H x W`` (each padded at its end, then cropped). Nothing here knows about kernels: the fast inference path lives in
 :mod:`raunet_fast.inference` and :mod:`raunet_fast.ops`.
 """
 from __future__ import annotations
@@ -22,20 +24,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import NORMS, AttentionGate, PlainBlock, ResidualBlock
+from .blocks import NORMS, AttentionGate, PlainBlock, ResidualBlock, check_spatial_dims, layer
 from .errors import InputTypeError
 from .hub import PretrainedMixin
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x`` zero-padded at the end of each spatial dimension (all after N, C) to a multiple
+    of ``multiple``; ``x`` itself when no padding is needed."""
+    pads = [(-s) % multiple for s in x.shape[2:]]
+    if not any(pads):
+        return x
+    return F.pad(x, [v for p in reversed(pads) for v in (0, p)])
+
+
+def crop_to(y: torch.Tensor, size: tuple[int, ...], level: int = 0) -> torch.Tensor:
+    """``y`` cropped to the input ``size`` downsampled ``level`` times (``ceil(s / 2**level)``
+    per spatial dimension)."""
+    return y[(..., *(slice(0, -(-s // 2 ** level)) for s in size))]
 
 
 class DecoderLevel(nn.Module):
     """One decoder level: up-conv, optional gate on the skip, concat, block."""
 
     def __init__(self, channels: int, attention: bool, block: type[nn.Module], norm: str,
-                 dropout: float):
+                 dropout: float, spatial_dims: int = 2):
         super().__init__()
-        self.up = nn.ConvTranspose2d(2 * channels, channels, kernel_size=2, stride=2, bias=True)
-        self.gate = AttentionGate(channels, channels, channels // 2, norm) if attention else None
-        self.block = block(2 * channels, channels, norm, dropout)
+        self.up = layer("up", spatial_dims)(2 * channels, channels, kernel_size=2, stride=2,
+                                            bias=True)
+        self.gate = (AttentionGate(channels, channels, channels // 2, norm, spatial_dims)
+                     if attention else None)
+        self.block = block(2 * channels, channels, norm, dropout, spatial_dims)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         up = self.up(x)
@@ -53,11 +72,13 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
         out_channels: output channels (logits; one per class or region).
         base_channels: width of the first level; level ``i`` has ``base * 2**i``.
         depth: number of resolution levels (``depth - 1`` poolings).
-        dropout: ``Dropout2d`` probability inside every block (0 disables it).
+        dropout: ``Dropout2d`` (``Dropout3d``) probability inside every block (0 disables it).
         norm: ``"batch"``, ``"instance"`` or ``"group"``.
         deep_supervision: in training mode, also return logits of the coarser
             decoder levels (1 .. depth-2), each at its own resolution.
         residual, attention: the two architecture switches (fixed by the subclasses).
+        spatial_dims: 2 (images, ``N x C x H x W``) or 3 (volumes, ``N x C x D x H x W``:
+            every conv, norm, pooling and up-conv is its 3-D form).
 
     ``forward(x)`` returns logits. In training mode with ``deep_supervision`` it returns
     a tuple ``(logits, aux_1, ..., aux_{depth-2})`` where ``aux_k`` has spatial size
@@ -72,8 +93,9 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64,
                  depth: int = 5, dropout: float = 0.0, norm: str = "batch",
                  deep_supervision: bool = False, *, residual: bool | None = None,
-                 attention: bool | None = None):
+                 attention: bool | None = None, spatial_dims: int = 2):
         super().__init__()
+        spatial_dims = check_spatial_dims(spatial_dims)
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("base_channels", base_channels)):
             if not isinstance(value, int) or value < 1:
@@ -101,18 +123,21 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
         self.dropout = float(dropout)
         self.norm = norm
         self.deep_supervision = bool(deep_supervision)
+        self.spatial_dims = spatial_dims
 
         block = ResidualBlock if self.residual else PlainBlock
         widths = [base_channels * 2 ** i for i in range(depth)]
-        self.pool = nn.MaxPool2d(2)
+        conv, sd = layer("conv", spatial_dims), spatial_dims
+        self.pool = layer("pool", sd)(2)
         self.encoder = nn.ModuleList(
-            block(in_channels if i == 0 else widths[i - 1], widths[i], norm, dropout)
+            block(in_channels if i == 0 else widths[i - 1], widths[i], norm, dropout, sd)
             for i in range(depth))
         # decoder[i] produces level i (decoder[0] is full resolution); run deepest first.
         self.decoder = nn.ModuleList(
-            DecoderLevel(widths[i], self.attention, block, norm, dropout) for i in range(depth - 1))
-        self.head = nn.Conv2d(base_channels, out_channels, kernel_size=1, bias=True)
-        self.aux_heads = (nn.ModuleList(nn.Conv2d(widths[i], out_channels, 1, bias=True)
+            DecoderLevel(widths[i], self.attention, block, norm, dropout, sd)
+            for i in range(depth - 1))
+        self.head = conv(base_channels, out_channels, kernel_size=1, bias=True)
+        self.aux_heads = (nn.ModuleList(conv(widths[i], out_channels, 1, bias=True)
                                         for i in range(1, depth - 1))
                           if self.deep_supervision else None)
         self.reset_parameters()
@@ -131,6 +156,7 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
             "deep_supervision": self.deep_supervision,
             "residual": self.residual,
             "attention": self.attention,
+            "spatial_dims": self.spatial_dims,
         }
 
     @property
@@ -140,11 +166,12 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
 
     def reset_parameters(self) -> None:
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.affine:
+            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
+                                nn.modules.instancenorm._InstanceNorm)) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -154,30 +181,29 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
         name = type(self).__name__
         if not isinstance(x, torch.Tensor):
             raise InputTypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
+        dims = getattr(self, "spatial_dims", 2)
+        want = f"N x {self.in_channels} x {'D x ' if dims == 3 else ''}H x W"
+        if x.dim() != 2 + dims:
             hint = (f"; add a batch dimension with x.unsqueeze(0) -> (1, {', '.join(map(str, x.shape))})"
-                    if x.dim() == 3 else "")
-            raise ValueError(f"{name} expects a 4-D input N x {self.in_channels} x H x W, "
+                    if x.dim() == 1 + dims else "")
+            kind = "" if dims == 2 else " (a spatial_dims=3 model: volumes)"
+            raise ValueError(f"{name}{kind} expects a {2 + dims}-D input {want}, "
                              f"got shape {tuple(x.shape)}{hint}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{name} was built with in_channels={self.in_channels} and expects "
-                             f"N x {self.in_channels} x H x W, got {x.shape[1]} channels "
-                             f"(shape {tuple(x.shape)})")
+                             f"{want}, got {x.shape[1]} channels (shape {tuple(x.shape)})")
         if not x.is_floating_point():
             raise InputTypeError(f"{name} expects a floating-point input (float32/float16/bfloat16), "
                             f"got {x.dtype}; convert with x.float() (and scale to your "
                             f"training range)")
         if x.numel() == 0:
             raise ValueError(f"{name} got an empty input of shape {tuple(x.shape)}; "
-                             f"N, H and W must all be >= 1")
+                             f"N and every spatial size must be >= 1")
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         self.check_input(x)
-        h, w = x.shape[-2], x.shape[-1]
-        m = self.size_multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        size = tuple(x.shape[2:])
+        x = pad_to_multiple(x, self.size_multiple)
 
         skips = []
         for i, enc in enumerate(self.encoder):
@@ -192,19 +218,15 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
             feats.append(x)
             if alpha is not None:
                 alphas.append(alpha)
-        logits = self.head(x)[..., :h, :w]
+        logits = crop_to(self.head(x), size)
 
         out: torch.Tensor | tuple[torch.Tensor, ...] = logits
         if self.aux_heads is not None and self.training:
-            aux = []
-            for k in range(1, self.depth - 1):
-                hk, wk = -(-h // 2 ** k), -(-w // 2 ** k)
-                aux.append(self.aux_heads[k - 1](feats[-1 - k])[..., :hk, :wk])
+            aux = [crop_to(self.aux_heads[k - 1](feats[-1 - k]), size, k)
+                   for k in range(1, self.depth - 1)]
             out = (logits, *aux)
         if return_attention:
-            alphas = alphas[::-1]
-            cropped = [a[..., :-(-h // 2 ** k), :-(-w // 2 ** k)] for k, a in enumerate(alphas)]
-            return out, cropped
+            return out, [crop_to(a, size, k) for k, a in enumerate(alphas[::-1])]
         return out
 
     def forward_with_attention(self, x: torch.Tensor):
@@ -213,8 +235,9 @@ class SegmentationUNet(PretrainedMixin, nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return ", ".join(f"{k}={c[k]!r}" for k in ("in_channels", "out_channels", "base_channels",
+        text = ", ".join(f"{k}={c[k]!r}" for k in ("in_channels", "out_channels", "base_channels",
                                                    "depth", "norm", "dropout", "deep_supervision"))
+        return text + (f", spatial_dims={self.spatial_dims}" if self.spatial_dims != 2 else "")
 
 
 class UNet(SegmentationUNet):

@@ -40,7 +40,7 @@ class MonaiPeer(PretrainedMixin, nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64,
                  depth: int = 5, dropout: float = 0.0, norm: str = "batch",
-                 deep_supervision: bool = False):
+                 deep_supervision: bool = False, spatial_dims: int = 2):
         super().__init__()
         name = type(self).__name__
         for key, value in (("in_channels", in_channels), ("out_channels", out_channels),
@@ -53,13 +53,16 @@ class MonaiPeer(PretrainedMixin, nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if norm not in self.norms:
             raise ValueError(f"{name} supports norm {' or '.join(self.norms)}, got {norm!r}")
+        if spatial_dims != 2:
+            raise ValueError(f"{name} is built for images only (spatial_dims=2), got "
+                             f"spatial_dims={spatial_dims!r}")
         if deep_supervision:
             raise ValueError(f"{name} has no deep supervision; train it without "
                              f"--deep-supervision")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.base_channels, self.depth = base_channels, depth
         self.dropout, self.norm = float(dropout), norm
-        self.deep_supervision = False
+        self.deep_supervision, self.spatial_dims = False, 2
         self.attention = False
         self.net = self.build(monai_nets())
 
@@ -71,7 +74,7 @@ class MonaiPeer(PretrainedMixin, nn.Module):
         return {"architecture": type(self).__name__, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "base_channels": self.base_channels,
                 "depth": self.depth, "dropout": self.dropout, "norm": self.norm,
-                "deep_supervision": False}
+                "deep_supervision": False, "spatial_dims": 2}
 
     @property
     def size_multiple(self) -> int:

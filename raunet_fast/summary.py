@@ -1,7 +1,9 @@
 """Model summary: per-level tensor shapes, parameters, FLOPs and activation memory.
 
 Everything is computed on the ``meta`` device, so a 1024 x 1024 summary of the full
-64-channel network costs no memory and runs in well under a second.
+64-channel network costs no memory and runs in well under a second. Volumes
+(``spatial_dims=3`` models, ``N x C x D x H x W`` inputs) are summarised the same way; the
+header names the dimension.
 """
 from __future__ import annotations
 
@@ -37,12 +39,20 @@ class ModelSummary:
     def gflops_per_image(self) -> float:
         return self.flops / self.input_shape[0] / 1e9
 
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.input_shape) - 2
+
     def format(self) -> str:
-        lines = [f"{self.name}  input {'x'.join(map(str, self.input_shape))}  ->  "
+        volume = self.spatial_dims == 3
+        layout = "N x C x D x H x W" if volume else "N x C x H x W"
+        width = 32 if volume else 26
+        lines = [f"{self.name}{' (3-D)' if volume else ''}  input "
+                 f"{'x'.join(map(str, self.input_shape))}  ->  "
                  f"output {'x'.join(map(str, self.output_shape))}  ({self.dtype})",
-                 f"{'stage':<22}{'output (N x C x H x W)':<26}{'params':>14}"]
+                 f"{'stage':<22}{f'output ({layout})':<{width}}{'params':>14}"]
         for r in self.rows:
-            lines.append(f"{r.stage:<22}{' x '.join(map(str, r.shape)):<26}{r.params:>14,}")
+            lines.append(f"{r.stage:<22}{' x '.join(map(str, r.shape)):<{width}}{r.params:>14,}")
         lines += [
             f"parameters:            {self.params:,}",
             f"GFLOP per image:       {self.gflops_per_image:.2f}  (multiply-add = 2)",
@@ -57,9 +67,11 @@ def _params(m: nn.Module | None) -> int:
     return 0 if m is None else sum(p.numel() for p in m.parameters())
 
 
-def summarize(model: SegmentationUNet, input_shape: tuple[int, int, int, int],
+def summarize(model: SegmentationUNet, input_shape: tuple[int, ...],
               dtype: torch.dtype = torch.float32) -> ModelSummary:
-    """Trace ``model`` on a meta tensor of ``input_shape`` and collect the summary."""
+    """Trace ``model`` on a meta tensor of ``input_shape`` (``N x C x H x W``, or
+    ``N x C x D x H x W`` for a ``spatial_dims=3`` model) and collect the summary."""
+    model.check_input(torch.empty(input_shape, device="meta"))
     kwargs = {k: v for k, v in model.config.items() if k != "architecture"}
     with torch.device("meta"):
         meta = type(model)(**kwargs).to(dtype).eval()  # the caller's model is left untouched

@@ -32,6 +32,9 @@ def edit_config(ck, **changes):
     ({"in_channels": 3.0}, "in_channels must be an integer"),
     ({"norm": "layer"}, "norm must be one of"),
     ({"dropout": 1.5}, "dropout must be a number in [0, 1)"),
+    ({"spatial_dims": 4}, "spatial_dims must be 2 (images) or 3 (volumes)"),
+    ({"spatial_dims": True}, "spatial_dims must be 2 (images) or 3 (volumes)"),
+    ({"spatial_dims": "3"}, "spatial_dims must be 2 (images) or 3 (volumes)"),
 ])
 def test_bad_config_is_refused_before_building(tmp_path, changes, message):
     ck, _ = saved(tmp_path)

@@ -87,13 +87,22 @@ def test_ctrl_c_stops_the_source_and_finishes_the_items_in_flight():
 
 
 def test_a_second_ctrl_c_aborts():
+    # interrupt_main() only sets a flag that the main thread reads between bytecodes: two
+    # calls before it looks are one Ctrl-C, so the second waits until the first was taken
     def last(x):
-        if x in (3, 4):
+        if x == 3:
+            _thread.interrupt_main()
+        if x == 4:
+            deadline = time.monotonic() + 30
+            while not pipe.interrupted and time.monotonic() < deadline:
+                time.sleep(0.01)
             _thread.interrupt_main()
         time.sleep(0.05)
 
+    pipe = Pipeline(itertools.count(), [last], queue_size=50)
     with pytest.raises(KeyboardInterrupt):
-        Pipeline(itertools.count(), [last], queue_size=50).run()
+        pipe.run()
+    assert pipe.interrupted
     assert not pipeline_threads()
 
 
