@@ -171,3 +171,10 @@ def test_fused_evaluate_of_a_peer_is_one_line(done, tmp_path, capsys):
                      "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no fused inference form" in err and len(err.splitlines()) == 1
+
+
+def test_summary_of_a_peer_is_one_line(capsys):
+    assert cli.main(["summary", "--model", "monai-basicunet", "--base-channels", "4",
+                     "--image-size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no per-level summary" in err and len(err.splitlines()) == 1
