@@ -45,7 +45,7 @@ setup(
         # medpy: external reference for dc/jc/hd/hd95; onnxruntime: the ONNX parity tests
         "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "triton>=3.0",
                  "medpy>=0.5", "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18",
-                 "torchao>=0.12", "av>=12", "matplotlib>=3.5"],
+                 "torchao>=0.12", "av>=12", "matplotlib>=3.5", "monai>=1.3"],
         "bench": ["pytest-benchmark>=4", "triton>=3.0", "onnx>=1.16", "onnxscript>=0.3",
                   "onnxruntime>=1.18"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
@@ -53,6 +53,8 @@ setup(
         "video": ["av>=12"],  # PyAV: raunet-fast stream reads and writes video
         # reproduce's figures and the demo's pictures
         "plots": ["matplotlib>=3.5"],
+        # reproduce --peers monai: MONAI's AttentionUnet and BasicUNet as outside baselines
+        "peers": ["monai>=1.3"],
     },
     entry_points={"console_scripts": ["raunet-fast=raunet_fast.cli:main"]},
     classifiers=[

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 DATASETS = ("isic2018", "brats2021", "folder")
-MODELS = ("raunet", "attention-unet", "unet", "resunet")
+#: the last two are the MONAI baselines (the peers extra, raunet_fast.peers)
+MODELS = ("raunet", "attention-unet", "unet", "resunet", "monai-attention-unet",
+          "monai-basicunet")
 NORMS = ("batch", "instance", "group")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -669,6 +671,9 @@ class ReproduceConfig(RunConfig):
     patience: int = option(20, "early stopping: epochs without val Dice improvement")
     max_steps_per_epoch: int | None = option(None, "cap on the steps of an epoch", parse=int)
     with_resunet: bool = option(False, "also train ResUNet (residual blocks, no gates)")
+    peers: str | None = option(None, "also train outside baselines alike: monai = MONAI "
+                                     "AttentionUnet and BasicUNet (5 levels; the peers "
+                                     "extra)", choices=("monai",), parse=str)
     cases: int = option(200, "generated: synthetic images to write (60/20/20 % split)")
     crop: int | None = option(192, "BraTS: centre crop of the axial slices", parse=int)
     split_seed: int = option(0, "BraTS / folder: seed of the train/val/test split by case")

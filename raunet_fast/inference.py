@@ -56,6 +56,9 @@ class InferenceUNet(nn.Module):
     def __init__(self, model: SegmentationUNet, dtype: torch.dtype = torch.float16,
                  backend: str = "auto", carry_input: bool = False):
         super().__init__()
+        if not isinstance(model, SegmentationUNet):
+            raise ValueError(f"a {type(model).__name__} has no fused inference form (only the "
+                             f"U-Net family does): run it without --fused")
         if model.training:
             raise ValueError("build the inference model from an eval-mode model (call model.eval())")
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):

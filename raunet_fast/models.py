@@ -282,3 +282,10 @@ def build_model(name: str, **kwargs: Any) -> SegmentationUNet:
     if cls is None:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_NAMES)}")
     return cls(**kwargs)
+
+# The MONAI baselines (raunet_fast.peers): built by name and loaded from checkpoints like the
+# family; MONAI itself is imported only when one is built.
+from .peers import PEER_MODELS  # noqa: E402
+
+ARCHITECTURES.update({cls.__name__: cls for cls in PEER_MODELS.values()})
+MODEL_NAMES.update(PEER_MODELS)

@@ -71,6 +71,9 @@ def summarize(model: SegmentationUNet, input_shape: tuple[int, ...],
               dtype: torch.dtype = torch.float32) -> ModelSummary:
     """Trace ``model`` on a meta tensor of ``input_shape`` (``N x C x H x W``, or
     ``N x C x D x H x W`` for a ``spatial_dims=3`` model) and collect the summary."""
+    if not isinstance(model, SegmentationUNet):
+        raise ValueError(f"a {type(model).__name__} has no per-level summary (only the U-Net "
+                         f"family has)")
     model.check_input(torch.empty(input_shape, device="meta"))
     kwargs = {k: v for k, v in model.config.items() if k != "architecture"}
     with torch.device("meta"):

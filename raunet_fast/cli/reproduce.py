@@ -35,5 +35,7 @@ def add_cli(sub) -> None:
                                "table1.csv, table1_paired.csv, fig5_metrics.png, "
                                "fig6_cases.png, curves.png and report.md; one run folder per "
                                "model and seed under OUT/runs/. --resume continues an "
-                               "interrupted reproduce. Figures need the plots extra.")
+                               "interrupted reproduce. --peers monai adds MONAI's AttentionUnet "
+                               "and BasicUNet as outside baselines (the peers extra). "
+                               "Figures need the plots extra.")
     p.set_defaults(func=run)

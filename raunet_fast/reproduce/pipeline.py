@@ -9,6 +9,7 @@ from ..config import ReproduceConfig
 from ..errors import require
 from ..io.checkpoints import read_preprocessing
 from ..io.tables import read_csv
+from ..peers import monai_nets
 from . import cases, figures, report, runs, stats
 
 
@@ -18,6 +19,8 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = cfg.validate()
     require("matplotlib", "plots", "reproduce's figures")  # before hours of training
+    if cfg.peers:
+        monai_nets()
     runs.check_out(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     layout, root = runs.data_source(cfg)

@@ -11,13 +11,17 @@ from typing import Any
 
 import torch
 
-from ..config import ReproduceConfig, TrainConfig
+from ..config import ReproduceConfig, TrainConfig, fit_size
 from ..hub import atomic_write_json
+from ..peers import FIXED_DEPTH
 
 #: display names, in table order; RA-U-Net last (the one compared with each baseline)
 LABELS = {"unet": "U-Net", "attention-unet": "Attention U-Net", "resunet": "ResUNet",
+          "monai-attention-unet": "MONAI AttentionUnet", "monai-basicunet": "MONAI BasicUNet",
           "raunet": "RA-U-Net"}
 PROPOSED = "raunet"
+#: the outside baselines each ``--peers`` choice adds
+PEERS = {"monai": ("monai-attention-unet", "monai-basicunet")}
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,10 @@ class Run:
 
 
 def model_names(cfg: ReproduceConfig) -> list[str]:
-    return [m for m in LABELS if m != "resunet" or cfg.with_resunet]
+    extra = {"resunet"} if cfg.with_resunet else set()
+    extra.update(PEERS.get(cfg.peers, ()))
+    optional = {"resunet", *(m for ms in PEERS.values() for m in ms)}
+    return [m for m in LABELS if m not in optional or m in extra]
 
 
 def plan(cfg: ReproduceConfig) -> list[Run]:
@@ -64,10 +71,20 @@ def data_source(cfg: ReproduceConfig) -> tuple[str, Path]:
     return "isic2018", root
 
 
+def model_depth(cfg: ReproduceConfig, model: str) -> int:
+    """``--depth``, except for a peer whose depth MONAI fixes."""
+    return FIXED_DEPTH.get(model, cfg.depth)
+
+
 def image_size(cfg: ReproduceConfig):
-    if cfg.image_size is None and cfg.dataset == "generated":
-        return (64, 64)
-    return None if cfg.image_size is None else tuple(cfg.image_size)
+    """The input size every model trains on: rounded up to the deepest model's multiple."""
+    size = cfg.image_size
+    if size is None and cfg.dataset == "generated":
+        size = (64, 64)
+    if size is None:
+        return None
+    multiple = max(2 ** (model_depth(cfg, m) - 1) for m in model_names(cfg))
+    return fit_size("--image-size", tuple(size), multiple)
 
 
 def train_config(cfg: ReproduceConfig, run: Run, dataset: str, root: Path) -> TrainConfig:
@@ -75,7 +92,8 @@ def train_config(cfg: ReproduceConfig, run: Run, dataset: str, root: Path) -> Tr
     return TrainConfig(
         data_root=str(root), out=str(run.folder), model=run.model, dataset=dataset,
         epochs=cfg.epochs, batch_size=cfg.batch_size, image_size=image_size(cfg),
-        crop=cfg.crop, base_channels=cfg.base_channels, depth=cfg.depth, lr=cfg.lr,
+        crop=cfg.crop, base_channels=cfg.base_channels,
+        depth=model_depth(cfg, run.model), lr=cfg.lr,
         patience=cfg.patience, max_steps_per_epoch=cfg.max_steps_per_epoch, seed=run.seed,
         split_seed=cfg.split_seed, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,
         device=cfg.device, resume=cfg.resume, progress=cfg.progress, threads=cfg.threads,
