@@ -4,7 +4,6 @@ here from the runs' own cases.csv (numpy, scipy), the figures are PNGs with the 
 grid of panels, and --resume keeps finished runs."""
 from __future__ import annotations
 
-import csv
 import shutil
 import sys
 from pathlib import Path
@@ -14,12 +13,12 @@ import pytest
 from PIL import Image
 from scipy.stats import wilcoxon
 
+from helpers.reproduce import METRICS, case_scores, read
 from raunet_fast import cli
 
 pytest.importorskip("matplotlib")
 
 MODELS = {"unet": "U-Net", "attention-unet": "Attention U-Net", "raunet": "RA-U-Net"}
-METRICS = ("dice", "jaccard", "hd", "hd95")
 SEEDS = 2
 # the paper's Table 1 as printed (Dice %, Jaccard %, HD px)
 PAPER = {"U-Net": (86.1, 78.4, 7.6), "Attention U-Net": (88.7, 81.1, 6.2),
@@ -41,16 +40,6 @@ def done(tmp_path_factory) -> Path:
     return out
 
 
-def read(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def case_scores(out: Path, model: str, seed: int) -> dict[str, dict[str, float]]:
-    """{case: {metric: value}} with Dice and Jaccard in percent, as the table shows them."""
-    rows = read(out / "runs" / f"{model}-seed{seed}" / "test" / "cases.csv")
-    return {r["case"]: {m: float(r[m]) * (100 if m in ("dice", "jaccard") else 1)
-                        for m in METRICS} for r in rows}
 
 
 def test_writes_every_file(done):

@@ -5,7 +5,6 @@ parameters of the MONAI network built here directly; without MONAI the error is 
 naming the peers extra."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 from scipy.stats import wilcoxon
 
+from helpers.reproduce import METRICS, case_scores, read
 from raunet_fast import cli
 
 pytest.importorskip("matplotlib")
@@ -22,7 +22,6 @@ nets = pytest.importorskip("monai.networks.nets")
 
 PEERS = {"monai-attention-unet": "MONAI AttentionUnet", "monai-basicunet": "MONAI BasicUNet"}
 ALL = ("unet", "attention-unet", *PEERS, "raunet")
-METRICS = ("dice", "jaccard", "hd", "hd95")
 SEEDS = 2
 
 
@@ -42,15 +41,6 @@ def done(tmp_path_factory) -> Path:
     return out
 
 
-def read(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def case_scores(out: Path, model: str, seed: int) -> dict[str, dict[str, float]]:
-    rows = read(out / "runs" / f"{model}-seed{seed}" / "test" / "cases.csv")
-    return {r["case"]: {m: float(r[m]) * (100 if m in ("dice", "jaccard") else 1)
-                        for m in METRICS} for r in rows}
 
 
 def test_peer_rows_match_their_runs_cases(done):
