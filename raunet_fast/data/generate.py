@@ -277,6 +277,45 @@ def make_brats2021(out: str | Path, cases: int, shape: tuple[int, int, int] = (2
     return {"all": cases}
 
 
+def make_nifti_folder(out: str | Path, cases: int, shape: tuple[int, int, int] = (96, 96, 64),
+                      seed: int = 0, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      channels: int = 2, per_channel_files: bool = False,
+                      dataset_json: bool = True, overwrite: bool = False) -> dict[str, int]:
+    """Write ``cases`` synthetic volumes in the NIfTI folder layout
+    (``images/<case>.nii.gz`` X x Y x Z [x C], or ``images/<case>_000C.nii.gz`` per channel
+    with ``per_channel_files``; ``labels/<case>.nii.gz``): the brain-like volumes of
+    :func:`synth_brain` (its first ``channels`` modalities, 1 to 4) with labels 1 (core)
+    and 2 (oedema); ``dataset.json`` names them unless ``dataset_json`` is False."""
+    import json
+
+    import nibabel as nib
+
+    if cases < 1 or not 1 <= channels <= 4:
+        raise ValueError(f"need cases >= 1 and channels in 1..4, got {cases}, {channels}")
+    out = Path(out)
+    owned = [out / "images", out / "labels", out / "dataset.json"]
+    _prepare_out(out, [p for p in owned if p.exists()], overwrite)
+    rng = np.random.default_rng(seed)
+    affine = np.diag([*(float(v) for v in spacing), 1.0])
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for case_id in _unique_ids(rng, cases, 3):
+        name = f"case_{case_id}"
+        mods, seg = synth_brain(rng, tuple(shape), with_et=False)
+        vols = [mods[m] for m in ("flair", "t1", "t1ce", "t2")[:channels]]
+        if per_channel_files:
+            for c, v in enumerate(vols):
+                nib.save(nib.Nifti1Image(v, affine), str(out / "images" / f"{name}_{c:04d}.nii.gz"))
+        else:
+            data = vols[0] if channels == 1 else np.stack(vols, -1)
+            nib.save(nib.Nifti1Image(data, affine), str(out / "images" / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(seg, affine), str(out / "labels" / f"{name}.nii.gz"))
+    if dataset_json:
+        (out / "dataset.json").write_text(json.dumps(
+            {"labels": {"background": 0, "core": 1, "oedema": 2}}, indent=1))
+    return {"all": cases}
+
+
 # ------------------------------------------------------------------------- CLI
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
