@@ -47,6 +47,35 @@ def parse_size(text: str) -> tuple[int, int]:
     return hw  # type: ignore[return-value]
 
 
+def parse_extent(text: str) -> tuple[int, ...]:
+    """A 2-D or 3-D extent: ``"64"`` -> (64,) (every axis, expanded by
+    :func:`expand_extent` once the number of axes is known); ``"480x640"`` -> (480, 640);
+    ``"64x128x128"`` -> (64, 128, 128)."""
+    try:
+        sizes = tuple(int(p) for p in str(text).lower().split("x"))
+    except ValueError:
+        sizes = ()
+    if not 1 <= len(sizes) <= 3 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"size must look like 64, 480x640 or 64x128x128, "
+                                         f"got {text!r}")
+    return sizes
+
+
+def expand_extent(name: str, value, spatial_dims: int):
+    """``value`` for a ``spatial_dims``-D model: one size for every axis, or one per axis;
+    None stays None."""
+    if value is None:
+        return None
+    value = tuple(int(v) for v in value)
+    if len(value) == 1:
+        return value * spatial_dims
+    if len(value) != spatial_dims:
+        want = "HxW" if spatial_dims == 2 else "DxHxW"
+        raise ValueError(f"{name} {'x'.join(map(str, value))} has {len(value)} sizes; a "
+                         f"{spatial_dims}-D model takes {want} (or one size for every axis)")
+    return value
+
+
 def option(default: Any = None, help: str = "", *, choices=None, flag: str | None = None,
            parse=None, metavar: str | None = None, nargs: str | None = None,
            required: bool = False):
@@ -66,13 +95,16 @@ def check_threshold(value: float) -> None:
         raise ValueError(f"threshold must be in (0, 1), got {value}")
 
 
-def check_size(name: str, value) -> None:
-    if value is not None and (len(value) != 2 or min(value) < 1):
-        raise ValueError(f"{name} must be two sizes >= 1 (H, W), got {value}")
+def check_size(name: str, value, lengths: tuple[int, ...] = (2,)) -> None:
+    """``value``: None or ``lengths`` sizes >= 1 (default two: H, W)."""
+    if value is not None and (len(value) not in lengths or min(value) < 1):
+        what = " or ".join({1: "one size", 2: "two sizes", 3: "three sizes"}[n]
+                           for n in lengths)
+        raise ValueError(f"{name} must be {what} >= 1 (H, W or D, H, W), got {value}")
 
 
 def fit_size(name: str, size, multiple: int):
-    """``size`` (H, W) rounded up to a multiple of ``multiple`` (the network's
+    """``size`` (H, W or D, H, W) rounded up to a multiple of ``multiple`` (the network's
     ``2**(depth-1)``), with a warning when it changes; None stays None."""
     if size is None:
         return None
@@ -80,9 +112,9 @@ def fit_size(name: str, size, multiple: int):
     if fitted != tuple(size):
         import warnings
 
-        warnings.warn(f"{name} {size[0]}x{size[1]} is not a multiple of {multiple} (the "
-                      f"network halves it depth-1 times): using {fitted[0]}x{fitted[1]}",
-                      stacklevel=2)
+        warnings.warn(f"{name} {'x'.join(map(str, size))} is not a multiple of {multiple} "
+                      f"(the network halves it depth-1 times): using "
+                      f"{'x'.join(map(str, fitted))}", stacklevel=2)
     return fitted
 
 
@@ -468,11 +500,11 @@ class InferenceConfig(RunConfig):
     ensemble: tuple[str, ...] = option(
         (), "more checkpoints trained alike: the mean of all the models' predictions",
         nargs="+", metavar="CHECKPOINT", parse=str)
-    window: tuple[int, int] | None = option(
-        None, "2-D: predict each image at its own resolution in overlapping S x S windows, "
-              "blended, instead of resizing to the network size (for models trained on "
-              "patches; default for a checkpoint trained with --patch)",
-        parse=parse_size, metavar="S|HxW")
+    window: tuple[int, ...] | None = option(
+        None, "predict each image (3-D models: each volume) at its own resolution in "
+              "overlapping windows, blended, instead of resizing to the network size (for "
+              "models trained on patches; default for a checkpoint trained with --patch)",
+        parse=parse_extent, metavar="S|HxW|DxHxW")
     overlap: float | None = option(
         None, "with --window: fraction of a window its neighbours share (default 0.25)",
         parse=float)
@@ -490,7 +522,7 @@ class InferenceConfig(RunConfig):
         super().check()
         check_at_least("batch_size", self.batch_size, 1)
         check_size("image_size", self.image_size)
-        check_size("window", self.window)
+        check_size("window", self.window, (1, 2, 3))
         check_out_folder(self.out)
         if self.threshold is not None:
             check_threshold(self.threshold)

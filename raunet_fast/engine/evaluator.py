@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import EvaluateConfig, check_threshold, fit_size, write_config
+from ..config import EvaluateConfig, check_threshold, expand_extent, fit_size, write_config
 from ..hub import atomic_write_json
 from ..io.checkpoints import check_checkpoint_folder, read_preprocessing
 from ..io.nifti import write_labels
@@ -88,7 +88,9 @@ class Evaluator:
         model = self.model if self.model is not None else load_model(self.checkpoint, dev)
         self.model = model = model.to(dev).eval()
         if cfg.window is not None:  # sizes given here (the checkpoint's are as trained)
-            self.window = fit_size("--window", self.window, model.size_multiple)
+            dims = getattr(model, "spatial_dims", 2)
+            self.window = fit_size("--window", expand_extent("--window", self.window, dims),
+                                   model.size_multiple)
         if cfg.image_size is not None:
             self.image_size = fit_size("--image-size", self.image_size, model.size_multiple)
         extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, model, dev,

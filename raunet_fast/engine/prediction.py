@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..config import PredictConfig, check_threshold, fit_size, write_config
+from ..config import PredictConfig, check_threshold, expand_extent, fit_size, write_config
 from ..io.checkpoints import read_preprocessing
 from ..io.images import MASK_SUFFIX, PROB_SUFFIX, check_image, list_images, png_bytes
 from ..io.outputs import check_out
@@ -169,7 +169,9 @@ class PredictionRun:
         check_threshold(self.threshold)
         self.amp_dtype = self._autocast_dtype()
         if cfg.window is not None:  # sizes given here (the checkpoint's are as trained)
-            self.window = fit_size("--window", self.window, self.model.size_multiple)
+            dims = getattr(self.model, "spatial_dims", 2)
+            self.window = fit_size("--window", expand_extent("--window", self.window, dims),
+                                   self.model.size_multiple)
         if cfg.image_size is not None:
             self.size = fit_size("--image-size", self.size, self.model.size_multiple)
         self.extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, self.model, self.device)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..config import StreamConfig, fit_size, write_config
+from ..config import StreamConfig, expand_extent, fit_size, write_config
 from ..engine.device import resolve_device, set_threads
 from ..engine.prediction import output_head, output_names, region_names
 from ..engine.predictor import (build_forward, load_ensemble, load_model, missing_size_error)
@@ -61,7 +61,8 @@ def fit_frames(cfg: StreamConfig, prep: dict, model, checkpoint: Path):
     if cfg.image_size is not None:
         return None, fit_size("--image-size", cfg.image_size, multiple)
     if cfg.window is not None:
-        return fit_size("--window", cfg.window, multiple), None
+        window = expand_extent("--window", cfg.window, getattr(model, "spatial_dims", 2))
+        return fit_size("--window", window, multiple), None
     trained = prep.get("patch") or prep.get("image_size")
     if not trained:
         raise missing_size_error(checkpoint)

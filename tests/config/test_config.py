@@ -141,3 +141,24 @@ def test_train_sizes_are_rounded_up_to_what_the_network_halves(depth, given, exp
         else:
             assert len(messages) == 1 and f"{given[0]}x{given[1]}" in messages[0]
             assert f"using {expected[0]}x{expected[1]}" in messages[0]
+
+
+def test_extents_parse_and_expand_per_model_dimension():
+    import argparse
+
+    from raunet_fast.config import expand_extent, parse_extent
+
+    assert parse_extent("64") == (64,)
+    assert parse_extent("48x80") == (48, 80)
+    assert parse_extent("32X64x96") == (32, 64, 96)
+    for bad in ("", "0", "4x", "1x2x3x4", "ax3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_extent(bad)
+    assert expand_extent("--window", (64,), 3) == (64, 64, 64)
+    assert expand_extent("--window", (64,), 2) == (64, 64)
+    assert expand_extent("--window", (8, 16, 24), 3) == (8, 16, 24)
+    assert expand_extent("--window", None, 3) is None
+    with pytest.raises(ValueError, match="a 3-D model takes DxHxW"):
+        expand_extent("--window", (64, 64), 3)
+    with pytest.raises(ValueError, match="a 2-D model takes HxW"):
+        expand_extent("--patch", (8, 16, 24), 2)
