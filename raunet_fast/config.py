@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-DATASETS = ("isic2018", "brats2021", "folder")
+#: 2-D data sets (image files or BraTS slices); ``nifti-folder`` holds volumes, for 3-D models
+IMAGE_DATASETS = ("isic2018", "brats2021", "folder")
+DATASETS = (*IMAGE_DATASETS, "nifti-folder")
 #: the last two are the MONAI baselines (the peers extra, raunet_fast.peers)
 MODELS = ("raunet", "attention-unet", "unet", "resunet", "monai-attention-unet",
           "monai-basicunet")
@@ -439,6 +441,9 @@ class TrainConfig(RunConfig):
                      "max_steps_per_epoch"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("num_workers", self.num_workers, 0)
+        if self.dataset == "nifti-folder":
+            raise ValueError("--dataset nifti-folder holds volumes, for 3-D models; 3-D "
+                             "training is not available yet")
         if not self.dist_timeout > 0:
             raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not self.lr > 0:
@@ -673,7 +678,7 @@ class StreamConfig(InferenceConfig):
 
 
 #: reproduce --dataset: the training data sets, or synthetic lesions in the ISIC layout
-REPRODUCE_DATASETS = (*DATASETS, "generated")
+REPRODUCE_DATASETS = (*IMAGE_DATASETS, "generated")
 
 
 @dataclass

@@ -90,8 +90,9 @@ def test_recorded_hash_catches_flipped_bytes(tmp_path):
 
 @pytest.mark.parametrize("prep, message", [
     ({"image_size": [0, -5]}, "image_size must be two sizes >= 1"),
-    ({"image_size": "64"}, "image_size must be a list of two integers"),
-    ({"patch": [16]}, "patch must be two sizes"),
+    ({"image_size": "64"}, "image_size must be a list of integers"),
+    ({"patch": [16]}, "patch must be two sizes or three sizes"),
+    ({"patch": [16, 16, 16, 16]}, "patch must be two sizes or three sizes"),
     ({"crop": 0}, "crop must be an integer >= 1"),
     ({"threshold": 1.0}, "threshold must be in (0, 1)"),
     ({"threshold": "0.5"}, "threshold must be a number"),

@@ -82,7 +82,7 @@ def _change_text(report: dict) -> str:
 
 
 def add_cli(sub) -> None:
-    from ..config import DATASETS, SPLITS
+    from ..config import IMAGE_DATASETS, SPLITS
 
     p = sub.add_parser("quantize", help="int8 post-training quantization for the CPU "
                                         "(torchao; the cpu-int8 extra)",
@@ -99,7 +99,7 @@ def add_cli(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="the int8 model folder to write")
     p.add_argument("--images", type=int, default=32, help="calibration images (default: 32)")
     p.add_argument("--batch-size", type=int, default=4, help="default: 4")
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    p.add_argument("--dataset", choices=IMAGE_DATASETS, default=None,
                    help="score fp32 and int8 on this data set's --split")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--split", choices=SPLITS, default="val", help="default: val")

@@ -164,11 +164,12 @@ def check_preprocessing(prep: dict[str, Any]) -> None:
     """The entries inference reads from ``preprocessing.json``, with the run configs' checks."""
     from ..config import DATASETS, check_size, check_threshold
 
-    for key in ("image_size", "patch"):
+    for key, lengths in (("image_size", (2,)), ("patch", (2, 3))):
         v = prep.get(key)
         if v is not None and not (isinstance(v, list) and all(_is_int(s) for s in v)):
-            raise ValueError(f"{key} must be a list of two integers (H, W) or null, got {v!r}")
-        check_size(key, v)
+            raise ValueError(f"{key} must be a list of integers (H, W or D, H, W) or null, "
+                             f"got {v!r}")
+        check_size(key, v, lengths)
     if prep.get("crop") is not None and not (_is_int(prep["crop"]) and prep["crop"] >= 1):
         raise ValueError(f"crop must be an integer >= 1 or null, got {prep['crop']!r}")
     if "threshold" in prep:
