@@ -501,7 +501,8 @@ class InferenceConfig(RunConfig):
     threshold: float | None = option(
         None, "probability threshold (default: the checkpoint's, else 0.5)", parse=float)
     tta: bool = option(False, "test-time augmentation: the mean of the predictions over 4 "
-                              "flips (raunet_fast.tta.FlipTTA; 4x the inference time)")
+                              "flips (3-D models: 8) (raunet_fast.tta.FlipTTA; 4x (8x) the "
+                              "inference time)")
     ensemble: tuple[str, ...] = option(
         (), "more checkpoints trained alike: the mean of all the models' predictions",
         nargs="+", metavar="CHECKPOINT", parse=str)
@@ -564,10 +565,7 @@ class EvaluateConfig(InferenceConfig):
               "with training)", parse=str)
 
     def check(self) -> None:
-        super().check()
-        if self.window is not None and self.dataset == "brats2021":
-            raise ValueError("--window is for 2-D data; BraTS volumes are scored slice by "
-                             "slice at the checkpoint's crop and size")
+        super().check()  # --window with BraTS: 3-D models only (checked with the model)
         if self.crop is not None and self.crop < 1:
             raise ValueError(f"crop must be >= 1, got {self.crop}")
         if self.fused and self.amp != "none":

@@ -26,7 +26,12 @@ def run(args) -> int:
     if not main_rank:
         return 2 if s.get("errors") else 0
     n = len(s["files"])
-    if s["kind"] == "brats":
+    if s["kind"] == "volume":
+        what = f"{_count(n, 'segmentation')} for {_count(s['cases'], 'volume')}"
+        if s["skipped"]:
+            what += f" ({_count(s['skipped'], 'volume')} already done, skipped)"
+        rate = f"{s['images_per_s']:.2f} volumes/s"
+    elif s["kind"] == "brats":
         what = f"{_count(n, 'segmentation')} for {_count(s['cases'], 'case')}"
         rate = (f"{s['cases'] / max(s['seconds'], 1e-9):.2f} cases/s, "
                 f"{s['images_per_s']:.1f} slices/s")

@@ -104,8 +104,10 @@ class BraTSVolumes:
         return Volume(self.names[i], image.contiguous(), regions, (sz, sx, sy),
                       folder / f"{folder.name}_flair.nii.gz")
 
-    def to_labels(self, masks: np.ndarray) -> np.ndarray:
-        """K x D x H x W bool regions -> D x H x W uint8 labels 0 / 1 / 2 / 4."""
+    def to_labels(self, masks: np.ndarray, probabilities: np.ndarray | None = None
+                  ) -> np.ndarray:
+        """K x D x H x W bool regions -> D x H x W uint8 labels 0 / 1 / 2 / 4 (ET over TC
+        over WT: the regions are nested, so ``probabilities`` is not needed)."""
         return regions_to_labels(masks)
 
 
@@ -208,21 +210,11 @@ class NiftiFolder:
         return tuple(sorted(int(v) for v in values))
 
     def _image(self, i: int) -> tuple[np.ndarray, tuple[float, ...]]:
-        vols, shape, zooms = [], None, None
-        for f in self.image_files[i]:
-            data, z = _read_nifti(f, (3, 4))
-            parts = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
-            for part in parts:
-                if shape is None:
-                    shape, zooms = part.shape, z
-                elif part.shape != shape:
-                    raise ValueError(f"{f} has shape {part.shape} but the first channel of "
-                                     f"case {self.names[i]} has {shape}")
-                vols.append(finite_volume(part, f, self.nan_to_num))
-        if len(vols) != self.channels:
-            raise ValueError(f"case {self.names[i]} has {len(vols)} channels; the first case "
+        image, zooms = read_case_images(self.image_files[i], self.names[i], self.nan_to_num)
+        if len(image) != self.channels:
+            raise ValueError(f"case {self.names[i]} has {len(image)} channels; the first case "
                              f"of the split has {self.channels}")
-        return zscore_channels(vols), zooms
+        return image, zooms
 
     def volume(self, i: int) -> Volume:
         if i in self._mem:
@@ -246,15 +238,42 @@ class NiftiFolder:
 
     def to_labels(self, masks: np.ndarray, probabilities: np.ndarray | None = None
                   ) -> np.ndarray:
-        """K x D x H x W masks -> D x H x W label values; where several channels are on,
-        the most probable one (or the last) wins."""
-        masks = np.asarray(masks, dtype=bool)
-        score = masks.astype(np.float32) if probabilities is None else \
-            np.where(masks, probabilities, -np.inf)
-        winner = np.argmax(score, axis=0)
-        values = np.asarray(self.labels, dtype=np.int32)[winner]
-        out_dtype = np.uint8 if max(self.labels) < 256 else np.int32
-        return np.where(masks.any(0), values, 0).astype(out_dtype)
+        """K x D x H x W masks -> D x H x W label values (:func:`masks_to_labels`)."""
+        return masks_to_labels(masks, self.labels, probabilities)
+
+
+def masks_to_labels(masks: np.ndarray, labels, probabilities: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """K x D x H x W masks (channel k: label value ``labels[k]``) -> D x H x W label values
+    (uint8 when every value fits, else int32); where several channels are on, the most
+    probable one wins (any increasing function of the probabilities, e.g. logits, gives the
+    same), without probabilities the last."""
+    masks = np.asarray(masks, dtype=bool)
+    score = masks.astype(np.float32) if probabilities is None else \
+        np.where(masks, probabilities, -np.inf)
+    winner = np.argmax(score, axis=0)
+    values = np.asarray(labels, dtype=np.int32)[winner]
+    out_dtype = np.uint8 if max(labels) < 256 else np.int32
+    return np.where(masks.any(0), values, 0).astype(out_dtype)
+
+
+def read_case_images(files: list[Path], name: str, nan_to_num: bool = False
+                     ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """One case's image files (one X x Y x Z [x C] file, or one per channel) -> the
+    z-scored C x D x H x W float32 image (:func:`zscore_channels`) and the first file's
+    voxel size (mm along X, Y, Z)."""
+    vols, shape, zooms = [], None, None
+    for f in files:
+        data, z = _read_nifti(f, (3, 4))
+        parts = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
+        for part in parts:
+            if shape is None:
+                shape, zooms = part.shape, z
+            elif part.shape != shape:
+                raise ValueError(f"{f} has shape {part.shape} but the first channel of "
+                                 f"case {name} has {shape}")
+            vols.append(finite_volume(part, f, nan_to_num))
+    return zscore_channels(vols), zooms
 
 
 def _read_labels(path: Path) -> np.ndarray:

@@ -12,6 +12,10 @@ would hold (ET over TC over WT, so the scored regions are nested) and scored per
 (WT, TC, ET) with Dice, Jaccard, HD and HD95 in mm (voxel spacing from the NIfTI header),
 using the BraTS rules for empty masks: both empty gives Dice 1 and HD95 0, exactly one
 empty gives Dice 0 and HD95 373.13.
+
+3-D checkpoints (``spatial_dims=3``; BraTS 2021 or a NIfTI folder): each volume is
+predicted whole by 3-D sliding windows and scored per region in mm
+(:mod:`raunet_fast.engine.volume_inference`).
 """
 from __future__ import annotations
 
@@ -34,8 +38,9 @@ from . import distributed as dist
 from .device import autocast_dtype, resolve_device, set_threads
 from .predictor import (Predictor, check_channels, default_window, load_ensemble, load_model,
                         missing_size_error, resolve_image_size)
+from . import volume_inference as v3d
 
-METRICS = ("dice", "jaccard", "hd", "hd95")
+METRICS = v3d.METRICS  # dice, jaccard, hd, hd95
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -66,12 +71,22 @@ class Evaluator:
         set_threads(cfg.threads)
         if self.model is None:
             check_checkpoint_folder(ck)
-        prep = read_preprocessing(ck)
-        brats = cfg.dataset == "brats2021"
-        self.window, self.overlap = default_window(cfg.window, cfg.overlap, cfg.image_size,
-                                                   None if brats else prep.get("patch"))
+        self.prep = prep = read_preprocessing(ck)
         if prep.get("dataset") and prep["dataset"] != cfg.dataset:
             raise ValueError(f"{ck} was trained on {prep['dataset']!r}, not {cfg.dataset!r}")
+        self.device = resolve_device(cfg.device)
+        if self.model is None:
+            self.model = load_model(ck, self.device)
+        v3d.check_volume_dataset(cfg.dataset, ck, self.model)
+        if v3d.is_volume_model(self.model):
+            return self._setup_volumes(prep)
+        brats = cfg.dataset == "brats2021"
+        if brats and cfg.window is not None:
+            raise ValueError("--window is for checkpoints trained on patches (2-D images, 3-D "
+                             "volumes); this 2-D BraTS checkpoint scores slice by slice at its "
+                             "crop and size")
+        self.window, self.overlap = default_window(cfg.window, cfg.overlap, cfg.image_size,
+                                                   None if brats else prep.get("patch"))
         self.image_size = resolve_image_size(ck, prep, cfg.image_size, self.window)
         self.crop = cfg.crop if cfg.crop is not None else prep.get("crop", 192 if brats else None)
         self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None else cfg.threshold)
@@ -81,20 +96,32 @@ class Evaluator:
             raise missing_size_error(ck)
         self.predictor = self._build_predictor(prep)
 
+    def _setup_volumes(self, prep: dict[str, Any]) -> None:
+        """A 3-D model: whole volumes in 3-D windows (default: the training patch)."""
+        cfg = self.cfg
+        v3d.check_volume_options(cfg.image_size, cfg.crop)
+        self.window = v3d.volume_window(cfg.window, prep, self.model, self.checkpoint)
+        self.overlap = 0.25 if cfg.overlap is None else cfg.overlap
+        self.image_size = self.crop = None
+        self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None else cfg.threshold)
+        self.split_seed = int(prep.get("split_seed", 0) if cfg.split_seed is None else cfg.split_seed)
+        check_threshold(self.threshold)
+        self.predictor = self._build_predictor(prep)
+        self.predictor.progress = cfg.progress
+
     def _build_predictor(self, prep: dict[str, Any]) -> Predictor:
         cfg = self.cfg
-        dev = resolve_device(cfg.device)
+        dev = self.device
         amp_dtype = autocast_dtype(cfg.amp, dev)
-        model = self.model if self.model is not None else load_model(self.checkpoint, dev)
-        self.model = model = model.to(dev).eval()
-        if cfg.window is not None:  # sizes given here (the checkpoint's are as trained)
+        self.model = model = self.model.to(dev).eval()
+        if cfg.window is not None and not v3d.is_volume_model(model):  # as trained otherwise
             dims = getattr(model, "spatial_dims", 2)
             self.window = fit_size("--window", expand_extent("--window", self.window, dims),
                                    model.size_multiple)
         if cfg.image_size is not None:
             self.image_size = fit_size("--image-size", self.image_size, model.size_multiple)
         extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, model, dev,
-                              same_split=cfg.dataset in ("folder", "brats2021"))
+                              same_split=cfg.dataset in ("folder", *v3d.VOLUME_DATASETS))
         return Predictor.from_model(model, dev, fused=cfg.fused, dtype=cfg.dtype, tta=cfg.tta,
                                     ensemble=extra, amp_dtype=amp_dtype,
                                     batch_size=cfg.batch_size)
@@ -126,7 +153,9 @@ class Evaluator:
             self.cfg.progress = False
         self.setup()
         pred_dir = self.prediction_folder()
-        if self.cfg.dataset == "brats2021":
+        if v3d.is_volume_model(self.model):
+            rows, metrics, extra = self.score_volumes(pred_dir)
+        elif self.cfg.dataset == "brats2021":
             rows, metrics, extra = self.score_brats(pred_dir)
         else:
             rows, metrics, extra = self.score_images(pred_dir)
@@ -169,14 +198,42 @@ class Evaluator:
                 write_labels(labels, case_files(ds.folders[i])["flair"],
                              pred_dir / f"{ds.names[i]}.nii.gz")
         rows = self._all_rows(rows)
-        metrics = {name: {k: stats([r[f"{k}_{name}"] for r in rows]) for k in METRICS}
-                   for name in REGIONS}
-        metrics["mean"] = {k: stats([float(np.mean([r[f"{k}_{n}"] for n in REGIONS]))
-                                     for r in rows]) for k in METRICS}
         extra = {"regions": list(REGIONS), "distance_unit": "mm",
-                 "empty_rule": f"both empty: Dice 1, HD 0; one empty: Dice 0, HD "
-                               f"{BRATS_EMPTY_DISTANCE}"}
-        return rows, metrics, extra
+                 "empty_rule": v3d.empty_rule(brats=True)}
+        return rows, region_metrics(rows, REGIONS), extra
+
+    def _volumes(self):
+        """The split as whole volumes (NIfTI folder: the checkpoint's label values, one per
+        output channel)."""
+        from ..data.volumes import build_volumes
+
+        cfg, brats = self.cfg, self.cfg.dataset == "brats2021"
+        labels = None if brats else v3d.checkpoint_labels(self.prep, self.model.out_channels)
+        vols = build_volumes(cfg.dataset, cfg.data_root, cfg.split, seed=self.split_seed,
+                             cache_dir=cfg.cache_dir, nan_to_num=cfg.nan_to_num,
+                             memory_cases=1, labels=labels)
+        check_channels(self.model, vols.channels, len(vols.region_names), self.checkpoint)
+        return vols, labels
+
+    def score_volumes(self, pred_dir: Path | None):
+        """A 3-D model: each volume predicted whole in 3-D windows, its label map scored per
+        region in mm (and written to ``pred_dir`` as ``<case>.nii.gz``)."""
+        vols, values = self._volumes()
+        brats, regions = values is None, tuple(vols.region_names)
+        rows = []
+        for i in self._bar(len(vols), "case"):
+            v = vols.volume(i)
+            logits = self.predictor.logits_windowed(v.image, self.window, self.overlap)
+            labels = v3d.label_map(vols.to_labels, logits, self.threshold)
+            pred = v3d.label_regions(labels, values)
+            rows.append((i, v3d.volume_row(v.name, pred, v.regions.numpy(), v.spacing,
+                                           regions, brats)))
+            if pred_dir is not None:
+                write_labels(labels, v.reference, pred_dir / f"{v.name}.nii.gz")
+        rows = self._all_rows(rows)
+        extra = {"regions": list(regions), "distance_unit": "mm", "spatial_dims": 3,
+                 "empty_rule": v3d.empty_rule(brats)}
+        return rows, region_metrics(rows, regions), extra
 
     def score_images(self, pred_dir: Path | None):
         from ..data import build_dataset
@@ -216,6 +273,15 @@ class Evaluator:
                    if self.window is not None else {}),
                 "model": name if cfg.amp == "none" else f"{name} (amp {cfg.amp})",
                 "metrics": metrics, **extra}
+
+
+def region_metrics(rows: list[dict[str, Any]], regions) -> dict[str, Any]:
+    """Statistics of each metric per region, and of the per-case mean over the regions."""
+    metrics = {name: {k: stats([r[f"{k}_{name}"] for r in rows]) for k in METRICS}
+               for name in regions}
+    metrics["mean"] = {k: stats([float(np.mean([r[f"{k}_{n}"] for n in regions]))
+                                 for r in rows]) for k in METRICS}
+    return metrics
 
 
 def brats_row(name: str, pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, Any]:

@@ -20,6 +20,13 @@ folder of case folders; each case goes through the slice-wise inference and labe
 re-stacking of evaluation and is written as ``<case>_pred_seg.nii.gz`` (uint8 labels
 0/1/2/4, the flair's affine and header).
 
+3-D checkpoints (``spatial_dims=3``): BraTS as above, or for a NIfTI-folder checkpoint a
+``.nii.gz`` / ``.nii`` file, a folder of them (``<case>_0000`` ... per channel allowed) or a
+NIfTI folder with ``images/``; each volume is predicted whole in 3-D windows
+(:mod:`raunet_fast.engine.volume_inference`, as evaluation does) and written as
+``<case>_pred_seg.nii.gz`` (BraTS) or ``<case>.nii.gz`` (the checkpoint's label values,
+uint8 where they fit), with the input's affine and header.
+
 Existing output files are never replaced unless ``overwrite``; that is checked for every
 output before anything is computed.
 """
@@ -41,8 +48,9 @@ from ..io.images import MASK_SUFFIX, PROB_SUFFIX, check_image, list_images, png_
 from ..io.outputs import check_out
 from . import distributed as dist
 from .device import resolve_device, set_threads
-from .predictor import (Predictor, default_window, load_ensemble, load_model, missing_size_error,
-                        resize_logits, resolve_image_size)
+from . import volume_inference as v3d
+from .predictor import (Predictor, check_channels, default_window, load_ensemble, load_model,
+                        missing_size_error, resize_logits, resolve_image_size)
 
 BRATS_SUFFIX = "_pred_seg.nii.gz"
 #: the resolved configuration of the latest run, next to the masks
@@ -68,6 +76,27 @@ def brats_cases(input: Path, strict: bool = True) -> list[Path]:
                          f"with BraTS2021_<id>_flair.nii.gz, _t1, _t1ce, _t2); this checkpoint "
                          f"was trained on BraTS")
     return cases
+
+
+def brats_files_exist(cases: list[Path]) -> None:
+    """Every image file of the BraTS case folders is there (before anything is computed)."""
+    from ..data.brats import case_files
+
+    for folder in cases:
+        for mod, f in case_files(folder).items():
+            if mod != "seg" and not f.is_file():
+                raise FileNotFoundError(f"BraTS file {f} does not exist")
+
+
+def check_case_channels(path: Path, files: list[Path], name: str, channels: int,
+                        checkpoint: Path) -> int:
+    """A NIfTI case's channel count (from its headers), or an error when the model in
+    ``checkpoint`` takes another (``path``: the file named in messages)."""
+    got = v3d.case_channels(files)
+    if got != channels:
+        raise ValueError(f"case {name} ({path}) has {got} channel{'s' * (got != 1)}; the model "
+                         f"in {checkpoint} takes {channels}")
+    return got
 
 
 def input_kind(prep: dict[str, Any], model, input: Path) -> str:
@@ -159,22 +188,44 @@ class PredictionRun:
         self.prep = prep
         if not self.input.exists():
             raise FileNotFoundError(f"--input {self.input} does not exist")
+        if v3d.is_volume_model(self.model):
+            self._setup_volumes(prep)
+        else:
+            self._setup_images(prep)
+        self.extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, self.model, self.device)
+
+    def _setup_threshold(self, prep: dict[str, Any]) -> None:
+        cfg = self.cfg
+        self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None
+                               else cfg.threshold)
+        check_threshold(self.threshold)
+        self.amp_dtype = self._autocast_dtype()
+
+    def _setup_volumes(self, prep: dict[str, Any]) -> None:
+        """A 3-D model: whole volumes in 3-D windows (default: the training patch)."""
+        cfg = self.cfg
+        v3d.check_volume_options(cfg.image_size)
+        if cfg.probabilities:
+            raise ValueError("--probabilities is for 2-D checkpoints; 3-D predictions are "
+                             "label maps")
+        self.window = v3d.volume_window(cfg.window, prep, self.model, self.checkpoint)
+        self.overlap, self.size = (0.25 if cfg.overlap is None else cfg.overlap), None
+        self._setup_threshold(prep)
+
+    def _setup_images(self, prep: dict[str, Any]) -> None:
+        cfg = self.cfg
         patch = prep.get("patch") if prep.get("dataset") in ("isic2018", "folder") else None
         self.window, self.overlap = default_window(cfg.window, cfg.overlap, cfg.image_size,
                                                    patch)
         self.size = resolve_image_size(self.checkpoint, prep, cfg.image_size, self.window,
                                        "predicts")
-        self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None
-                               else cfg.threshold)
-        check_threshold(self.threshold)
-        self.amp_dtype = self._autocast_dtype()
+        self._setup_threshold(prep)
         if cfg.window is not None:  # sizes given here (the checkpoint's are as trained)
             dims = getattr(self.model, "spatial_dims", 2)
             self.window = fit_size("--window", expand_extent("--window", self.window, dims),
                                    self.model.size_multiple)
         if cfg.image_size is not None:
             self.size = fit_size("--image-size", self.size, self.model.size_multiple)
-        self.extra = load_ensemble(self.checkpoint, cfg.ensemble, prep, self.model, self.device)
 
     def _load_model(self):
         """The preprocessing and the model: a checkpoint folder's (fp32 or int8), or an ONNX
@@ -221,12 +272,13 @@ class PredictionRun:
             if not dist.is_main():
                 self.cfg.progress = False
             self.setup()
-            kind = input_kind(self.prep, self.model, self.input)
+            kind = "volume" if v3d.is_volume_model(self.model) else \
+                input_kind(self.prep, self.model, self.input)
             t0 = time.perf_counter()
-            summary = self.run_brats() if kind == "brats" else self.run_images()
-            summary = self._gathered(summary)
+            run = {"volume": self.run_volumes, "brats": self.run_brats}.get(kind, self.run_images)
+            summary = self._gathered(run())
             summary["seconds"] = seconds = time.perf_counter() - summary.pop("t0", t0)
-            count = summary["slices"] if kind == "brats" else summary["images"]
+            count = summary[{"volume": "cases", "brats": "slices"}.get(kind, "images")]
             summary["images_per_s"] = count / max(seconds, 1e-9)
             if dist.is_main():
                 write_config(self.cfg, self.out, CONFIG_FILE)
@@ -249,23 +301,21 @@ class PredictionRun:
 
     # ------------------------------------------------------------------ BraTS
     def _check_brats(self) -> list[Path]:
-        from ..data.brats import REGIONS, case_files
+        from ..data.brats import REGIONS
 
         cfg, model = self.cfg, self.model
         cases = brats_cases(self.input)
         if self.window is not None:
-            raise ValueError("--window is for 2-D checkpoints; BraTS volumes are predicted "
-                             "slice by slice at the checkpoint's crop and size")
+            raise ValueError("--window is for checkpoints trained on patches (2-D images, 3-D "
+                             "volumes); this 2-D BraTS checkpoint predicts slice by slice at "
+                             "its crop and size")
         if cfg.probabilities:
             raise ValueError("--probabilities is for 2-D checkpoints; BraTS predictions are "
                              "label maps")
         if model.in_channels != 4 or model.out_channels != len(REGIONS):
             raise ValueError(f"the model in {self.checkpoint} has {model.in_channels} input / "
                              f"{model.out_channels} output channels; BraTS needs 4 / 3")
-        for folder in cases:  # every file there before anything is computed
-            for mod, f in case_files(folder).items():
-                if mod != "seg" and not f.is_file():
-                    raise FileNotFoundError(f"BraTS file {f} does not exist")
+        brats_files_exist(cases)
         check_out(self.out, [f"{c.name}{BRATS_SUFFIX}" for c in cases], self.cfg.overwrite)
         return cases
 
@@ -295,6 +345,88 @@ class PredictionRun:
                 slices += vol.shape[0]
         return {"kind": "brats", "model": predictor.name, "files": [str(p) for p in written],
                 "cases": len(cases), "slices": slices, "t0": t0}
+
+    # ------------------------------------------------------------------ 3-D volumes
+    def _volume_source(self) -> str:
+        """``"brats"`` (case folders) or ``"nifti"`` (NIfTI files) for a 3-D model: from the
+        data set it was trained on, else from the input."""
+        dataset = self.prep.get("dataset")
+        if dataset in v3d.VOLUME_DATASETS:
+            return "brats" if dataset == "brats2021" else "nifti"
+        brats = self.model.in_channels == 4 and brats_cases(self.input, strict=False)
+        return "brats" if brats else "nifti"
+
+    def _volume_cases(self) -> list[tuple[str, Any]]:
+        """(name, source) of every case: a BraTS case folder, or a NIfTI case's image files
+        (channels checked from the headers); sets :attr:`to_labels`."""
+        from ..data.brats import regions_to_labels
+        from ..data.volumes import masks_to_labels
+
+        model, ck = self.model, self.checkpoint
+        if self._volume_source() == "brats":
+            folders = brats_cases(self.input)
+            check_channels(model, 4, 3, ck)
+            brats_files_exist(folders)
+            self.to_labels = lambda masks, scores: regions_to_labels(masks)
+            return [(f.name, f) for f in folders]
+        values = v3d.checkpoint_labels(self.prep, model.out_channels)
+        self.to_labels = lambda masks, scores: masks_to_labels(masks, values, scores)
+        cases = v3d.nifti_inputs(self.input, ck)
+        return [(name, files) for name, files in cases.items()
+                if self._guarded(check_case_channels, files[0], files, name,
+                                 model.in_channels, ck) is not None]
+
+    def _check_volumes(self) -> list[tuple[str, Any]]:
+        """The cases to predict, every output name checked against ``--out`` (cases whose
+        output exists are left with ``skip_existing``) before anything is computed."""
+        cases = self._volume_cases()
+        self.outputs = {name: f"{name}{BRATS_SUFFIX}" if isinstance(src, Path) else
+                        f"{name}.nii.gz" for name, src in cases}
+        if self.cfg.skip_existing:
+            todo = [c for c in cases if not (self.out / self.outputs[c[0]]).exists()]
+            self.skipped, cases = len(cases) - len(todo), todo
+        check_out(self.out, [self.outputs[name] for name, _ in cases], self.cfg.overwrite)
+        return cases
+
+    def load_volume(self, name: str, src) -> tuple[torch.Tensor, Path]:
+        """One case's ``C x D x H x W`` float32 image (normalised as in training) and the
+        NIfTI file whose affine and header its prediction takes (``src``: a BraTS case
+        folder, or a NIfTI case's image files)."""
+        from ..data.brats import case_files, load_case
+        from ..data.volumes import read_case_images
+
+        if isinstance(src, Path):  # a BraTS case folder: Z x 4 x X x Y
+            image = load_case(src, with_seg=False, nan_to_num=self.cfg.nan_to_num)["image"]
+            image = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(1, 0, 2, 3)
+            return image.contiguous(), case_files(src)["flair"]
+        image, _ = read_case_images(src, name, self.cfg.nan_to_num)
+        return torch.from_numpy(image), src[0]
+
+    def run_volumes(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        from ..io.nifti import write_labels
+
+        cases = self._check_volumes()
+        dist.barrier()  # every rank checked the outputs before any is written
+        cases = dist.shard(cases)
+        predictor = self.predictor()
+        self.out.mkdir(parents=True, exist_ok=True)
+        written, known, t0 = [], len(self.errors), time.perf_counter()
+        load = lambda case: self._guarded(self.load_volume, *case)  # noqa: E731
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            loaded = bounded_map(pool, load, cases, 1) if self.workers else map(load, cases)
+            for (name, _), item in tqdm(zip(cases, loaded), total=len(cases), desc="predict",
+                                        unit="case", disable=not self.cfg.progress):
+                if item is None:  # unreadable, skipped (skip_errors)
+                    continue
+                logits = predictor.logits_windowed(item[0], self.window, self.overlap)
+                written.append(self.out / self.outputs[name])
+                write_labels(v3d.label_map(self.to_labels, logits, self.threshold), item[1],
+                             written[-1])
+        return {"kind": "volume", "model": predictor.name, "files": [str(p) for p in written],
+                "cases": len(cases) - (len(self.errors) - known), "t0": t0,
+                "skipped": self.skipped, "errors": list(self.errors)}
 
     # ------------------------------------------------------------------ 2-D images
     def _image_paths(self) -> list[Path]:

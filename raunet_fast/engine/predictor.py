@@ -67,7 +67,7 @@ def build_forward(model, device: torch.device, fused: bool, dtype: str | None,
     """``model`` itself, or with ``fused`` its folded, fused inference form
     (:func:`~raunet_fast.inference.build_inference_model`, backend ``auto``) in ``dtype``
     (``fp32`` / ``bf16`` / ``fp16``; None: fp32 on CPU, bf16 on CUDA); with ``tta`` wrapped
-    in :class:`~raunet_fast.tta.FlipTTA` (mean over 4 flips); with ``ensemble`` (more models)
+    in :class:`~raunet_fast.tta.FlipTTA` (mean over 4 flips, volumes 8); with ``ensemble`` (more models)
     the mean of all of them (:class:`~raunet_fast.tta.Ensemble`, each fused as asked). Returns
     the module and a short description ("reference", "fused bf16", "... + flip TTA")."""
     from ..tta import Ensemble, FlipTTA
@@ -166,8 +166,8 @@ class Predictor:
     @torch.no_grad()
     def logits_windowed(self, x: torch.Tensor, window, overlap: float) -> torch.Tensor:
         """``C x H x W`` image (float, or uint8 scaled by 1/255 a batch of windows at a
-        time) -> ``K x H x W`` logits at the image's own resolution, from overlapping
-        windows (``batch_size`` windows per call)."""
+        time) or ``C x D x H x W`` volume -> ``K x H x W`` (``K x D x H x W``) float32 logits
+        at its own resolution, from overlapping windows (``batch_size`` windows per call)."""
         from ..sliding_window import sliding_window_inference
 
         return sliding_window_inference(self._run, x[None], window, overlap=overlap,
