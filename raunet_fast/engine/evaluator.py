@@ -106,6 +106,7 @@ class Evaluator:
         self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None else cfg.threshold)
         self.split_seed = int(prep.get("split_seed", 0) if cfg.split_seed is None else cfg.split_seed)
         check_threshold(self.threshold)
+        self.volumes, self.label_values = self._volumes()  # data checked before any output
         self.predictor = self._build_predictor(prep)
         self.predictor.progress = cfg.progress
 
@@ -218,7 +219,7 @@ class Evaluator:
     def score_volumes(self, pred_dir: Path | None):
         """A 3-D model: each volume predicted whole in 3-D windows, its label map scored per
         region in mm (and written to ``pred_dir`` as ``<case>.nii.gz``)."""
-        vols, values = self._volumes()
+        vols, values = self.volumes, self.label_values
         brats, regions = values is None, tuple(vols.region_names)
         rows = []
         for i in self._bar(len(vols), "case"):
