@@ -590,7 +590,9 @@ class PredictConfig(InferenceConfig):
         None, "run this .onnx file (raunet-fast export --format onnx) with ONNX Runtime "
               "instead of a checkpoint (the onnx extra)", parse=str, metavar="FILE")
     input: str | None = option(None, "an image, a folder of images, a BraTS case folder or "
-                                     "a folder of them", required=True, parse=str)
+                                     "a folder of them; 3-D checkpoints: also a .nii.gz file, "
+                                     "a folder of them or a NIfTI folder with images/",
+                               required=True, parse=str)
     probabilities: bool = option(False, "2-D: also write the foreground probability as "
                                         "8-bit <stem>_prob.png")
     num_workers: int | None = option(
@@ -602,11 +604,11 @@ class PredictConfig(InferenceConfig):
               "auto (--fused): bf16 where the hardware has bf16 matrix units",
         choices=DTYPE_CHOICES)
     skip_errors: bool = option(
-        False, "2-D: go past images that cannot be read (each is listed at the end, and the "
-               "exit code is 2)")
+        False, "2-D images and 3-D volumes: go past inputs that cannot be read (each is listed "
+               "at the end, and the exit code is 2)")
     skip_existing: bool = option(
-        False, "2-D: leave images whose outputs are all in --out already (resume a partly "
-               "written folder)")
+        False, "2-D images and 3-D volumes: leave inputs whose outputs are all in --out "
+               "already (resume a partly written folder)")
 
     def check(self) -> None:
         super().check()

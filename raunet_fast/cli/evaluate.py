@@ -34,7 +34,9 @@ def add_cli(sub) -> None:
     p = add_parser(sub, "evaluate", EvaluateConfig,
                    help="score a checkpoint on a data split (cases.csv, summary.json)",
                    description="Score a trained checkpoint on a split: Dice, Jaccard, Hausdorff "
-                               "and HD95 per case (BraTS: per region WT/TC/ET on 3-D volumes), "
+                               "and HD95 per case (BraTS: per region WT/TC/ET on 3-D volumes; "
+                               "3-D checkpoints: whole volumes in 3-D windows, per region in "
+                               "mm), "
                                "written to OUT/cases.csv and OUT/summary.json with the resolved "
                                "configuration in OUT/config.json.")
     p.set_defaults(func=run)

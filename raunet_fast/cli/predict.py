@@ -58,6 +58,7 @@ def add_cli(sub) -> None:
                                "checkpoints OUT/<stem>_mask.png (0/255, at each image's own "
                                "size; a label map for softmax checkpoints), for BraTS "
                                "OUT/<case>_pred_seg.nii.gz (labels 0/1/2/4, the flair's affine "
-                               "and header). Preprocessing comes from the checkpoint; the "
+                               "and header), for 3-D NIfTI-folder checkpoints OUT/<case>.nii.gz "
+                               "(whole volumes in 3-D windows). Preprocessing comes from the checkpoint; the "
                                "resolved configuration is written to OUT/predict_config.json.")
     p.set_defaults(func=run)

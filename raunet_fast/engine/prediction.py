@@ -12,7 +12,7 @@ and written to the output folder as
 * with ``probabilities``: ``<stem>_prob.png``, the foreground probability as 8-bit
   (0..255; softmax: 1 - P(class 0)), ``<stem>_prob_<region>.png`` per channel likewise.
 
-With a window (2-D only) each image is not resized: the network runs at the image's own
+With a window each 2-D image is not resized: the network runs at the image's own
 resolution on overlapping windows, blended.
 
 BraTS checkpoints: the input is a case folder (flair, t1, t1ce and t2 NIfTI files) or a
