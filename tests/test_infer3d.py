@@ -321,3 +321,19 @@ def test_fused_is_passed_through(data, checkpoints, tmp_path, capsys):
     assert rc == 0
     ref, fused = (_read(tmp_path / d / image.name)[0] for d in ("ref", "fused"))
     assert (ref != fused).sum() <= 5
+
+
+def test_unreadable_volume_is_skipped_with_skip_errors(data, checkpoints, tmp_path, capsys):
+    ck = checkpoints["nifti-folder"]
+    folder = tmp_path / "images"
+    shutil.copytree(data["nifti-folder"] / "images", folder)
+    (folder / "broken.nii.gz").write_bytes(b"not a gzip stream")
+    assert _predict(ck, folder, tmp_path / "a") == 2
+    _one_line(capsys, "predict", "broken.nii.gz")
+    assert not (tmp_path / "a").exists()
+    assert _predict(ck, folder, tmp_path / "b", "--skip-errors") == 2
+    captured = capsys.readouterr()
+    assert "wrote 4 segmentations for 4 volumes" in captured.out
+    assert "broken.nii.gz" in captured.err and "1 input could not be read" in captured.err
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.nii.gz")) == \
+        sorted(p.name for p in (data["nifti-folder"] / "images").glob("*.nii.gz"))

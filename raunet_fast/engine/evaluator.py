@@ -78,8 +78,17 @@ class Evaluator:
         if self.model is None:
             self.model = load_model(ck, self.device)
         v3d.check_volume_dataset(cfg.dataset, ck, self.model)
+        self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None else cfg.threshold)
+        self.split_seed = int(prep.get("split_seed", 0) if cfg.split_seed is None else cfg.split_seed)
+        check_threshold(self.threshold)  # the checkpoint's own, too
         if v3d.is_volume_model(self.model):
-            return self._setup_volumes(prep)
+            self._setup_volumes(prep)
+        else:
+            self._setup_images(prep)
+
+    def _setup_images(self, prep: dict[str, Any]) -> None:
+        """A 2-D model: resized images or 2-D windows; BraTS slice by slice."""
+        cfg, ck = self.cfg, self.checkpoint
         brats = cfg.dataset == "brats2021"
         if brats and cfg.window is not None:
             raise ValueError("--window is for checkpoints trained on patches (2-D images, 3-D "
@@ -89,9 +98,6 @@ class Evaluator:
                                                    None if brats else prep.get("patch"))
         self.image_size = resolve_image_size(ck, prep, cfg.image_size, self.window)
         self.crop = cfg.crop if cfg.crop is not None else prep.get("crop", 192 if brats else None)
-        self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None else cfg.threshold)
-        self.split_seed = int(prep.get("split_seed", 0) if cfg.split_seed is None else cfg.split_seed)
-        check_threshold(self.threshold)  # the checkpoint's own, too
         if self.image_size is None and not brats and self.window is None:
             raise missing_size_error(ck)
         self.predictor = self._build_predictor(prep)
@@ -103,9 +109,6 @@ class Evaluator:
         self.window = v3d.volume_window(cfg.window, prep, self.model, self.checkpoint)
         self.overlap = 0.25 if cfg.overlap is None else cfg.overlap
         self.image_size = self.crop = None
-        self.threshold = float(prep.get("threshold", 0.5) if cfg.threshold is None else cfg.threshold)
-        self.split_seed = int(prep.get("split_seed", 0) if cfg.split_seed is None else cfg.split_seed)
-        check_threshold(self.threshold)
         self.volumes, self.label_values = self._volumes()  # data checked before any output
         self.predictor = self._build_predictor(prep)
         self.predictor.progress = cfg.progress
@@ -115,9 +118,8 @@ class Evaluator:
         dev = self.device
         amp_dtype = autocast_dtype(cfg.amp, dev)
         self.model = model = self.model.to(dev).eval()
-        if cfg.window is not None and not v3d.is_volume_model(model):  # as trained otherwise
-            dims = getattr(model, "spatial_dims", 2)
-            self.window = fit_size("--window", expand_extent("--window", self.window, dims),
+        if cfg.window is not None and not v3d.is_volume_model(model):  # 3-D: volume_window
+            self.window = fit_size("--window", expand_extent("--window", self.window, 2),
                                    model.size_multiple)
         if cfg.image_size is not None:
             self.image_size = fit_size("--image-size", self.image_size, model.size_multiple)
