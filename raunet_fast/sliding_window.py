@@ -209,7 +209,11 @@ def _normalise(out: torch.Tensor, weights: torch.Tensor, starts) -> torch.Tensor
             for rest in itertools.product(*starts[1:]) if a < b else ():
                 dst, src = _region(rest, win[1:], sizes[1:])
                 norm[(slice(a - r0, b - r0), *dst)].add_(weights[(slice(a - s0, b - s0), *src)])
-        out[:, :, r0:r1].div_(norm)
+        if out.dtype == norm.dtype:
+            out[:, :, r0:r1].div_(norm)
+        else:  # mixed dtypes divide through a float32 copy: one slice at a time
+            for r in range(r0, r1):
+                out[:, :, r].div_(norm[r - r0])
     return out
 
 

@@ -228,7 +228,9 @@ def test_predict_one_file_equals_the_model_on_the_whole_volume(data, checkpoints
     x = torch.from_numpy(_zscore(np.asanyarray(nib.load(str(image)).dataobj))).float()[None]
     window = ["--window", "12x20x20"]
     # TTA flips each window, padded (here: the volume padded along W to the window)
-    padded_tta = lambda v: _flip_mean(model, torch.nn.functional.pad(v, (0, 2)))[..., :18]  # noqa: E731
+    def padded_tta(v):
+        return _flip_mean(model, torch.nn.functional.pad(v, (0, 2)))[..., :18]
+
     for tta, forward in ((False, model), (True, padded_tta)):
         out = tmp_path / f"one{tta}"
         assert _predict(ck, image, out, *window, *(["--tta"] if tta else [])) == 0
@@ -264,19 +266,18 @@ def test_errors_are_one_line(data, checkpoints, tmp_path, capsys):
     build_model("unet", in_channels=2, out_channels=2, base_channels=4,
                 depth=3).save_pretrained(ck2)
     (ck2 / "preprocessing.json").write_text(json.dumps({"image_size": [16, 16]}))
+    ev = lambda ck, *a: lambda: _evaluate(ck, "nifti-folder", nifti, out, *a)  # noqa: E731
+    pr = lambda ck, *a: lambda: _predict(ck, nifti, out, *a)  # noqa: E731
     cases = [
-        ("evaluate", lambda: _evaluate(ck2, "nifti-folder", nifti, out), ("2-D model", "nifti-folder")),
+        ("evaluate", ev(ck2), ("2-D model", "nifti-folder")),
         ("evaluate", lambda: _evaluate(ck3, "folder", nifti, out), ("trained on 'nifti-folder'",)),
-        ("evaluate", lambda: _evaluate(ck3, "nifti-folder", nifti, out, "--window", "8x8"),
-         ("--window 8x8", "DxHxW")),
-        ("evaluate", lambda: _evaluate(ck3, "nifti-folder", nifti, out, "--image-size", "16"),
-         ("--image-size", "3-D")),
-        ("evaluate", lambda: _evaluate(ck3, "nifti-folder", nifti, out, "--split-seed", "1", "--crop", "8"),
-         ("--crop", "3-D")),
-        ("evaluate", lambda: _evaluate(ckb, "nifti-folder", nifti, out), ("trained on 'brats2021'",)),
-        ("predict", lambda: _predict(ck3, nifti, out, "--window", "16x16"), ("2 sizes", "DxHxW")),
-        ("predict", lambda: _predict(ck3, nifti, out, "--probabilities"), ("--probabilities",)),
-        ("predict", lambda: _predict(ckb, nifti, out), ("BraTS",)),
+        ("evaluate", ev(ck3, "--window", "8x8"), ("--window 8x8", "DxHxW")),
+        ("evaluate", ev(ck3, "--image-size", "16"), ("--image-size", "3-D")),
+        ("evaluate", ev(ck3, "--crop", "8"), ("--crop", "3-D")),
+        ("evaluate", ev(ckb), ("trained on 'brats2021'",)),
+        ("predict", pr(ck3, "--window", "16x16"), ("2 sizes", "DxHxW")),
+        ("predict", pr(ck3, "--probabilities"), ("--probabilities",)),
+        ("predict", pr(ckb), ("BraTS",)),
     ]
     for command, call, words in cases:
         capsys.readouterr()

@@ -84,8 +84,8 @@ def _naive_blend3d(model, image, window, overlap):
     axis up to the window, predict each window alone, average with the formula's weights
     (fp64), crop the padding."""
     sizes = image.shape[2:]
-    padded = torch.nn.functional.pad(
-        image.double(), [p for s, w in reversed(list(zip(sizes, window))) for p in (0, max(w - s, 0))])
+    pads = [p for s, w in reversed(list(zip(sizes, window))) for p in (0, max(w - s, 0))]
+    padded = torch.nn.functional.pad(image.double(), pads)
     full = padded.shape[2:]
     axes = [torch.tensor([math.exp(-0.5 * ((i - (n - 1) / 2) / (n / 8)) ** 2) for i in range(n)],
                          dtype=torch.float64) for n in window]

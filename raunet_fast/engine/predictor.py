@@ -67,8 +67,8 @@ def build_forward(model, device: torch.device, fused: bool, dtype: str | None,
     """``model`` itself, or with ``fused`` its folded, fused inference form
     (:func:`~raunet_fast.inference.build_inference_model`, backend ``auto``) in ``dtype``
     (``fp32`` / ``bf16`` / ``fp16``; None: fp32 on CPU, bf16 on CUDA); with ``tta`` wrapped
-    in :class:`~raunet_fast.tta.FlipTTA` (mean over 4 flips, volumes 8); with ``ensemble`` (more models)
-    the mean of all of them (:class:`~raunet_fast.tta.Ensemble`, each fused as asked). Returns
+    in :class:`~raunet_fast.tta.FlipTTA` (mean over 4 flips, volumes 8); with ``ensemble``
+    (more models) the mean of all of them (:class:`~raunet_fast.tta.Ensemble`, each fused as asked). Returns
     the module and a short description ("reference", "fused bf16", "... + flip TTA")."""
     from ..tta import Ensemble, FlipTTA
 
