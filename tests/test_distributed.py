@@ -204,7 +204,7 @@ def test_only_rank0_writes_and_the_run_records_it(two_ranks):
     run = out / "instance"
     assert sorted(p.name for p in run.iterdir()) == ["best", "last", "log.csv", "log.json",
                                                     "result.json", "run.json"]
-    assert done.stdout.count("weights in") == len(RUNS) + 5  # 9 runs, rank 0 reports
+    assert done.stdout.count("weights in") == len(RUNS) + 6  # 10 runs, rank 0 reports
 
 
 def test_scale_lr_multiplies_by_the_world_size(two_ranks):
