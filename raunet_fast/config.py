@@ -386,9 +386,10 @@ class TrainConfig(RunConfig):
               "(of a region or label present in the case); the rest lie anywhere (default "
               "0.33, as nnU-Net)", parse=float)
     patches_per_image: int = option(
-        1, "with --patch: K random patches per image and epoch, drawn one after another so "
-           "that each image is decoded once for K patches (an epoch is then K times as long; "
-           "a batch holds batch-size / K images: keep K well below the batch size)",
+        1, "with --patch: K random patches per image (3-D: volume) and epoch, drawn one "
+           "after another so that each image is decoded once for K patches (an epoch is then "
+           "K times as long; a batch holds batch-size / K images: keep K well below the "
+           "batch size)",
         metavar="K")
     crop: int | None = option(192, "BraTS: centre crop of the axial slices", parse=int)
     base_channels: int = option(64, "channels of the first level (doubled per level)")

@@ -1,4 +1,5 @@
-"""The Trainer: any model of the family on ISIC 2018, BraTS 2021 or an image/mask folder.
+"""The Trainer: any model of the family on ISIC 2018, BraTS 2021 or an image/mask folder,
+and (``spatial_dims=3``) on BraTS or NIfTI-folder volumes in 3-D patches.
 
 The paper's recipe: Adam (lr 1e-4), Dice + Focal loss, random flips / rotations /
 elastic deformation, dropout, early stopping on validation Dice.
