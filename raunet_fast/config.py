@@ -476,8 +476,10 @@ class TrainConfig(RunConfig):
             raise ValueError("--patches-per-image needs --patch (it cuts several random "
                              "patches from each decoded image)")
         if self.in_channels is not None and self.dataset != "folder":
+            have = {"brats2021": "4 channels", "isic2018": "3 channels"}.get(
+                self.dataset, "the channels of their files")
             raise ValueError(f"--in-channels is for the folder data set; {self.dataset} "
-                             f"images have {4 if self.dataset == 'brats2021' else 3} channels")
+                             f"images have {have}")
         if not (self.tumour_weight > 0 and math.isfinite(self.tumour_weight)):
             raise ValueError(f"tumour_weight must be a positive number (1 = uniform "
                              f"sampling), got {self.tumour_weight}")

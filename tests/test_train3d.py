@@ -222,3 +222,35 @@ def test_3d_config_resolves_patch_and_crop(tmp_path):
         cfg = TrainConfig(data_root=str(tmp_path), out=str(tmp_path / "r"), depth=3,
                           dataset="nifti-folder", spatial_dims=3, patch=(6, 8, 9)).validate()
     assert cfg.patch == (8, 8, 12)
+
+
+GOOD_PREP = {"dataset": "nifti-folder", "spatial_dims": 3, "image_size": None,
+             "patch": [8, 8, 8], "crop": None, "in_channels": 2, "regions": ["label1", "label3"],
+             "labels": [1, 3], "threshold": 0.5, "output": "sigmoid per channel",
+             "split_seed": 0, "normalization": "z-score per channel over non-zero voxels",
+             "foreground_ratio": 0.33}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"spatial_dims": 4}, "spatial_dims must be 2 or 3"),
+    ({"spatial_dims": True}, "spatial_dims must be 2 or 3"),
+    ({"patch": [8, 8]}, "a 3-D model takes D, H, W"),
+    ({"spatial_dims": 2, "patch": [8, 8, 8]}, "a 2-D model takes H, W"),
+    ({"image_size": [8, 8]}, "image_size must be null"),
+    ({"spatial_dims": 2, "patch": [8, 8]}, "nifti-folder holds volumes"),
+    ({"labels": [0, 1]}, "labels must be a list of distinct integers >= 1"),
+    ({"labels": [1, 1]}, "labels must be a list of distinct integers >= 1"),
+    ({"labels": [1]}, "one entry per output channel"),
+    ({"foreground_ratio": 1.5}, "foreground_ratio must be a number in [0, 1]"),
+    ({"foreground_ratio": "0.3"}, "foreground_ratio must be a number"),
+])
+def test_3d_preprocessing_is_checked(tmp_path, change, message):
+    (tmp_path / "preprocessing.json").write_text(json.dumps({**GOOD_PREP, **change}))
+    with pytest.raises(ValueError) as e:
+        read_preprocessing(tmp_path)
+    assert message in str(e.value) and "preprocessing.json" in str(e.value)
+
+
+def test_3d_preprocessing_reads_back(tmp_path):
+    (tmp_path / "preprocessing.json").write_text(json.dumps(GOOD_PREP))
+    assert read_preprocessing(tmp_path) == GOOD_PREP
