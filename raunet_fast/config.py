@@ -486,6 +486,7 @@ class TrainConfig(RunConfig):
 
     def check_volumes(self) -> None:
         """The combinations of a 3-D run (``--spatial-dims 3``)."""
+        given = getattr(self, "given", frozenset())
         if self.dataset not in ("brats2021", "nifti-folder"):
             raise ValueError(f"--spatial-dims 3 trains on volumes: --dataset brats2021 or "
                              f"nifti-folder, not {self.dataset}")
@@ -498,13 +499,22 @@ class TrainConfig(RunConfig):
         for name, given, why in (
                 ("--image-size", self.image_size is not None, "volumes are cut into patches at "
                                                                "their own resolution"),
-                ("--crop", self.crop not in (None, 192), "BraTS volumes are not cropped"),
+                ("--crop", self.crop is not None and (self.crop != 192 or "crop" in given),
+                 "BraTS volumes are not cropped"),
                 ("--cache-images", self.cache_images, "pass --cache-dir for BraTS"),
                 ("--tumour-weight", self.tumour_weight != 3.0, "use --foreground-ratio")):
             if given:
                 raise ValueError(f"{name} is for 2-D training; with --spatial-dims 3 {why}")
         if self.foreground_ratio is not None and not 0.0 <= self.foreground_ratio <= 1.0:
             raise ValueError(f"--foreground-ratio must be in [0, 1], got {self.foreground_ratio}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "TrainConfig":
+        """As :meth:`RunConfig.from_dict`; remembers the options given (:attr:`given`), so
+        that a 2-D option with a default (``--crop``) is refused in 3-D only when given."""
+        cfg = super().from_dict(values, where)
+        cfg.given = frozenset(values)
+        return cfg
 
     def resolved_foreground_ratio(self) -> float | None:
         """The 3-D foreground ratio (default 0.33); None for 2-D runs."""
@@ -521,7 +531,8 @@ class TrainConfig(RunConfig):
         if (isinstance(self.patch, tuple) and self.spatial_dims in (2, 3)
                 and all(isinstance(v, int) for v in self.patch)):
             self.patch = expand_extent("--patch", self.patch, self.spatial_dims)
-        if self.spatial_dims == 3 and self.crop == 192:
+        if self.spatial_dims == 3 and self.crop == 192 and "crop" not in getattr(
+                self, "given", ()):
             self.crop = None  # the 2-D BraTS default: volumes are not cropped
         for name in self.path_fields:
             if isinstance(getattr(self, name), Path):

@@ -213,6 +213,16 @@ def test_bad_3d_options(extra, message, tmp_path):
         TrainConfig(**{**kw, **extra}).validate()
 
 
+def test_crop_is_refused_in_3d_only_when_given(tmp_path, capsys):
+    base = ["train", "--dataset", "brats2021", "--data-root", str(tmp_path), "--out",
+            str(tmp_path / "r"), "--spatial-dims", "3", "--patch", "16"]
+    assert cli.main(base + ["--crop", "192", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "--crop is for 2-D" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(base + ["--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["crop"] is None
+
+
 def test_3d_config_resolves_patch_and_crop(tmp_path):
     cfg = TrainConfig(data_root=str(tmp_path), out=str(tmp_path / "r"), dataset="brats2021",
                       spatial_dims=3, patch=(12,), depth=3).validate()
