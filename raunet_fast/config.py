@@ -496,14 +496,14 @@ class TrainConfig(RunConfig):
         if self.model.startswith("monai-"):
             raise ValueError(f"--model {self.model} is 2-D only; 3-D models: raunet, "
                              f"attention-unet, unet, resunet")
-        for name, given, why in (
+        for name, bad, why in (
                 ("--image-size", self.image_size is not None, "volumes are cut into patches at "
                                                                "their own resolution"),
                 ("--crop", self.crop is not None and (self.crop != 192 or "crop" in given),
                  "BraTS volumes are not cropped"),
                 ("--cache-images", self.cache_images, "pass --cache-dir for BraTS"),
                 ("--tumour-weight", self.tumour_weight != 3.0, "use --foreground-ratio")):
-            if given:
+            if bad:
                 raise ValueError(f"{name} is for 2-D training; with --spatial-dims 3 {why}")
         if self.foreground_ratio is not None and not 0.0 <= self.foreground_ratio <= 1.0:
             raise ValueError(f"--foreground-ratio must be in [0, 1], got {self.foreground_ratio}")

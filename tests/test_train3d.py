@@ -220,7 +220,12 @@ def test_crop_is_refused_in_3d_only_when_given(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--crop is for 2-D" in err and len(err.strip().splitlines()) == 1
     assert cli.main(base + ["--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["crop"] is None
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["crop"] is None
+    # the resolved config of a 3-D run is a valid --config for the same run
+    (tmp_path / "run.json").write_text(printed)
+    assert cli.main(["train", "--config", str(tmp_path / "run.json"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(printed)
 
 
 def test_3d_config_resolves_patch_and_crop(tmp_path):
