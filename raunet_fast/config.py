@@ -373,14 +373,23 @@ class TrainConfig(RunConfig):
     image_size: tuple[int, int] | None = option(
         None, "network input size (default 512 for 2-D data; the crop for BraTS)",
         parse=parse_size, metavar="S|HxW")
-    patch: tuple[int, int] | None = option(
-        None, "2-D: train on random S x S patches of the images at their own resolution "
-              "(validation: whole images in S x S tiles); evaluate / predict then default to "
-              "--window S", parse=parse_size, metavar="S|HxW")
+    spatial_dims: int = option(
+        2, "2: images (or BraTS slices); 3: volumes (brats2021, nifti-folder) in 3-D patches "
+           "(needs --patch DxHxW)", choices=(2, 3))
+    patch: tuple[int, ...] | None = option(
+        None, "train on random patches at the data's own resolution (validation: whole "
+              "images or volumes in tiles of the patch); 2-D: S or HxW; 3-D (required): S or "
+              "DxHxW; evaluate / predict then default to --window of that size",
+        parse=parse_extent, metavar="S|HxW|DxHxW")
+    foreground_ratio: float | None = option(
+        None, "3-D: fraction of the training patches centred on a random foreground voxel "
+              "(of a region or label present in the case); the rest lie anywhere (default "
+              "0.33, as nnU-Net)", parse=float)
     patches_per_image: int = option(
-        1, "with --patch: K random patches per image and epoch, drawn one after another so "
-           "that each image is decoded once for K patches (an epoch is then K times as long; "
-           "a batch holds batch-size / K images: keep K well below the batch size)",
+        1, "with --patch: K random patches per image (3-D: volume) and epoch, drawn one "
+           "after another so that each image is decoded once for K patches (an epoch is then "
+           "K times as long; a batch holds batch-size / K images: keep K well below the "
+           "batch size)",
         metavar="K")
     crop: int | None = option(192, "BraTS: centre crop of the axial slices", parse=int)
     base_channels: int = option(64, "channels of the first level (doubled per level)")
@@ -431,7 +440,8 @@ class TrainConfig(RunConfig):
     def resolved_image_size(self) -> tuple[int, int] | None:
         if self.image_size is not None:
             return tuple(self.image_size)
-        if self.patch is not None or self.dataset == "brats2021":  # native resolution / crop
+        if self.patch is not None or self.dataset == "brats2021" or self.spatial_dims == 3:
+            # native resolution / crop
             return None
         return (512, 512)
 
@@ -441,9 +451,13 @@ class TrainConfig(RunConfig):
                      "max_steps_per_epoch"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("num_workers", self.num_workers, 0)
-        if self.dataset == "nifti-folder":
-            raise ValueError("--dataset nifti-folder holds volumes, for 3-D models; 3-D "
-                             "training is not available yet")
+        if self.spatial_dims == 3:
+            self.check_volumes()
+        elif self.dataset == "nifti-folder":
+            raise ValueError("--dataset nifti-folder holds volumes, for 3-D models: pass "
+                             "--spatial-dims 3 --patch DxHxW")
+        elif self.foreground_ratio is not None:
+            raise ValueError("--foreground-ratio is for 3-D patches (--spatial-dims 3)")
         if not self.dist_timeout > 0:
             raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not self.lr > 0:
@@ -452,8 +466,8 @@ class TrainConfig(RunConfig):
         if self.crop is not None and self.crop < 1:
             raise ValueError(f"crop must be >= 1 (pixels of the BraTS axial crop), got {self.crop}")
         check_size("image_size", self.image_size)
-        check_size("patch", self.patch)
-        if self.patch is not None and self.dataset == "brats2021":
+        check_size("patch", self.patch, (self.spatial_dims,))
+        if self.patch is not None and self.dataset == "brats2021" and self.spatial_dims == 2:
             raise ValueError("--patch is for 2-D data; BraTS slices are cropped with --crop")
         if self.patch is not None and self.image_size is not None:
             raise ValueError("--patch trains on patches at each image's own resolution; "
@@ -462,18 +476,64 @@ class TrainConfig(RunConfig):
             raise ValueError("--patches-per-image needs --patch (it cuts several random "
                              "patches from each decoded image)")
         if self.in_channels is not None and self.dataset != "folder":
+            have = {"brats2021": "4 channels", "isic2018": "3 channels"}.get(
+                self.dataset, "the channels of their files")
             raise ValueError(f"--in-channels is for the folder data set; {self.dataset} "
-                             f"images have {4 if self.dataset == 'brats2021' else 3} channels")
+                             f"images have {have}")
         if not (self.tumour_weight > 0 and math.isfinite(self.tumour_weight)):
             raise ValueError(f"tumour_weight must be a positive number (1 = uniform "
                              f"sampling), got {self.tumour_weight}")
 
+    def check_volumes(self) -> None:
+        """The combinations of a 3-D run (``--spatial-dims 3``)."""
+        given = getattr(self, "given", frozenset())
+        if self.dataset not in ("brats2021", "nifti-folder"):
+            raise ValueError(f"--spatial-dims 3 trains on volumes: --dataset brats2021 or "
+                             f"nifti-folder, not {self.dataset}")
+        if self.patch is None:
+            raise ValueError("--spatial-dims 3 needs --patch DxHxW (the training patch size, "
+                             "e.g. 128x128x128)")
+        if self.model.startswith("monai-"):
+            raise ValueError(f"--model {self.model} is 2-D only; 3-D models: raunet, "
+                             f"attention-unet, unet, resunet")
+        for name, bad, why in (
+                ("--image-size", self.image_size is not None, "volumes are cut into patches at "
+                                                               "their own resolution"),
+                ("--crop", self.crop is not None and (self.crop != 192 or "crop" in given),
+                 "BraTS volumes are not cropped"),
+                ("--cache-images", self.cache_images, "pass --cache-dir for BraTS"),
+                ("--tumour-weight", self.tumour_weight != 3.0, "use --foreground-ratio")):
+            if bad:
+                raise ValueError(f"{name} is for 2-D training; with --spatial-dims 3 {why}")
+        if self.foreground_ratio is not None and not 0.0 <= self.foreground_ratio <= 1.0:
+            raise ValueError(f"--foreground-ratio must be in [0, 1], got {self.foreground_ratio}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "TrainConfig":
+        """As :meth:`RunConfig.from_dict`; remembers the options given (:attr:`given`), so
+        that a 2-D option with a default (``--crop``) is refused in 3-D only when given."""
+        cfg = super().from_dict(values, where)
+        cfg.given = frozenset(values)
+        return cfg
+
+    def resolved_foreground_ratio(self) -> float | None:
+        """The 3-D foreground ratio (default 0.33); None for 2-D runs."""
+        if self.spatial_dims != 3:
+            return None
+        return 0.33 if self.foreground_ratio is None else float(self.foreground_ratio)
+
     def validate(self) -> "TrainConfig":
-        if isinstance(self.patch, int) and not isinstance(self.patch, bool):
-            self.patch = (self.patch, self.patch)
         for name in ("image_size", "patch"):
             if isinstance(getattr(self, name), list):
                 setattr(self, name, tuple(getattr(self, name)))
+        if isinstance(self.patch, int) and not isinstance(self.patch, bool):
+            self.patch = (self.patch,)
+        if (isinstance(self.patch, tuple) and self.spatial_dims in (2, 3)
+                and all(isinstance(v, int) for v in self.patch)):
+            self.patch = expand_extent("--patch", self.patch, self.spatial_dims)
+        if self.spatial_dims == 3 and self.crop == 192 and "crop" not in getattr(
+                self, "given", ()):
+            self.crop = None  # the 2-D BraTS default: volumes are not cropped
         for name in self.path_fields:
             if isinstance(getattr(self, name), Path):
                 setattr(self, name, str(getattr(self, name)))

@@ -6,8 +6,8 @@ shape. ``mode="softmax"`` is for multi-class heads with integer class targets
 ``N x H x W`` (or ``N x 1 x H x W``).
 
 Whatever autocast is active, the loss upcasts the logits and computes in float32.
-Deep supervision: pass the model's training output tuple ``(logits, aux_1, ...)``; the
-target is downsampled (nearest) to each auxiliary output's size and the terms are
+Deep supervision: pass the model's training output tuple ``(logits, aux_1, ...)``, 2-D or
+3-D; the target is downsampled (nearest) to each auxiliary output's size and the terms are
 weighted ``1, 1/2, 1/4, ...`` and normalised to sum to 1.
 """
 from __future__ import annotations
@@ -20,10 +20,13 @@ from torch import nn
 
 
 def _resize_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if tuple(target.shape[-2:]) == tuple(size):
+    """``target`` (``N x K x spatial`` or class indices ``N x spatial``, 2-D or 3-D) at
+    ``size`` by nearest neighbour: at half the size, the first voxel of each 2 x 2 (x 2)
+    block."""
+    if tuple(target.shape[-len(size):]) == tuple(size):
         return target
     t = target.float()
-    squeeze = t.dim() == 3
+    squeeze = t.dim() == len(size) + 1
     t = t[:, None] if squeeze else t
     t = F.interpolate(t, size=tuple(size), mode="nearest")
     t = t[:, 0] if squeeze else t

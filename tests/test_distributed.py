@@ -112,6 +112,8 @@ def brats_jobs(out: Path) -> dict:
     (ck / "preprocessing.json").write_text(json.dumps({"dataset": "brats2021", "crop": 24,
                                                        "image_size": [16, 16]}))
     return {"brats_train": {"kind": "cli", "argv": brats_train_argv(data, out / "brats_train")},
+            "brats3d_train": {"kind": "cli", "argv": brats3d_train_argv(data,
+                                                                         out / "brats3d_train")},
             "brats_eval": {"kind": "cli", "argv": brats_eval_argv(data, ck, out / "brats_eval")},
             "brats_pred": {"kind": "predict", "options": {
                 "checkpoint": str(ck), "input": str(data), "out": str(out / "brats_pred"),
@@ -122,6 +124,13 @@ def brats_train_argv(data: Path, run: Path) -> list[str]:
     return ["train", "--dataset", "brats2021", "--data-root", str(data), "--out", str(run),
             "--epochs", "1", "--batch-size", "5", "--crop", "24", "--max-steps-per-epoch", "2",
             *TINY, "--norm", "instance"]
+
+
+def brats3d_train_argv(data: Path, run: Path) -> list[str]:
+    return ["train", "--dataset", "brats2021", "--data-root", str(data), "--out", str(run),
+            "--epochs", "1", "--batch-size", "3", "--spatial-dims", "3", "--patch", "8",
+            "--max-steps-per-epoch", "2", *[a for a in TINY if a not in ("--image-size", "32")],
+            "--norm", "instance", "--deep-supervision"]
 
 
 def brats_eval_argv(data: Path, ck: Path, out: Path) -> list[str]:
@@ -152,6 +161,13 @@ def test_brats_two_ranks_take_the_steps_of_one_process(two_ranks, tmp_path):
     out, _, _ = two_ranks
     assert cli.main(brats_train_argv(out / "brats_data", tmp_path / "ref")) == 0
     assert_same_weights(out / "brats_train" / "last", tmp_path / "ref" / "last")
+
+
+def test_brats_3d_two_ranks_take_the_steps_of_one_process(two_ranks, tmp_path):
+    """3-D patches (seeded per item), 3-D augmentation of the global batch split 2 + 1."""
+    out, _, _ = two_ranks
+    assert cli.main(brats3d_train_argv(out / "brats_data", tmp_path / "ref")) == 0
+    assert_same_weights(out / "brats3d_train" / "last", tmp_path / "ref" / "last")
 
 
 def test_brats_sharded_evaluate_and_predict_equal_one_process(two_ranks, tmp_path):
@@ -188,7 +204,7 @@ def test_only_rank0_writes_and_the_run_records_it(two_ranks):
     run = out / "instance"
     assert sorted(p.name for p in run.iterdir()) == ["best", "last", "log.csv", "log.json",
                                                     "result.json", "run.json"]
-    assert done.stdout.count("weights in") == len(RUNS) + 5  # 9 runs, rank 0 reports
+    assert done.stdout.count("weights in") == len(RUNS) + 6  # 10 runs, rank 0 reports
 
 
 def test_scale_lr_multiplies_by_the_world_size(two_ranks):

@@ -196,3 +196,32 @@ def test_per_sample_dice_matches_reference(mode):
               for n in range(p.shape[0]) for c in range(p.shape[1])]
     got = DiceFocalLoss(mode, 1.0, 0.0, batch_dice=False)(logits, target)
     assert got.item() == pytest.approx(1 - torch.stack(scores).mean().item(), rel=1e-5)
+
+
+def _ref_sigmoid_nd(logits, target, alpha=0.25, gamma=2.0, smooth=1.0):
+    """The sigmoid Dice + Focal of any number of spatial axes, float64."""
+    x, t = logits.double(), target.double()
+    p = 1 / (1 + torch.exp(-x))
+    dims = (0, *range(2, x.dim()))
+    dice = 1 - ((2 * (p * t).sum(dims) + smooth) / (p.sum(dims) + t.sum(dims) + smooth)).mean()
+    p_t = p * t + (1 - p) * (1 - t)
+    a_t = alpha * t + (1 - alpha) * (1 - t)
+    return dice + (-a_t * (1 - p_t) ** gamma * torch.log(p_t)).mean()
+
+
+def test_deep_supervision_in_3d_by_hand():
+    """5-D outputs at full, 1/2 and 1/4 size: each level scores the target's first voxel
+    of every 2 x 2 x 2 (4 x 4 x 4) block, weighted 1, 1/2, 1/4 over their sum."""
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(2, 3, 8, 12, 16, generator=g) > 0.6).float()
+    outs = [torch.randn(2, 3, 8 // s, 12 // s, 16 // s, generator=g) for s in (1, 2, 4)]
+    want = sum(w * _ref_sigmoid_nd(o, target[..., ::s, ::s, ::s])
+               for w, o, s in zip((1.0, 0.5, 0.25), outs, (1, 2, 4))) / 1.75
+    got = DiceFocalLoss("sigmoid")(tuple(outs), target)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # class-index targets N x D x H x W take the same voxels
+    classes = torch.randint(0, 3, (2, 8, 12, 16), generator=g)
+    loss = DiceFocalLoss("softmax", alpha=None)
+    levels = [loss.single(o, classes[:, ::s, ::s, ::s]) for o, s in zip(outs, (1, 2, 4))]
+    want = (levels[0] + 0.5 * levels[1] + 0.25 * levels[2]) / 1.75
+    torch.testing.assert_close(loss(tuple(outs), classes), want)

@@ -28,7 +28,8 @@ def run(args) -> int:
 
 def add_cli(sub) -> None:
     p = add_parser(sub, "train", TrainConfig,
-                   help="train a model on ISIC 2018, BraTS 2021 or an image folder",
+                   help="train a model on ISIC 2018, BraTS 2021, an image folder or (3-D) a "
+                        "NIfTI folder",
                    description="Train a model of the family with Adam and Dice+Focal loss, "
                                "augmentation and early stopping on validation Dice. Writes "
                                "RUN_DIR/best/, RUN_DIR/last/, RUN_DIR/log.csv and the resolved "

@@ -98,7 +98,7 @@ class BraTSVolumes:
         image = torch.from_numpy(np.asarray(case["image"], dtype=np.float32)).permute(1, 0, 2, 3)
         regions = None
         if case["seg"] is not None:
-            regions = labels_to_regions(torch.from_numpy(np.asarray(case["seg"])))
+            regions = labels_to_regions(torch.from_numpy(np.array(case["seg"])))
         sx, sy, sz = case["spacing"]
         folder = self.slices.folders[i]
         return Volume(self.names[i], image.contiguous(), regions, (sz, sx, sy),

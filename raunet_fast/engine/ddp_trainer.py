@@ -103,7 +103,7 @@ class DistributedTrainer(Trainer):
         """This rank's part of the augmentation parameters of the whole global batch."""
         n_global = self.global_sizes[self.step]
         start = sum(dist.split_sizes(n_global, self.world)[:self.rank])
-        params = self.augment.sample(n_global, aug_gen)
+        params = self.augment.sample(n_global, aug_gen, spatial_dims=x.dim() - 2)
         part = {k: v[start:start + x.shape[0]] for k, v in params.items()}
         return self.augment.apply(x, y, part)
 

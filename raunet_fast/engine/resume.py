@@ -14,7 +14,7 @@ from ..io.checkpoints import (checkpoint_ok, checkpoint_problems, load_training_
                               recover_checkpoint)
 
 #: options that fix the model or the data; a resumed run must be given the same values
-FIXED = ("model", "dataset", "image_size", "patch", "patches_per_image", "crop",
+FIXED = ("model", "dataset", "spatial_dims", "image_size", "patch", "patches_per_image", "crop",
          "base_channels", "depth", "norm", "deep_supervision", "seed", "split_seed")
 
 

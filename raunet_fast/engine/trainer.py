@@ -1,4 +1,5 @@
-"""The Trainer: any model of the family on ISIC 2018, BraTS 2021 or an image/mask folder.
+"""The Trainer: any model of the family on ISIC 2018, BraTS 2021 or an image/mask folder,
+and (``spatial_dims=3``) on BraTS or NIfTI-folder volumes in 3-D patches.
 
 The paper's recipe: Adam (lr 1e-4), Dice + Focal loss, random flips / rotations /
 elastic deformation, dropout, early stopping on validation Dice.
@@ -51,7 +52,8 @@ from ..io.tables import write_csv
 from .device import autocast, autocast_dtype, resolve_device, set_threads
 from .resume import (check_same_run, holds_finished_epoch, record_resume, remove_temporaries,
                      resume_point)
-from .training import build_datasets, patch_context, preprocessing_info, validate
+from .training import (build_datasets, make_augment, patch_context, preprocessing_info,
+                       validate)
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "best", "epoch_time_s"]
 
@@ -111,13 +113,11 @@ class Trainer:
             if self.writes:
                 with writing(self.run_dir / "run.json"):
                     record_resume(self.run_dir, cfg, self.start_epoch)
-        from ..data import Augment
         from ..losses import DiceFocalLoss
 
         self.loss_fn = DiceFocalLoss("sigmoid", cfg.lambda_dice, cfg.lambda_focal,
                                      cfg.focal_alpha, cfg.focal_gamma)
-        pad = "zeros" if cfg.dataset == "brats2021" else "reflection"
-        self.augment = Augment(padding_mode=pad) if cfg.augment else None
+        self.augment = make_augment(cfg)
 
     def pick_device(self) -> torch.device:
         return resolve_device(self.cfg.device)
@@ -189,7 +189,11 @@ class Trainer:
             model = build_model(cfg.model, in_channels=in_ch, out_channels=out_ch,
                                 base_channels=cfg.base_channels, depth=cfg.depth,
                                 dropout=cfg.dropout, norm=cfg.norm,
-                                deep_supervision=cfg.deep_supervision)
+                                deep_supervision=cfg.deep_supervision,
+                                spatial_dims=cfg.spatial_dims)
+        if getattr(model, "spatial_dims", 2) != cfg.spatial_dims:
+            raise ValueError(f"the checkpoint's model is {model.spatial_dims}-D; the run is "
+                             f"--spatial-dims {cfg.spatial_dims}")
         if (model.in_channels, model.out_channels) != (in_ch, out_ch):
             raise ValueError(f"the checkpoint's model has {model.in_channels} in / "
                              f"{model.out_channels} out channels; the {cfg.dataset} data needs "
@@ -267,9 +271,9 @@ class Trainer:
         if self.augment is not None:
             x, y = self.augment_batch(x, y, aug_gen)
         context = patch_context(cfg)
-        if context != (0, 0):  # the patch from the middle of its augmented surroundings
-            (cy, cx), (ph, pw) = context, cfg.patch
-            x, y = x[..., cy:cy + ph, cx:cx + pw], y[..., cy:cy + ph, cx:cx + pw]
+        if any(context):  # the patch from the middle of its augmented surroundings
+            middle = (..., *(slice(c, c + p) for c, p in zip(context, cfg.patch)))
+            x, y = x[middle], y[middle]
         with autocast(self.device, self.amp_dtype):
             out = self.forward(x)
         loss = self.loss_fn(out, y)
@@ -289,6 +293,8 @@ class Trainer:
         """Train one epoch; returns the mean training loss."""
         from tqdm import tqdm
 
+        if hasattr(self.train_ds, "set_epoch"):  # 3-D patches: drawn per (seed, epoch, item)
+            self.train_ds.set_epoch(epoch)
         cfg, loader = self.cfg, self.epoch_loader(epoch)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch + 500_009)
         steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader),

@@ -181,6 +181,45 @@ def check_preprocessing(prep: dict[str, Any]) -> None:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {prep['dataset']!r}")
     if "split_seed" in prep and not _is_int(prep["split_seed"]):
         raise ValueError(f"split_seed must be an integer, got {prep['split_seed']!r}")
+    _check_volume_entries(prep)
+
+
+def _check_spatial_dims(prep: dict[str, Any]) -> None:
+    dims = prep["spatial_dims"]
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {dims!r}")
+    patch = prep.get("patch")
+    if patch is not None and len(patch) != dims:
+        raise ValueError(f"patch {patch} has {len(patch)} sizes; a {dims}-D model takes "
+                         f"{'H, W' if dims == 2 else 'D, H, W'}")
+    if dims == 3 and prep.get("image_size") is not None:
+        raise ValueError(f"image_size must be null for a 3-D model (volumes are read at "
+                         f"their own resolution), got {prep['image_size']!r}")
+    if prep.get("dataset") == "nifti-folder" and dims != 3:
+        raise ValueError("dataset nifti-folder holds volumes: spatial_dims must be 3")
+
+
+def _check_volume_entries(prep: dict[str, Any]) -> None:
+    """``spatial_dims`` where given (written by 3-D runs), the patch and image size it
+    allows, the NIfTI folder's ``labels`` (one positive integer per region) and
+    ``foreground_ratio``."""
+    if "spatial_dims" in prep:
+        _check_spatial_dims(prep)
+    labels = prep.get("labels")
+    if labels is not None:
+        if not (isinstance(labels, list) and labels and all(_is_int(v) and v >= 1
+                                                            for v in labels)
+                and len(set(labels)) == len(labels)):
+            raise ValueError(f"labels must be a list of distinct integers >= 1 (the label "
+                             f"value of each output channel) or null, got {labels!r}")
+        regions = prep.get("regions")
+        if isinstance(regions, list) and len(regions) != len(labels):
+            raise ValueError(f"labels {labels} and regions {regions} must have one entry "
+                             f"per output channel each")
+    ratio = prep.get("foreground_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                              or not 0 <= ratio <= 1):
+        raise ValueError(f"foreground_ratio must be a number in [0, 1] or null, got {ratio!r}")
 
 
 def check_checkpoint_folder(checkpoint: Path) -> None:
