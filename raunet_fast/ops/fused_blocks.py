@@ -26,6 +26,7 @@ from torch import nn
 from ..blocks import PlainBlock, ResidualBlock
 from ..fold import carry_input_through, fold_plain_block, fold_residual_block
 from .conv3d import conv3d_fused
+from .conv3d.dispatch import as_cl3
 from .conv3x3 import check_args, inputs_ok, pack_weights
 from .conv3x3.op import conv3x3_call
 from ._backend import check_backend_name
@@ -109,14 +110,12 @@ class FusedConv3d(nn.Module):
         check_backend_name(backend)
         self.relu, self.backend = relu, "auto" if backend == "triton" else backend
         self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
-        cl3 = torch.channels_last_3d
         with torch.inference_mode(False):
-            self.register_buffer("weight", _owned(weight.detach().to(dtype).contiguous(
-                memory_format=cl3)))
+            self.register_buffer("weight", _owned(as_cl3(weight.detach().to(dtype))))
             self.register_buffer("bias", _owned(bias.detach().to(dtype).contiguous()))
-            sw = None if shortcut_weight is None else _owned(
+            sw = None if shortcut_weight is None else _owned(as_cl3(
                 shortcut_weight.detach().reshape(*shortcut_weight.shape[:2], 1, 1, 1)
-                .to(dtype).contiguous(memory_format=cl3))
+                .to(dtype)))
         self.register_buffer("shortcut_weight", sw)
 
     def extra_repr(self) -> str:

@@ -141,14 +141,20 @@ def as_image(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def _as_volume(out: torch.Tensor, x: torch.Tensor, copied: bool) -> torch.Tensor:
-    """The kernel's 4-D ``out`` back in x's 5-D shape, in x's memory format (as the fake
-    promises: ``empty_like(x)``), copied only when x itself was not a dense view."""
-    y = out.view(x.shape[0], out.shape[1], *x.shape[2:])
-    if copied and out.shape[1] == x.shape[1]:
+    """The kernel's 4-D ``out`` back in x's 5-D shape with the strides the fake promises:
+    x's (``empty_like(x)``; out was allocated like x's view, so its data is in x's order),
+    copied only when x itself was not a dense view; the concatenated output (more
+    channels) with canonical channels_last_3d strides. Strides are set on size-1
+    dimensions too: a view leaves them arbitrary, and oneDNN reads the layout from them."""
+    shape = (x.shape[0], out.shape[1], *x.shape[2:])
+    if out.shape[1] != x.shape[1]:
+        n, c, d, h, w = shape
+        return out.as_strided(shape, (c * d * h * w, 1, h * w * c, w * c, c))
+    if copied:
         res = torch.empty_like(x)
-        res.copy_(y)
+        res.copy_(out.view(shape))
         return res
-    return y
+    return out.as_strided(shape, x.stride())
 
 
 def _run_flat(op: str, backend: str, x, g, rest: tuple, return_alpha: bool, concat: bool):

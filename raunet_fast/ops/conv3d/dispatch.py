@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .._backend import BackendUnavailable, warn_fallback
 
 __all__ = ["resolve", "run_backend", "conv3d_fused_impl", "torch_impl", "onednn_impl",
-           "cudnn_impl", "ONEDNN"]
+           "cudnn_impl", "as_cl3", "ONEDNN"]
 
 CL3 = torch.channels_last_3d
 
@@ -25,6 +25,19 @@ ONEDNN = {"enabled": True}
 
 def _same(k: int) -> list[int]:
     return [k // 2] * 3
+
+
+def as_cl3(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as dense channels_last_3d with the canonical strides on size-1 dimensions too.
+
+    oneDNN reads the layout from the strides: a channels_last_3d input of batch 1 whose
+    batch stride is not ``C*D*H*W`` (a view of a 4-D tensor) with a 1x1x1 weight (whose
+    strides fit NCDHW and NDHWC alike) made torch 2.13 copy the input to NCDHW and compute
+    there. Size-1 strides address nothing, so restriding is free."""
+    t = t.contiguous(memory_format=CL3)
+    n, c, d, h, w = t.shape
+    strides = (c * d * h * w, 1, h * w * c, w * c, c)
+    return t if t.stride() == strides else t.as_strided(t.shape, strides)
 
 
 def torch_impl(x, weight, bias, residual, relu):
@@ -51,8 +64,7 @@ def onednn_impl(x, weight, bias, residual, relu):
                                  f"tensors only (got {x.device.type} tensors)")
     if not _onednn_available():
         return torch_impl(x, weight, bias, residual, relu)
-    xc = x.contiguous(memory_format=CL3)
-    w = weight.to(x.dtype).contiguous(memory_format=CL3)
+    xc, w = as_cl3(x), as_cl3(weight.to(x.dtype))
     b = bias.to(x.dtype) if bias is not None else None
     one, pad = [1, 1, 1], _same(weight.shape[-1])
     op = torch.ops.mkldnn._convolution_pointwise
@@ -60,7 +72,7 @@ def onednn_impl(x, weight, bias, residual, relu):
         if residual is None:
             y = op(xc, w, b, pad, one, one, 1, "none", [], "")
         else:
-            y = op.binary(xc, residual.contiguous(memory_format=CL3), w, b, pad, one, one, 1,
+            y = op.binary(xc, as_cl3(residual), w, b, pad, one, one, 1,
                           "add", None, None, [], None)
     except RuntimeError:  # refused for these inputs: the plain path, this call only
         return torch_impl(x, weight, bias, residual, relu)
@@ -75,8 +87,7 @@ def cudnn_impl(x, weight, bias, residual, relu):
                                  f"tensors (got {x.device.type} tensors)")
     if not (relu and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled):
         return torch_impl(x, weight, bias, residual, relu)
-    xc = x.contiguous(memory_format=CL3)
-    w = weight.to(x.dtype).contiguous(memory_format=CL3)
+    xc, w = as_cl3(x), as_cl3(weight.to(x.dtype))
     b = bias.to(x.dtype).contiguous() if bias is not None else None
     one, pad = (1, 1, 1), tuple(_same(weight.shape[-1]))
     try:
