@@ -13,8 +13,8 @@ mutated), so the modules trace cleanly under ``torch.compile(fullgraph=True)``.
 
 Volumes: the same block classes hold :class:`FusedConv3d` layers (one
 :func:`conv3d_fused` call each: oneDNN / cuDNN's fused conv + bias + add (+ ReLU); the
-1x1x1 projection shortcut is one more call feeding conv2's add); :func:`fused_conv` picks
-the layer class by the folded weight's rank.
+1x1x1 projection shortcut runs inside conv2's call, its output receiving conv2's sum);
+:func:`fused_conv` picks the layer class by the folded weight's rank.
 """
 from __future__ import annotations
 
@@ -128,10 +128,9 @@ class FusedConv3d(nn.Module):
         sw = self.shortcut_weight
         if (shortcut_input is None) != (sw is None):
             raise ValueError("FusedConv3d: pass shortcut_input iff the layer has a shortcut_weight")
-        if sw is not None:  # the projection's bias is already in self.bias
-            residual = conv3d_fused(shortcut_input, sw, None, relu=False, backend=self.backend)
-        return conv3d_fused(x, self.weight, self.bias, residual, relu=self.relu,
-                            backend=self.backend)
+        # the projection's bias is already in self.bias
+        return conv3d_fused(x, self.weight, self.bias, residual, shortcut_input=shortcut_input,
+                            shortcut_weight=sw, relu=self.relu, backend=self.backend)
 
 
 def fused_conv(weight: torch.Tensor, bias: torch.Tensor,

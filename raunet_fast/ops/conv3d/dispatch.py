@@ -40,8 +40,9 @@ def as_cl3(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride() == strides else t.as_strided(t.shape, strides)
 
 
-def torch_impl(x, weight, bias, residual, relu):
-    """``F.conv3d`` + in-place add and ReLU, channels_last_3d: the reference (any device)."""
+def torch_impl(x, weight, bias, residual, relu, owned=False):
+    """``F.conv3d`` + in-place add and ReLU, channels_last_3d: the reference (any device).
+    ``owned``: the residual is the op's own tensor (unused here)."""
     xc = x.contiguous(memory_format=CL3)
     w = weight.to(x.dtype)
     b = bias.to(x.dtype) if bias is not None else None
@@ -57,8 +58,10 @@ def _onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
-def onednn_impl(x, weight, bias, residual, relu):
-    """oneDNN conv + bias (+ residual as its binary add post-op) in one call, then ReLU."""
+def onednn_impl(x, weight, bias, residual, relu, owned=False):
+    """oneDNN conv + bias (+ residual as its binary add post-op) in one call, then ReLU;
+    ``owned``: the residual is the op's own tensor (the projection shortcut) and receives
+    the result in place (one full-size buffer less)."""
     if x.device.type != "cpu":
         raise BackendUnavailable("conv3d_fused: backend 'cpp' unavailable: it runs CPU "
                                  f"tensors only (got {x.device.type} tensors)")
@@ -71,6 +74,9 @@ def onednn_impl(x, weight, bias, residual, relu):
     try:
         if residual is None:
             y = op(xc, w, b, pad, one, one, 1, "none", [], "")
+        elif owned:
+            y = torch.ops.mkldnn._convolution_pointwise_.binary(
+                as_cl3(residual), xc, w, b, pad, one, one, 1, "add", None, None, [], None)
         else:
             y = op.binary(xc, as_cl3(residual), w, b, pad, one, one, 1,
                           "add", None, None, [], None)
@@ -80,7 +86,7 @@ def onednn_impl(x, weight, bias, residual, relu):
     return y.relu_() if relu else y
 
 
-def cudnn_impl(x, weight, bias, residual, relu):
+def cudnn_impl(x, weight, bias, residual, relu, owned=False):
     """cuDNN's fused conv + bias (+ add) + ReLU; ReLU off: the plain path."""
     if x.device.type != "cuda":
         raise BackendUnavailable("conv3d_fused: backend 'cuda' unavailable: it needs CUDA "
@@ -111,23 +117,32 @@ def resolve(backend: str, device: torch.device) -> list[str]:
     return {"cuda": ["cuda", "torch"], "cpu": ["cpp", "torch"]}.get(device.type, ["torch"])
 
 
-def run_backend(name: str, x, weight, bias, residual, relu):
+def run_backend(name: str, x, weight, bias, residual, shortcut_input, shortcut_weight, relu):
+    """Backend ``name``; a projection shortcut runs first on the same backend (a 1x1x1
+    conv, no bias: its folded bias is in ``bias``) and becomes the residual."""
     if name == "triton":
         raise BackendUnavailable("conv3d_fused: backend 'triton' unavailable: there is no "
                                  "Triton 3-D convolution (use 'auto', 'cuda', 'cpp' or 'torch')")
     if name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}")
-    return _BACKENDS[name](x, weight, bias, residual, relu)
+    impl = _BACKENDS[name]
+    if shortcut_input is None:
+        return impl(x, weight, bias, residual, relu)
+    sw = shortcut_weight.reshape(weight.shape[0], -1, 1, 1, 1)
+    residual = impl(shortcut_input, sw, None, None, False)
+    return impl(x, weight, bias, residual, relu, owned=True)
 
 
 def conv3d_fused_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      residual: Optional[torch.Tensor], relu: bool,
+                      residual: Optional[torch.Tensor], shortcut_input: Optional[torch.Tensor],
+                      shortcut_weight: Optional[torch.Tensor], relu: bool,
                       backend: str) -> torch.Tensor:
     """The ``raunet_fast::conv3d_fused`` op's implementation."""
     chain = resolve(backend, x.device)
+    args = (x, weight, bias, residual, shortcut_input, shortcut_weight, relu)
     for i, name in enumerate(chain):
         try:
-            return run_backend(name, x, weight, bias, residual, relu)
+            return run_backend(name, *args)
         except BackendUnavailable as e:
             if i + 1 == len(chain):
                 raise

@@ -35,6 +35,19 @@ def test_conv3d_fused_matches_fp64(backend, dtype, k, residual, relu):
                   what=f"{backend} k={k} residual={residual} relu={relu}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_conv3d_fused_projection_shortcut(backend, dtype):
+    """The 1x1x1 projection added before the ReLU (cpp: conv2 accumulated into it)."""
+    x, w, b, _ = make_case(1, 6, 10, 3, 5, 7, dtype=dtype)
+    s = torch.randn(1, 5, 3, 5, 7).to(dtype)   # NCDHW: converted inside
+    sw = (torch.randn(10, 5) / 5 ** 0.5).to(dtype)
+    y = conv3d_fused(x, w, b, shortcut_input=s, shortcut_weight=sw, backend=backend)
+    proj = torch.einsum("ncdhw,oc->nodhw", s.double(), sw.double())
+    want, mag = reference(x, w, b, proj)
+    assert y.is_contiguous(memory_format=CL3)
+    assert_parity(y, want, dtype, k=6 * 27 + 5, scale=mag, roundings=4, what=backend)
+
+
 def test_conv3d_fused_takes_ncdhw_and_no_bias(backend):
     x, w, _, r = make_case(1, 3, 10, 5, 2, 9)
     y = conv3d_fused(x.contiguous(), w, None, r.contiguous(), backend=backend)
@@ -64,6 +77,13 @@ def test_conv3d_fused_errors():
         conv3d_fused(x, w, b, r[:, :3])
     with pytest.raises(ValueError, match="bias must have"):
         conv3d_fused(x, w, b[:2])
+    s, sw = torch.randn(1, 2, 3, 3, 3), torch.randn(6, 2)
+    with pytest.raises(ValueError, match="not both"):
+        conv3d_fused(x, w, b, r, shortcut_input=s, shortcut_weight=sw)
+    with pytest.raises(ValueError, match="together"):
+        conv3d_fused(x, w, b, shortcut_input=s)
+    with pytest.raises(ValueError, match="shortcut_weight must be"):
+        conv3d_fused(x, w, b, shortcut_input=s, shortcut_weight=sw[:, :1])
     with pytest.raises(BackendUnavailable, match="no Triton 3-D"):
         conv3d_fused(x, w, b, backend="triton")
     with pytest.raises(BackendUnavailable, match="CUDA tensors"):
@@ -73,8 +93,10 @@ def test_conv3d_fused_errors():
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_conv3d_fused_opcheck(backend):
     x, w, b, r = make_case(1, 3, 5, 3, 4, 5)
-    torch.library.opcheck(conv3d_fused_op, (x, w, b, r, True, backend))
-    torch.library.opcheck(conv3d_fused_op, (x, w, None, None, False, backend))
+    s, sw = torch.randn(1, 2, 3, 4, 5).contiguous(memory_format=CL3), torch.randn(5, 2)
+    torch.library.opcheck(conv3d_fused_op, (x, w, b, r, None, None, True, backend))
+    torch.library.opcheck(conv3d_fused_op, (x, w, None, None, None, None, False, backend))
+    torch.library.opcheck(conv3d_fused_op, (x, w, b, None, s, sw, True, backend))
 
 
 def test_conv3d_fused_under_compile():

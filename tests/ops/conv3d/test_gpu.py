@@ -24,3 +24,17 @@ def test_gpu_conv3d_fused_matches_fp64(no_tf32, backend, dtype, k, residual, rel
     assert y.shape == want.shape and y.dtype == dtype and y.is_contiguous(memory_format=CL3)
     assert_parity(y, want, dtype, k=12 * k ** 3, scale=mag, roundings=3,
                   what=f"{backend} {dtype} k={k} residual={residual} relu={relu}")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cuda", "auto"])
+def test_gpu_conv3d_fused_projection_shortcut(no_tf32, backend, dtype):
+    x, w, b, _ = make_case(2, 12, 24, 5, 6, 7, dtype=dtype, device="cuda")
+    s = torch.randn(2, 7, 5, 6, 7, device="cuda").to(dtype)
+    sw = (torch.randn(24, 7, device="cuda") / 7 ** 0.5).to(dtype)
+    y = conv3d_fused(x, w, b, shortcut_input=s, shortcut_weight=sw, backend=backend)
+    proj = torch.einsum("ncdhw,oc->nodhw", s.double(), sw.double())
+    want, mag = reference(x, w, b, proj)
+    assert_parity(y, want, dtype, k=12 * 27 + 7, scale=mag, roundings=4,
+                  what=f"{backend} {dtype}")
