@@ -119,6 +119,17 @@ def test_fused_3d_model_layout_and_refusals():
         fast(torch.randn(1, 3, 8, 8))
 
 
+def test_fused_3d_model_compiles_in_one_graph():
+    """The 3-D ops (gate on 5-D, conv3d_fused) trace as opaque custom ops: no graph break."""
+    model = model3d(RAUNet, base=4)
+    fast = build_inference_model(model, dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(fast, fullgraph=True)
+    x = torch.randn(1, 3, 9, 6, 7)
+    with torch.no_grad():
+        assert rel_l2(compiled(x), fp64_reference(model, x)) < 2e-6
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("backend", ["cuda", "triton", "auto"])
