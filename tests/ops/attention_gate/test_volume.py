@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.gate_cases import _cpu_backends
-from helpers.numerics import assert_parity, assert_same_nonfinite
+from helpers.numerics import assert_parity, assert_same_nonfinite, requires_cuda
 
 import raunet_fast.ops as ops
 from raunet_fast.ops.attention_gate.op import attention_gate_op
@@ -16,18 +16,19 @@ CL3 = torch.channels_last_3d
 SHAPE = (2, 3, 5, 7)  # N, D, H, W: odd, nothing a power of two
 
 
-def volume_inputs(cx, cg, f, dtype, layout="cl3d", n=2, d=3, h=5, w=7):
-    x = torch.randn(n, cx, d, h, w).to(dtype)
-    g = torch.randn(n, cg, d, h, w).to(dtype)
+def volume_inputs(cx, cg, f, dtype, layout="cl3d", n=2, d=3, h=5, w=7, device="cpu"):
+    x = torch.randn(n, cx, d, h, w, device=device).to(dtype)
+    g = torch.randn(n, cg, d, h, w, device=device).to(dtype)
     if layout == "cl3d":
         x, g = x.contiguous(memory_format=CL3), g.contiguous(memory_format=CL3)
     elif layout == "strided":  # every other W voxel of a wider volume: neither dense layout
-        x = torch.randn(n, cx, d, h, 2 * w).to(dtype)[..., ::2]
-        g = torch.randn(n, cg, d, h, 2 * w).to(dtype).contiguous(memory_format=CL3)[..., 1::2]
+        x = torch.randn(n, cx, d, h, 2 * w, device=device).to(dtype)[..., ::2]
+        g = torch.randn(n, cg, d, h, 2 * w, device=device).to(dtype).contiguous(
+            memory_format=CL3)[..., 1::2]
     p = {"w_x": torch.randn(f, cx) / cx ** 0.5, "w_g": torch.randn(f, cg) / cg ** 0.5,
          "bias": 0.5 * torch.randn(f), "w_psi": torch.randn(f) / f ** 0.5,
          "b_psi": 0.5 * torch.randn(1)}
-    return x, g, {k: v.to(dtype) for k, v in p.items()}
+    return x, g, {k: v.to(device, dtype) for k, v in p.items()}
 
 
 def reference_volume(x, g, p):
@@ -107,3 +108,19 @@ def test_gate_rejects_mixed_ranks():
 def test_gate_op_on_volumes_passes_opcheck(backend):
     x, g, p = volume_inputs(6, 10, 3, torch.float32, n=1, d=3, h=5, w=3)
     torch.library.opcheck(attention_gate_op, (x, g, *p.values(), True, backend))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["cl3d", "ncdhw", "strided"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
+def test_gpu_gate_on_volumes_matches_fp64(backend, layout, dtype):
+    x, g, p = volume_inputs(48, 80, 24, dtype, layout, device="cuda")
+    out, alpha = ops.attention_gate(x, g, **p, return_alpha=True, backend=backend)
+    want, want_alpha = reference_volume(x, g, p)
+    what = f"gpu {backend} {layout} {dtype}"
+    assert_parity(out, want, dtype, k=128, roundings=2, what=what + " out")
+    assert_parity(alpha, want_alpha, dtype, k=128, roundings=2, what=what + " alpha")
+    y = ops.attention_gate_concat(x, g, **p, backend=backend)
+    assert y.is_contiguous(memory_format=CL3) and torch.equal(y[:, 48:], g)
+    assert_parity(y[:, :48], want, dtype, k=128, roundings=2, what=what + " concat")
