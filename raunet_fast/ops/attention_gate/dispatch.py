@@ -140,14 +140,14 @@ def as_image(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return t.contiguous(memory_format=torch.channels_last_3d).view(n, c, d * h, w), True
 
 
-def _as_volume(out: torch.Tensor, x: torch.Tensor, copied: bool) -> torch.Tensor:
+def _as_volume(out: torch.Tensor, x: torch.Tensor, copied: bool, concat: bool) -> torch.Tensor:
     """The kernel's 4-D ``out`` back in x's 5-D shape with the strides the fake promises:
     x's (``empty_like(x)``; out was allocated like x's view, so its data is in x's order),
     copied only when x itself was not a dense view; the concatenated output (more
     channels) with canonical channels_last_3d strides. Strides are set on size-1
     dimensions too: a view leaves them arbitrary, and oneDNN reads the layout from them."""
     shape = (x.shape[0], out.shape[1], *x.shape[2:])
-    if out.shape[1] != x.shape[1]:
+    if concat:
         n, c, d, h, w = shape
         return out.as_strided(shape, (c * d * h * w, 1, h * w * c, w * c, c))
     if copied:
@@ -166,7 +166,7 @@ def _run_flat(op: str, backend: str, x, g, rest: tuple, return_alpha: bool, conc
         return out, alpha
     if return_alpha:
         alpha = alpha.view(x.shape[0], 1, *x.shape[2:])
-    return _as_volume(out, x, copied), alpha
+    return _as_volume(out, x, copied, concat), alpha
 
 
 def attention_gate_impl(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: torch.Tensor,
