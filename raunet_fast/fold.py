@@ -1,6 +1,8 @@
 """Exact folding of eval-mode BatchNorm into the convolution before it.
 
-``BN(conv(x)) = conv(x; W * s) + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``.
+``BN(conv(x)) = conv(x; W * s) + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``,
+for 2-D (Conv2d + BatchNorm2d) and 3-D (Conv3d + BatchNorm3d) layers alike: ``s`` scales
+the weight along its output-channel axis whatever the kernel's rank.
 The algebra runs in float64 and is cast once at the end, so the folded conv matches the
 eval-mode module to the rounding of the final dtype. Only BatchNorm folds: instance and
 group norms use statistics of the input itself.
@@ -13,11 +15,19 @@ from torch import nn
 from .blocks import ConvNormAct
 
 
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return float64 ``(weight, bias)`` of ``conv`` followed by eval-mode ``bn``."""
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise ValueError(f"only BatchNorm2d folds into a conv (got {type(bn).__name__}); "
-                         f"instance/group norms depend on the input and cannot be folded")
+#: the BatchNorm that folds into a conv, by the conv weight's dimension (2-D, 3-D)
+_BATCHNORM_FOR = {4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float64 ``(weight, bias)`` of ``conv`` (Conv2d or Conv3d) followed by
+    eval-mode ``bn`` (BatchNorm2d or BatchNorm3d, matching the conv)."""
+    want = _BATCHNORM_FOR.get(conv.weight.dim())
+    if want is None or not isinstance(bn, want):
+        name = want.__name__ if want is not None else "BatchNorm2d / BatchNorm3d"
+        raise ValueError(f"only {name} folds into a {type(conv).__name__} (got "
+                         f"{type(bn).__name__}); instance/group norms depend on the input "
+                         f"and cannot be folded")
     if bn.training:
         raise ValueError("fold BatchNorm only in eval mode (call model.eval() first): in "
                          "training mode it uses batch statistics")

@@ -12,7 +12,13 @@ returns an ``nn.Module`` whose forward runs
 * max-pool, up-conv and head as cuDNN/ATen ops,
 
 on channels_last activations in fp32, fp16 or bf16. Output: logits like the reference
-model (``N x out_channels x H x W``, in the inference dtype). The result can itself be
+model (``N x out_channels x H x W``, in the inference dtype).
+
+A 3-D model (``spatial_dims=3``) gets the same form from the same code: each conv of a
+block is one :func:`raunet_fast.ops.conv3d_fused` call (oneDNN / cuDNN fused conv + bias
++ add, ReLU), gates run the same op on ``N x C x D x H x W``, max-pool, up-conv and head
+are their 3-D ATen ops, activations channels_last_3d; each axis is padded to the size
+multiple and cropped back. The result can itself be
 wrapped in ``torch.compile`` (the fused ops are opaque custom ops: no graph breaks).
 """
 from __future__ import annotations
@@ -24,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import SegmentationUNet
+from .blocks import layer
+from .models import SegmentationUNet, crop_to, pad_to_multiple
 from .ops import attention_gate, attention_gate_concat
 from .ops.attention_gate import cast_gate_params, fold_attention_gate
 from .ops.fused_blocks import fuse_block
@@ -64,15 +71,14 @@ class InferenceUNet(nn.Module):
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"inference dtype must be torch.float32, torch.float16 or "
                              f"torch.bfloat16, got {dtype}")
-        if model.spatial_dims != 2:
-            raise ValueError("the fused inference form exists for 2-D models only; run a "
-                             "spatial_dims=3 model as is (optionally under torch.compile)")
         if model.norm != "batch":
             raise ValueError(f"only norm='batch' folds into the convolutions; this model uses "
                              f"norm={model.norm!r}: run it as is (optionally under torch.compile)")
         self.config = model.config
         self.in_channels, self.depth = model.in_channels, model.depth
         self.size_multiple = model.size_multiple
+        self.spatial_dims = sd = model.spatial_dims
+        self.memory_format = torch.channels_last if sd == 2 else torch.channels_last_3d
         self.dtype = dtype
         self.encoder = nn.ModuleList(fuse_block(b, dtype, backend, carry_input)
                                      for b in model.encoder)
@@ -80,31 +86,32 @@ class InferenceUNet(nn.Module):
         self.gates = nn.ModuleList()
         self.blocks = nn.ModuleList()
         for level in model.decoder:
-            up = nn.ConvTranspose2d(level.up.in_channels, level.up.out_channels, 2, stride=2)
-            up.load_state_dict(level.up.state_dict())
-            # weights in the activations' layout: else the conv converts them every call
-            self.ups.append(up.to(dtype, memory_format=torch.channels_last).requires_grad_(False))
+            up = layer("up", sd)(level.up.in_channels, level.up.out_channels, 2, stride=2)
+            self.ups.append(self._frozen_copy(up, level.up))
             self.gates.append(FusedGate(level.gate, dtype, backend) if level.gate is not None
                               else nn.Identity())
             self.blocks.append(fuse_block(level.block, dtype, backend))
-        head = nn.Conv2d(model.head.in_channels, model.head.out_channels, 1)
-        head.load_state_dict(model.head.state_dict())
-        self.head = head.to(dtype, memory_format=torch.channels_last).requires_grad_(False)
+        head = layer("conv", sd)(model.head.in_channels, model.head.out_channels, 1)
+        self.head = self._frozen_copy(head, model.head)
         self.attention = model.attention
         self.to(next(model.parameters()).device)
+
+    def _frozen_copy(self, new: nn.Module, old: nn.Module) -> nn.Module:
+        """``new`` with ``old``'s weights, in the inference dtype and the activations'
+        layout (else the conv converts its weights on every call), without gradients."""
+        new.load_state_dict(old.state_dict())
+        return new.to(self.dtype, memory_format=self.memory_format).requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the reference model's input checks and messages (shape, channels, integer dtype,
         # empty): an image batch that is wrong for one is wrong for the other
         SegmentationUNet.check_input(self, x)
-        h, w = x.shape[-2], x.shape[-1]
-        m = self.size_multiple
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        if (-h) % m or (-w) % m:
-            x = F.pad(x, (0, (-w) % m, 0, (-h) % m)).contiguous(memory_format=torch.channels_last)
+        size, fmt = tuple(x.shape[2:]), self.memory_format
+        x = pad_to_multiple(x.to(self.dtype), self.size_multiple).contiguous(memory_format=fmt)
+        pool = F.max_pool2d if self.spatial_dims == 2 else F.max_pool3d
         skips = []
         for i, enc in enumerate(self.encoder):
-            x = enc(x if i == 0 else F.max_pool2d(x, 2))
+            x = enc(x if i == 0 else pool(x, 2))
             skips.append(x)
         x = skips[-1]
         for i in range(self.depth - 2, -1, -1):
@@ -113,7 +120,7 @@ class InferenceUNet(nn.Module):
                 x = self.blocks[i](self.gates[i].concat(skips[i], up))
             else:
                 x = self.blocks[i](torch.cat([skips[i], up], dim=1))
-        return self.head(x)[..., :h, :w]
+        return crop_to(self.head(x), size)
 
 
 class CUDAGraphRunner(nn.Module):

@@ -196,9 +196,3 @@ def test_default_dtype_is_device_aware_and_names_are_accepted():
     assert build_inference_model(model, dtype="bf16").dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be"):
         build_inference_model(model, dtype="int8")
-
-
-def test_builder_names_the_missing_3d_form():
-    model = RAUNet(3, 2, base_channels=4, depth=3, spatial_dims=3).eval()
-    with pytest.raises(ValueError, match="2-D models only"):
-        build_inference_model(model, dtype=torch.float32)

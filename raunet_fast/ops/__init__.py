@@ -7,6 +7,7 @@ Public ops (loaded on first access):
 * :func:`attention_gate` - fused additive attention gate
 * :func:`attention_gate_concat` - the gate and the decoder's ``cat([gated x, g])`` in one pass
 * :func:`conv3x3_fused`  - 3x3 conv + bias + (residual | 1x1 shortcut) + ReLU
+* :func:`conv3d_fused`   - 3-D conv + bias + residual + ReLU (oneDNN / cuDNN fusions)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ _OPS = {
     "attention_gate": ".attention_gate",
     "attention_gate_concat": ".attention_gate",
     "conv3x3_fused": ".conv3x3",
+    "conv3d_fused": ".conv3d",
 }
 
 __all__ = ["BACKENDS", "BackendUnavailable", *_OPS]
@@ -32,6 +34,7 @@ from .attention_gate import attention_gate, attention_gate_concat  # noqa: E402,
 # as cheaply): programs exported from the fused model (raunet_fast.export) resolve their
 # ``raunet_fast::`` ops after ``import raunet_fast.ops``.
 from .conv3x3 import conv3x3_fused  # noqa: E402, F401
+from .conv3d import conv3d_fused  # noqa: E402, F401
 
 
 def __getattr__(name: str):

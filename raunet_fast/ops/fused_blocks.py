@@ -10,6 +10,11 @@ weights are cast and packed once, at construction, into buffers (moved by ``.to(
 
 Nothing is re-folded or re-packed per call, and forward is plain tensor code (no caches
 mutated), so the modules trace cleanly under ``torch.compile(fullgraph=True)``.
+
+Volumes: the same block classes hold :class:`FusedConv3d` layers (one
+:func:`conv3d_fused` call each: oneDNN / cuDNN's fused conv + bias + add (+ ReLU); the
+1x1x1 projection shortcut runs inside conv2's call, its output receiving conv2's sum);
+:func:`fused_conv` picks the layer class by the folded weight's rank.
 """
 from __future__ import annotations
 
@@ -20,11 +25,14 @@ from torch import nn
 
 from ..blocks import PlainBlock, ResidualBlock
 from ..fold import carry_input_through, fold_plain_block, fold_residual_block
+from .conv3d import conv3d_fused
+from .conv3d.dispatch import as_cl3
 from .conv3x3 import check_args, inputs_ok, pack_weights
 from .conv3x3.op import conv3x3_call
 from ._backend import check_backend_name
 
-__all__ = ["FusedConv3x3", "FusedPlainBlock", "FusedResidualBlock", "fuse_block"]
+__all__ = ["FusedConv3x3", "FusedConv3d", "fused_conv", "FusedPlainBlock",
+           "FusedResidualBlock", "fuse_block"]
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
@@ -86,10 +94,58 @@ class FusedConv3x3(nn.Module):
                             self.relu, self.backend)
 
 
+class FusedConv3d(nn.Module):
+    """``relu?(conv3d(x) + bias + (residual | conv1x1x1(shortcut_input)))`` for volumes:
+    :class:`FusedConv3x3`'s interface over :func:`~raunet_fast.ops.conv3d_fused`.
+
+    Weights are held channels_last_3d and the bias in the compute dtype (oneDNN / cuDNN
+    take them as is). ``backend="triton"`` runs ``"auto"`` here: there is no Triton 3-D
+    convolution (the gates of a 3-D model still run in Triton).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor,
+                 shortcut_weight: Optional[torch.Tensor] = None, relu: bool = True,
+                 dtype: torch.dtype = torch.float16, backend: str = "auto"):
+        super().__init__()
+        check_backend_name(backend)
+        self.relu, self.backend = relu, "auto" if backend == "triton" else backend
+        self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
+        with torch.inference_mode(False):
+            self.register_buffer("weight", _owned(as_cl3(weight.detach().to(dtype))))
+            self.register_buffer("bias", _owned(bias.detach().to(dtype).contiguous()))
+            sw = None if shortcut_weight is None else _owned(as_cl3(
+                shortcut_weight.detach().reshape(*shortcut_weight.shape[:2], 1, 1, 1)
+                .to(dtype)))
+        self.register_buffer("shortcut_weight", sw)
+
+    def extra_repr(self) -> str:
+        cs = "" if self.shortcut_weight is None else f", shortcut={self.shortcut_weight.shape[1]}"
+        return (f"{self.in_channels}, {self.out_channels}{cs}, relu={self.relu}, "
+                f"dtype={self.weight.dtype}, backend={self.backend!r}")
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                shortcut_input: Optional[torch.Tensor] = None) -> torch.Tensor:
+        sw = self.shortcut_weight
+        if (shortcut_input is None) != (sw is None):
+            raise ValueError("FusedConv3d: pass shortcut_input iff the layer has a shortcut_weight")
+        # the projection's bias is already in self.bias
+        return conv3d_fused(x, self.weight, self.bias, residual, shortcut_input=shortcut_input,
+                            shortcut_weight=sw, relu=self.relu, backend=self.backend)
+
+
+def fused_conv(weight: torch.Tensor, bias: torch.Tensor,
+               shortcut_weight: Optional[torch.Tensor] = None, relu: bool = True,
+               dtype: torch.dtype = torch.float16, backend: str = "auto") -> nn.Module:
+    """:class:`FusedConv3x3` for a 2-D (4-D) folded weight, :class:`FusedConv3d` for a
+    3-D (5-D) one; same arguments."""
+    cls = FusedConv3d if weight.dim() == 5 else FusedConv3x3
+    return cls(weight, bias, shortcut_weight, relu, dtype, backend)
+
+
 class FusedPlainBlock(nn.Module):
     """Folded :class:`~raunet_fast.blocks.PlainBlock`: two launches, each conv + bias + ReLU."""
 
-    def __init__(self, conv1: FusedConv3x3, conv2: FusedConv3x3):
+    def __init__(self, conv1: nn.Module, conv2: nn.Module):
         super().__init__()
         self.conv1, self.conv2 = conv1, conv2
 
@@ -98,8 +154,8 @@ class FusedPlainBlock(nn.Module):
                    backend: str = "auto") -> "FusedPlainBlock":
         (w1, b1), (w2, b2) = fold_plain_block(block)
         dev = block.conv1.conv.weight.device
-        return cls(FusedConv3x3(w1, b1, None, True, dtype, backend),
-                   FusedConv3x3(w2, b2, None, True, dtype, backend)).to(dev)
+        return cls(fused_conv(w1, b1, None, True, dtype, backend),
+                   fused_conv(w2, b2, None, True, dtype, backend)).to(dev)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.conv1(x))
@@ -126,7 +182,7 @@ class FusedResidualBlock(nn.Module):
     layers, no separate shortcut.
     """
 
-    def __init__(self, conv1: FusedConv3x3, conv2: FusedConv3x3, carry_input: bool = False):
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, carry_input: bool = False):
         super().__init__()
         self.conv1, self.conv2 = conv1, conv2
         self.carry_input = carry_input
@@ -141,13 +197,15 @@ class FusedResidualBlock(nn.Module):
         w1, b1, w2, b2, ws = fold_residual_block(block)
         dev = block.conv1.conv.weight.device
         if carry_input:
+            if w1.dim() != 4:
+                raise ValueError("carry_input exists for 2-D blocks only")
             if ws is None:
                 raise ValueError("carry_input needs a block with a 1x1 projection shortcut")
             w1, b1, w2 = carry_input_through(w1, b1, w2, ws)
             return cls(FusedConv3x3(w1, b1, None, True, dtype, backend),
                        FusedConv3x3(w2, b2, None, True, dtype, backend), True).to(dev)
-        return cls(FusedConv3x3(w1, b1, None, True, dtype, backend),
-                   FusedConv3x3(w2, b2, ws, True, dtype, backend)).to(dev)
+        return cls(fused_conv(w1, b1, None, True, dtype, backend),
+                   fused_conv(w2, b2, ws, True, dtype, backend)).to(dev)
 
     def extra_repr(self) -> str:
         return "carry_input=True" if self.carry_input else ""
@@ -165,9 +223,11 @@ def fuse_block(block: nn.Module, dtype: torch.dtype = torch.float16,
                backend: str = "auto", carry_input: bool = False) -> nn.Module:
     """:class:`FusedResidualBlock` or :class:`FusedPlainBlock` for an eval-mode block.
     ``carry_input``: carry the input through conv1 in projection blocks where
-    :func:`carry_candidate` holds (the narrow first block)."""
+    :func:`carry_candidate` holds (the narrow first block; 2-D blocks only, ignored for
+    3-D ones)."""
     if isinstance(block, ResidualBlock):
-        carry = (carry_input and not isinstance(block.shortcut, nn.Identity)
+        carry = (carry_input and block.conv1.conv.weight.dim() == 4
+                 and not isinstance(block.shortcut, nn.Identity)
                  and carry_candidate(block.conv1.conv.in_channels, block.conv1.conv.out_channels))
         return FusedResidualBlock.from_block(block, dtype, backend, carry_input=carry)
     if isinstance(block, PlainBlock):

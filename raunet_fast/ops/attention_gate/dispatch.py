@@ -15,7 +15,7 @@ from ..settings import settings
 from .reference import empty_alpha, empty_concat, torch_impl
 
 __all__ = ["EXTENSIONS", "extension", "triton_impl", "csrc_impl", "resolve", "run_backend",
-           "attention_gate_impl", "attention_gate_concat_impl"]
+           "as_image", "attention_gate_impl", "attention_gate_concat_impl"]
 
 #: csrc extension per backend: (module name, sources, cuda)
 EXTENSIONS = {"cuda": ("raunet_fast_attention_gate_cuda",
@@ -123,17 +123,63 @@ def _first_that_runs(op: str, backend: str, x, args: tuple):
     raise AssertionError("unreachable")
 
 
+def as_image(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(4-D tensor, copied)``: ``t`` itself when 4-D; a volume ``N x C x D x H x W`` as
+    ``N x C x (D*H) x W`` with the same data (the gate is per voxel, so the kernels run it
+    as one tall image). A view when that view is dense channels_last or NCHW (checked on
+    its strides), else a channels_last_3d copy viewed."""
+    if t.dim() == 4:
+        return t, False
+    n, c, d, h, w = t.shape
+    try:
+        v = t.view(n, c, d * h, w)
+        if v.is_contiguous(memory_format=torch.channels_last) or v.is_contiguous():
+            return v, False
+    except RuntimeError:  # D and H not mergeable in t's strides
+        pass
+    return t.contiguous(memory_format=torch.channels_last_3d).view(n, c, d * h, w), True
+
+
+def _as_volume(out: torch.Tensor, x: torch.Tensor, copied: bool, concat: bool) -> torch.Tensor:
+    """The kernel's 4-D ``out`` back in x's 5-D shape with the strides the fake promises:
+    x's (``empty_like(x)``; out was allocated like x's view, so its data is in x's order),
+    copied only when x itself was not a dense view; the concatenated output (more
+    channels) with canonical channels_last_3d strides. Strides are set on size-1
+    dimensions too: a view leaves them arbitrary, and oneDNN reads the layout from them."""
+    shape = (x.shape[0], out.shape[1], *x.shape[2:])
+    if concat:
+        n, c, d, h, w = shape
+        return out.as_strided(shape, (c * d * h * w, 1, h * w * c, w * c, c))
+    if copied:
+        res = torch.empty_like(x)
+        res.copy_(out.view(shape))
+        return res
+    return out.as_strided(shape, x.stride())
+
+
+def _run_flat(op: str, backend: str, x, g, rest: tuple, return_alpha: bool, concat: bool):
+    """Run the gate on 4-D views of 5-D inputs, outputs reshaped back (4-D: as is)."""
+    x4, copied = as_image(x)
+    g4, _ = as_image(g)
+    out, alpha = _first_that_runs(op, backend, x4, (x4, g4, *rest, return_alpha, concat))
+    if x.dim() == 4:
+        return out, alpha
+    if return_alpha:
+        alpha = alpha.view(x.shape[0], 1, *x.shape[2:])
+    return _as_volume(out, x, copied, concat), alpha
+
+
 def attention_gate_impl(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: torch.Tensor,
                         bias: torch.Tensor, w_psi: torch.Tensor, b_psi: torch.Tensor,
                         return_alpha: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``raunet_fast::attention_gate`` op's implementation."""
-    return _first_that_runs("attention_gate", backend, x,
-                            (x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha))
+    """The ``raunet_fast::attention_gate`` op's implementation (4-D or 5-D x, g)."""
+    return _run_flat("attention_gate", backend, x, g, (w_x, w_g, bias, w_psi, b_psi),
+                     return_alpha, False)
 
 
 def attention_gate_concat_impl(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor,
                                w_g: torch.Tensor, bias: torch.Tensor, w_psi: torch.Tensor,
                                b_psi: torch.Tensor, backend: str) -> torch.Tensor:
-    """The ``raunet_fast::attention_gate_concat`` op's implementation."""
-    return _first_that_runs("attention_gate_concat", backend, x,
-                            (x, g, w_x, w_g, bias, w_psi, b_psi, False, True))[0]
+    """The ``raunet_fast::attention_gate_concat`` op's implementation (4-D or 5-D x, g)."""
+    return _run_flat("attention_gate_concat", backend, x, g, (w_x, w_g, bias, w_psi, b_psi),
+                     False, True)[0]

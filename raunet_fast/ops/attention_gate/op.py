@@ -5,6 +5,9 @@ fakes, and the eager shortcut. Per pixel, with folded BatchNorms::
     a     = relu(w_x @ x + w_g @ g + bias)          # F values, fp32 accumulation
     alpha = sigmoid(w_psi . a + b_psi)               # one value
     out   = x * alpha                                # Cx values, in x's dtype
+
+Volumes (``N x C x D x H x W``, channels_last_3d the fast layout) run the same kernels
+over the D*H*W voxels.
 """
 from __future__ import annotations
 
@@ -39,11 +42,13 @@ def _(x, g, w_x, w_g, bias, w_psi, b_psi, backend):
 
 
 def check_args(x, g, w_x, w_g, bias, w_psi, b_psi) -> None:
-    if x.dim() != 4 or g.dim() != 4:
-        raise ValueError(f"x and g must be N x C x H x W, got {tuple(x.shape)} and {tuple(g.shape)}")
-    n, cx, h, w = x.shape
+    if x.dim() not in (4, 5) or g.dim() != x.dim():
+        raise ValueError(f"x and g must both be N x C x H x W (images) or N x C x D x H x W "
+                         f"(volumes), got {tuple(x.shape)} and {tuple(g.shape)}")
+    n, cx = x.shape[:2]
     if g.shape[0] != n or g.shape[2:] != x.shape[2:]:
-        raise ValueError(f"g must have x's batch and spatial size {n} x * x {h} x {w}, "
+        size = " x ".join(map(str, x.shape[2:]))
+        raise ValueError(f"g must have x's batch and spatial size {n} x * x {size}, "
                          f"got {tuple(g.shape)} (resample g to the skip's resolution first)")
     cg = g.shape[1]
     if x.dtype not in _DTYPES or g.dtype != x.dtype:
@@ -97,6 +102,8 @@ def attention_gate(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: tor
             GEMM weights are used in x's dtype; bias / w_psi / b_psi are read as float32 by
             triton and torch, in x's dtype by cuda / cpp. Accumulation is float32.
         return_alpha: also return the attention map ``alpha`` (``N x 1 x H x W``).
+        Volumes: ``x`` and ``g`` may be ``N x C x D x H x W`` (channels_last_3d or
+        contiguous); ``out`` and ``alpha`` then have the volume's shape.
         backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpp"``.
 
     Returns:

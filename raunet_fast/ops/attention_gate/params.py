@@ -1,6 +1,8 @@
 """Gate parameters: folding an eval-mode gate exactly, casting once, traffic count."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["fold_attention_gate", "cast_gate_params", "gate_bytes"]
@@ -32,6 +34,6 @@ def cast_gate_params(params: dict[str, torch.Tensor], dtype: torch.dtype,
 
 def gate_bytes(x: torch.Tensor, g: torch.Tensor, return_alpha: bool = False) -> int:
     """Minimum memory traffic of one gate call: x and g read once, out (and alpha) written once."""
-    n, _, h, w = x.shape
+    positions = math.prod((x.shape[0], *x.shape[2:]))  # N * H * W (N * D * H * W for volumes)
     return (2 * x.numel() + g.numel()) * x.element_size() + \
-        (n * h * w * x.element_size() if return_alpha else 0)
+        (positions * x.element_size() if return_alpha else 0)

@@ -23,15 +23,15 @@ def attention_gate_reference(x, g, w_x, w_g, bias, w_psi, b_psi, *,
 
 
 def empty_alpha(x: torch.Tensor, return_alpha: bool) -> torch.Tensor:
-    n, _, h, w = x.shape
-    return x.new_empty((n, 1, h, w) if return_alpha else (0,))
+    return x.new_empty((x.shape[0], 1, *x.shape[2:]) if return_alpha else (0,))
 
 
 def empty_concat(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The concatenated output ``[gated x, g]``: N x (Cx + Cg) x H x W, channels_last."""
-    n, cx, h, w = x.shape
-    return torch.empty((n, cx + g.shape[1], h, w), dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last)
+    """The concatenated output ``[gated x, g]``: N x (Cx + Cg) x H x W, channels_last
+    (N x (Cx + Cg) x D x H x W, channels_last_3d, for volumes)."""
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return torch.empty((x.shape[0], x.shape[1] + g.shape[1], *x.shape[2:]), dtype=x.dtype,
+                       device=x.device, memory_format=fmt)
 
 
 def torch_impl(x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat=False):
