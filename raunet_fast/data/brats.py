@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..io.nifti import read_nifti
 from .common import split_names
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -79,19 +80,9 @@ def case_files(folder: Path) -> dict[str, Path]:
 
 
 def _load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    import nibabel as nib
-
     if not path.is_file():
         raise FileNotFoundError(f"BraTS file {path} does not exist")
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    except Exception as e:  # nibabel / gzip / zlib raise many types
-        raise ValueError(f"cannot read NIfTI file {path}: {e}") from e
-    if data.ndim != 3:
-        raise ValueError(f"{path} holds a {data.ndim}-D array of shape {data.shape}; expected 3-D")
-    return data, zooms
+    return read_nifti(path, (3,))
 
 
 def finite_volume(data: np.ndarray, path: Path, nan_to_num: bool = False) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .brats import BraTS2021, REGIONS, finite_volume, labels_to_regions, regions_to_labels
+from ..io.nifti import read_nifti
 from .common import split_names
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -118,21 +119,6 @@ def _nifti_stem(path: Path) -> str | None:
     return None
 
 
-def _read_nifti(path: Path, dims: tuple[int, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    except Exception as e:  # nibabel / gzip / zlib raise many types
-        raise ValueError(f"cannot read NIfTI file {path}: {e}") from e
-    if data.ndim not in dims:
-        raise ValueError(f"{path} holds a {data.ndim}-D array of shape {data.shape}; expected "
-                         f"{' or '.join(f'{d}-D' for d in dims)}")
-    return data, zooms
-
-
 def find_nifti_cases(images: Path) -> dict[str, list[Path]]:
     """Case name -> its image files (one, or one per channel ``<case>_0000`` ... in order)."""
     files: dict[str, list[Path]] = {}
@@ -191,7 +177,7 @@ class NiftiFolder:
         files = self.image_files[0]
         if len(files) > 1:
             return len(files)
-        data, _ = _read_nifti(files[0], (3, 4))
+        data, _ = read_nifti(files[0], (3, 4))
         return 1 if data.ndim == 3 else int(data.shape[3])
 
     def _label_values(self, cases: dict[str, list[Path]]) -> tuple[int, ...]:
@@ -264,7 +250,7 @@ def read_case_images(files: list[Path], name: str, nan_to_num: bool = False
     voxel size (mm along X, Y, Z)."""
     vols, shape, zooms = [], None, None
     for f in files:
-        data, z = _read_nifti(f, (3, 4))
+        data, z = read_nifti(f, (3, 4))
         parts = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
         for part in parts:
             if shape is None:
@@ -277,7 +263,7 @@ def read_case_images(files: list[Path], name: str, nan_to_num: bool = False
 
 
 def _read_labels(path: Path) -> np.ndarray:
-    data, _ = _read_nifti(path, (3,))
+    data, _ = read_nifti(path, (3,))
     labels = np.rint(np.asarray(data, dtype=np.float64))
     if not np.isfinite(labels).all() or labels.min() < 0:
         raise ValueError(f"label map {path} holds negative or non-finite values; labels are "

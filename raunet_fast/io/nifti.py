@@ -1,10 +1,29 @@
-"""NIfTI output: label volumes with the affine and header of the case they belong to."""
+"""NIfTI files: reading a volume with its voxel spacing, and writing label volumes with the
+affine and header of the case they belong to."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import numpy as np
+
+def read_nifti(path: Path, dims: tuple[int, ...] = (3,)) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The array of a NIfTI file (as stored, ``dims`` dimensions allowed) and its voxel
+    spacing along the first three axes; an unreadable file, or one with another number of
+    dimensions, is one error naming the file."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except Exception as e:  # nibabel / gzip / zlib raise many types
+        raise ValueError(f"cannot read NIfTI file {path}: {e}") from e
+    if data.ndim not in dims:
+        raise ValueError(f"{path} holds a {data.ndim}-D array of shape {data.shape}; expected "
+                         f"{' or '.join(f'{d}-D' for d in dims)}")
+    return data, zooms
+
 
 #: label map dtypes written as they are (anything else must fit uint8)
 LABEL_DTYPES = (np.uint8, np.int16, np.int32)

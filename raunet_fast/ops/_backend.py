@@ -177,3 +177,16 @@ def _build_and_import(name: str, sources: list[str], cuda: bool, quiet: bool) ->
 def warn_fallback(op: str, wanted: str, used: str, why: str) -> None:
     warnings.warn(f"{op}: backend {wanted!r} unavailable ({why}); using {used!r}",
                   RuntimeWarning, stacklevel=3)
+
+
+def first_that_runs(op: str, chain: list[str], run, args: tuple):
+    """``run(name, *args)`` for the first backend of ``chain`` that is available, warning
+    (:func:`warn_fallback`) at each step down; the last backend's error propagates."""
+    for i, name in enumerate(chain):
+        try:
+            return run(name, *args)
+        except BackendUnavailable as e:
+            if i + 1 == len(chain):
+                raise
+            warn_fallback(op, name, chain[i + 1], str(e))
+    raise AssertionError("unreachable")

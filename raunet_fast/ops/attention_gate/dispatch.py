@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import BackendUnavailable, load_extension, triton_unavailable_reason, warn_fallback
+from .._backend import (BackendUnavailable, first_that_runs, load_extension,
+                        triton_unavailable_reason)
 from ..settings import settings
 from .reference import empty_alpha, empty_concat, torch_impl
 
@@ -112,15 +113,7 @@ def run_backend(name, x, g, w_x, w_g, bias, w_psi, b_psi, return_alpha, concat=F
 
 
 def _first_that_runs(op: str, backend: str, x, args: tuple):
-    chain = resolve(backend, x.device)
-    for i, name in enumerate(chain):
-        try:
-            return run_backend(name, *args)
-        except BackendUnavailable as e:
-            if i + 1 == len(chain):
-                raise
-            warn_fallback(op, name, chain[i + 1], str(e))
-    raise AssertionError("unreachable")
+    return first_that_runs(op, resolve(backend, x.device), run_backend, args)
 
 
 def as_image(t: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._backend import BackendUnavailable, warn_fallback
+from .._backend import BackendUnavailable, first_that_runs
 
 __all__ = ["resolve", "run_backend", "conv3d_fused_impl", "torch_impl", "onednn_impl",
            "cudnn_impl", "as_cl3", "ONEDNN"]
@@ -138,13 +138,5 @@ def conv3d_fused_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                       shortcut_weight: Optional[torch.Tensor], relu: bool,
                       backend: str) -> torch.Tensor:
     """The ``raunet_fast::conv3d_fused`` op's implementation."""
-    chain = resolve(backend, x.device)
     args = (x, weight, bias, residual, shortcut_input, shortcut_weight, relu)
-    for i, name in enumerate(chain):
-        try:
-            return run_backend(name, *args)
-        except BackendUnavailable as e:
-            if i + 1 == len(chain):
-                raise
-            warn_fallback("conv3d_fused", name, chain[i + 1], str(e))
-    raise AssertionError("unreachable")
+    return first_that_runs("conv3d_fused", resolve(backend, x.device), run_backend, args)
