@@ -115,6 +115,13 @@ def brats_jobs(out: Path) -> dict:
             "brats3d_train": {"kind": "cli", "argv": brats3d_train_argv(data,
                                                                          out / "brats3d_train")},
             "brats_eval": {"kind": "cli", "argv": brats_eval_argv(data, ck, out / "brats_eval")},
+            # after brats3d_train (jobs run in order): its checkpoint on whole volumes
+            "brats3d_eval": {"kind": "cli", "argv": brats_eval_argv(
+                data, out / "brats3d_train" / "last", out / "brats3d_eval")},
+            "brats3d_pred": {"kind": "predict", "options": {
+                "checkpoint": str(out / "brats3d_train" / "last"), "input": str(data),
+                "out": str(out / "brats3d_pred"), "progress": False, "device": "cpu",
+                "num_workers": 0}},
             "brats_pred": {"kind": "predict", "options": {
                 "checkpoint": str(ck), "input": str(data), "out": str(out / "brats_pred"),
                 "progress": False, "device": "cpu", "num_workers": 0}}}
@@ -185,6 +192,26 @@ def test_brats_sharded_evaluate_and_predict_equal_one_process(two_ranks, tmp_pat
     assert {Path(p).name for p in parts[0] | parts[1]} == {Path(p).name for p in ref["files"]}
     for f in ref["files"]:
         assert (out / "brats_pred" / Path(f).name).read_bytes() == Path(f).read_bytes()
+
+
+def test_brats_3d_sharded_evaluate_and_predict_equal_one_process(two_ranks, tmp_path):
+    """A 3-D checkpoint: each rank predicts whole volumes in 3-D windows; the gathered
+    scores and the written NIfTI files equal one process's."""
+    out, ranks, _ = two_ranks
+    data, ck = out / "brats_data", out / "brats3d_train" / "last"
+    assert cli.main(brats_eval_argv(data, ck, tmp_path / "eval")) == 0
+    ddp = json.loads((out / "brats3d_eval" / "summary.json").read_text())
+    ref = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert ddp["cases"] == ref["cases"] >= 2 and ddp["metrics"] == ref["metrics"]
+    assert read_csv(out / "brats3d_eval" / "cases.csv") == read_csv(tmp_path / "eval" / "cases.csv")
+    from raunet_fast.engine import predict
+
+    parts = [set(r["brats3d_pred"]) for r in ranks]
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+    ref = predict(ck, data, tmp_path / "pred", progress=False, device="cpu", num_workers=0)
+    assert {Path(p).name for p in parts[0] | parts[1]} == {Path(p).name for p in ref["files"]}
+    for f in ref["files"]:
+        assert (out / "brats3d_pred" / Path(f).name).read_bytes() == Path(f).read_bytes()
 
 
 def test_plain_batchnorm_keeps_per_rank_statistics(two_ranks, data, tmp_path):
