@@ -243,7 +243,7 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
         dims = spatial_dims(model)
         notes = (["# int8-fp32in left out: int8 (torchao X86InductorQuantizer) is for 2-D "
                   "models"] if dims == 3 and device.type == "cpu" and dtype == torch.float32
-                 and compile else [])
+                 else [])
         print_header(env, label, DTYPE_NAMES[dtype], print_fn, dims, notes)
         timer = Timer(device, warmup, iters, head_start=False)  # end-to-end latency
         rows: list[BenchRow] = []
