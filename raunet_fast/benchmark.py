@@ -264,6 +264,11 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
     return rows
 
 
+def size_width(dims: int) -> int:
+    """The table's size column: 512x512, 128x128x128."""
+    return 9 if dims == 2 else 11
+
+
 def print_header(env: Env, label: str, dtype_name: str, print_fn, dims: int = 2,
                  notes: list[str] = ()) -> None:
     tf32 = ""
@@ -277,7 +282,7 @@ def print_header(env: Env, label: str, dtype_name: str, print_fn, dims: int = 2,
     for note in notes:
         print_fn(note)
     unit = "img/s" if dims == 2 else "vol/s"
-    print_fn(f"{'size':>9} {'batch':>5} {'variant':<26} {'ms':>9} {unit:>8} "
+    print_fn(f"{'size':>{size_width(dims)}} {'batch':>5} {'variant':<26} {'ms':>9} {unit:>8} "
              f"{'vs eager':>9} {'vs compile':>10} {'rel L2 err':>11}")
 
 
@@ -291,13 +296,13 @@ def time_shape(model, fns: dict, x: torch.Tensor, timer: Timer, env: Env, label:
         ref = copy_to(model, x.device)(x).float()
     flops = network_flops(model, x)
     dtype_name = next(k for k in fns if k.startswith("fused-")).split("-", 1)[1]
-    where = "x".join(str(s) for s in x.shape[2:])
+    where = f"{'x'.join(str(s) for s in x.shape[2:]):>{size_width(x.dim() - 2)}}"
     rows = []
     for vname, fn in fns.items():
         try:
             stats, err = time_variant(fn, x, ref, timer)
         except Exception as e:  # noqa: BLE001 - report, keep going with the others
-            print_fn(f"{where:>9} {x.shape[0]:>5} {vname:<26} FAILED: "
+            print_fn(f"{where} {x.shape[0]:>5} {vname:<26} FAILED: "
                      f"{type(e).__name__}: {str(e)[:200]}")
             continue
         rows.append(env.row(suite="network", case=label, shape=shape_str(x.shape),
@@ -308,7 +313,7 @@ def time_shape(model, fns: dict, x: torch.Tensor, timer: Timer, env: Env, label:
         print_fn(table_line(r, where, x.shape[0]))
     if rows:
         best = min(rows, key=lambda r: r.median_ms)
-        print_fn(f"{'':>9} {'':>5} fastest: {best.variant} ({best.median_ms:.3f} ms)")
+        print_fn(f"{'':>{len(where)}} {'':>5} fastest: {best.variant} ({best.median_ms:.3f} ms)")
     return rows
 
 
