@@ -44,10 +44,10 @@ from typing import Callable
 
 import torch
 
-from .config import expand_extent
 from .bench_harness import (CSV_FIELDS, DTYPE_NAMES, DTYPES, BenchRow, Env, Stats, Timer,
                             append_rows, check_csv, device_name, environment, rel_l2,
                             set_ratios, shape_str)
+from .config import expand_extent
 
 __all__ = ["DTYPES", "FIELDS", "Timer", "rel_l2", "device_name", "demo_model", "variants",
            "run", "copy_to", "network_flops", "BenchRow"]

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from .errors import require
 
-__all__ = ["quantize_model", "check_quantizable", "pad_to_multiple", "save_quantized", "is_quantized", "Int8Model", "PROGRAM_NAME",
-           "write_report"]
+__all__ = ["quantize_model", "check_quantizable", "pad_to_multiple", "save_quantized",
+           "is_quantized", "Int8Model", "PROGRAM_NAME", "write_report"]
 
 PROGRAM_NAME = "model_int8.pt2"
 REPORT_NAME = "quantization.json"
