@@ -16,7 +16,12 @@ Times, on one device and in one process, the variants a user can choose between:
                       onnx extra), and the fused model in bf16 where the CPU has AMX /
                       AVX512-BF16
   int8-fp32in         CPU, fp32 runs, with the cpu-int8 extra: torchao int8 (PT2E,
-                      calibrated on the benchmark's noise input)
+                      calibrated on the benchmark's noise input); 2-D models only
+
+3-D models (``spatial_dims=3``, a checkpoint's or ``--spatial-dims 3``) are timed on
+``N x C x D x H x W`` volumes (low-precision layouts channels_last_3d) with the same
+variants, int8 left out (torchao's X86InductorQuantizer quantizes 2-D convolutions only;
+the header says so).
 
 and reports ms per batch (median, end to end: the host's launch time counts), images/s,
 speed-up over eager-<dt> and over compile-<dt>, and the relative L2 error of each output
@@ -42,6 +47,7 @@ import torch
 from .bench_harness import (CSV_FIELDS, DTYPE_NAMES, DTYPES, BenchRow, Env, Stats, Timer,
                             append_rows, check_csv, device_name, environment, rel_l2,
                             set_ratios, shape_str)
+from .config import expand_extent
 
 __all__ = ["DTYPES", "FIELDS", "Timer", "rel_l2", "device_name", "demo_model", "variants",
            "run", "copy_to", "network_flops", "BenchRow"]
@@ -53,17 +59,27 @@ ERR_KIND = "rel_l2 vs eager fp32 (TF32 off)"
 
 
 def demo_model(name: str = "raunet", in_channels: int = 3, out_channels: int = 1,
-               base_channels: int = 64) -> torch.nn.Module:
+               base_channels: int = 64, spatial_dims: int = 2) -> torch.nn.Module:
     """A fresh eval-mode model whose BatchNorms hold non-trivial running statistics (so the
-    fused model's folding is exercised as with trained weights)."""
+    fused model's folding is exercised as with trained weights); ``spatial_dims=3``: a
+    volume model."""
     import raunet_fast
 
     model = raunet_fast.build_model(name, in_channels=in_channels, out_channels=out_channels,
-                                    base_channels=base_channels)
+                                    base_channels=base_channels, spatial_dims=spatial_dims)
     model.train()
     with torch.no_grad():
-        model(torch.randn(2, in_channels, 64, 64))
+        model(torch.randn(2, in_channels, *(64 if spatial_dims == 2 else 16,) * spatial_dims))
     return model.eval()
+
+
+def memory_format(model) -> torch.memory_format:
+    """The channels-last layout of the model's activations (volumes: channels_last_3d)."""
+    return torch.channels_last_3d if spatial_dims(model) == 3 else torch.channels_last
+
+
+def spatial_dims(model) -> int:
+    return int(getattr(model, "spatial_dims", 2))
 
 
 class Variants(dict):
@@ -85,17 +101,17 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
     bf16 runs in hardware, ``fused-bf16``."""
     from .inference import build_inference_model
 
-    name = DTYPE_NAMES[dtype]
+    name, fmt = DTYPE_NAMES[dtype], memory_format(model)
     model = copy.deepcopy(model).eval().to(device)
     out = Variants({"eager-fp32": lambda x: model(x.float())})
     out.graph_runners = []
     low = None
     if dtype != torch.float32:
-        low = copy.deepcopy(model).eval().to(device, dtype).to(memory_format=torch.channels_last)
-        out[f"eager-{name}"] = lambda x: low(x.to(dtype).contiguous(memory_format=torch.channels_last))
+        low = copy.deepcopy(model).eval().to(device, dtype).to(memory_format=fmt)
+        out[f"eager-{name}"] = lambda x: low(x.to(dtype).contiguous(memory_format=fmt))
     if compile:
         _add_compiled(out, "compile", low if low is not None else model, name, device,
-                      cast=dtype if low is not None else None)
+                      cast=dtype if low is not None else None, fmt=fmt)
     fused = build_inference_model(model, dtype=dtype, backend=backend)
     out[f"fused-{name}"] = lambda x: fused(x)
     if device.type == "cuda":
@@ -110,7 +126,8 @@ def variants(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
 def _add_cpu(out: Variants, model, backend: str, compile: bool, shape) -> None:
     """The CPU user's other choices: ``torch.compile`` with freezing (weights folded into
     the graph as constants), ONNX Runtime on a static-shape export of ``shape`` (when the
-    onnx extra is installed) and, on a CPU with bf16 matrix units, the fused model in bf16."""
+    onnx extra is installed), on a CPU with bf16 matrix units the fused model in bf16 and,
+    for 2-D models with the cpu-int8 extra, the int8 model."""
     from .inference import build_inference_model
     from .runtime import compile_frozen, cpu_has_fast_bf16
 
@@ -124,9 +141,15 @@ def _add_cpu(out: Variants, model, backend: str, compile: bool, shape) -> None:
     if cpu_has_fast_bf16():
         fused16 = build_inference_model(model, dtype=torch.bfloat16, backend=backend)
         out["fused-bf16"] = lambda x: fused16(x)
-    if compile and shape is not None and importlib.util.find_spec("torchao") is not None:
+    if compile and shape is not None and int8_available(model):
         int8 = _int8_runner(model, shape)
         out["int8-fp32in"] = lambda x: int8(x)
+
+
+def int8_available(model) -> bool:
+    """Whether the int8 variant exists for ``model``: torchao installed and a 2-D model
+    (X86InductorQuantizer annotates 2-D convolutions only)."""
+    return spatial_dims(model) == 2 and importlib.util.find_spec("torchao") is not None
 
 
 def _int8_runner(model, shape):
@@ -145,8 +168,9 @@ def _int8_runner(model, shape):
 
 
 def _onnx_runner(model, shape):
-    """ONNX Runtime on a static export of ``model`` for ``shape`` (N, C, H, W); None when
-    the onnx extra is missing (the row is then left out, and the header says so)."""
+    """ONNX Runtime on a static export of ``model`` for ``shape`` (N, C, H, W or N, C, D,
+    H, W); None when the onnx extra is missing (the row is then left out, and the header
+    says so)."""
     import tempfile
 
     from .errors import MissingExtra
@@ -164,12 +188,13 @@ def _onnx_runner(model, shape):
 
 
 def _add_compiled(out: Variants, prefix: str, module, name: str, device: torch.device,
-                  cast=None) -> None:
+                  cast=None, fmt: torch.memory_format = torch.channels_last) -> None:
     """``<prefix>-<dt>``: ``torch.compile(module)``; on CUDA also ``<prefix>-ro-<dt>`` with
     ``mode="reduce-overhead"`` (inductor's CUDA graphs). ``cast``: the input's dtype, in
-    channels_last, when the module runs in a low precision."""
+    layout ``fmt`` (channels_last, volumes channels_last_3d), when the module runs in a low
+    precision."""
     def prep(x):
-        return x if cast is None else x.to(cast).contiguous(memory_format=torch.channels_last)
+        return x if cast is None else x.to(cast).contiguous(memory_format=fmt)
 
     modes = {prefix: "default"}
     if device.type == "cuda":
@@ -198,8 +223,9 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
         iters: int = 20, out_csv: str | Path | None = None, label: str = "",
         print_fn: Callable[[str], None] = print, extra: dict | None = None) -> list[BenchRow]:
     """Time every variant at every (size, batch); print the table; append harness CSV rows
-    to ``out_csv``. ``sizes``: ints or (H, W) pairs; ``extra``: more name -> callable
-    variants (an int8 checkpoint). Returns the rows.
+    to ``out_csv``. ``sizes``: ints (every axis) or one size per spatial axis of the model
+    ((H, W); 3-D models (D, H, W)); ``extra``: more name -> callable variants (an int8
+    checkpoint). Returns the rows.
 
     Each variant is called 3 times before its timing (a CUDA-graph runner's eager warm-up
     calls and its capture stay out of it) and its error is taken after it (a graph replay
@@ -214,12 +240,17 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
     torch.backends.cudnn.benchmark = device.type == "cuda" or old_bench
     try:
         env = environment(device)
-        print_header(env, label, DTYPE_NAMES[dtype], print_fn)
+        dims = spatial_dims(model)
+        notes = (["# int8-fp32in left out: int8 (torchao X86InductorQuantizer) is for 2-D "
+                  "models"] if dims == 3 and device.type == "cpu" and dtype == torch.float32
+                 else [])
+        print_header(env, label, DTYPE_NAMES[dtype], print_fn, dims, notes)
         timer = Timer(device, warmup, iters, head_start=False)  # end-to-end latency
         rows: list[BenchRow] = []
-        for h, w in (((s, s) if isinstance(s, int) else tuple(s)) for s in sizes):
+        for size in sizes:
+            size = expand_extent("size", (size,) if isinstance(size, int) else size, dims)
             for batch in batches:
-                x = torch.randn(batch, getattr(model, "in_channels", 3), h, w, device=device)
+                x = torch.randn(batch, getattr(model, "in_channels", 3), *size, device=device)
                 fns = variants(model, device, dtype, backend, compile, carry, tuple(x.shape))
                 fns.update(extra or {})
                 rows += time_shape(model, fns, x, timer, env, label, print_fn)
@@ -233,7 +264,13 @@ def run(model: torch.nn.Module, sizes, batches, dtype: torch.dtype, device: torc
     return rows
 
 
-def print_header(env: Env, label: str, dtype_name: str, print_fn) -> None:
+def size_width(dims: int) -> int:
+    """The table's size column: 512x512, 128x128x128."""
+    return 9 if dims == 2 else 11
+
+
+def print_header(env: Env, label: str, dtype_name: str, print_fn, dims: int = 2,
+                 notes: list[str] = ()) -> None:
     tf32 = ""
     if env.device_type == "cuda":
         tf32 = "  fp32 convs: TF32" if torch.backends.cudnn.allow_tf32 else "  fp32 convs: exact"
@@ -242,7 +279,10 @@ def print_header(env: Env, label: str, dtype_name: str, print_fn) -> None:
 
         tf32 = f"  ISA: {cpu_isa()} ({' '.join(sorted(cpu_features())) or 'flags unknown'})"
     print_fn(f"# {env.describe()}  {label}  {dtype_name}{tf32}")
-    print_fn(f"{'size':>9} {'batch':>5} {'variant':<26} {'ms':>9} {'img/s':>8} "
+    for note in notes:
+        print_fn(note)
+    unit = "img/s" if dims == 2 else "vol/s"
+    print_fn(f"{'size':>{size_width(dims)}} {'batch':>5} {'variant':<26} {'ms':>9} {unit:>8} "
              f"{'vs eager':>9} {'vs compile':>10} {'rel L2 err':>11}")
 
 
@@ -256,13 +296,13 @@ def time_shape(model, fns: dict, x: torch.Tensor, timer: Timer, env: Env, label:
         ref = copy_to(model, x.device)(x).float()
     flops = network_flops(model, x)
     dtype_name = next(k for k in fns if k.startswith("fused-")).split("-", 1)[1]
-    where = f"{x.shape[2]}x{x.shape[3]}"
+    where = f"{'x'.join(str(s) for s in x.shape[2:]):>{size_width(x.dim() - 2)}}"
     rows = []
     for vname, fn in fns.items():
         try:
             stats, err = time_variant(fn, x, ref, timer)
         except Exception as e:  # noqa: BLE001 - report, keep going with the others
-            print_fn(f"{where:>9} {x.shape[0]:>5} {vname:<26} FAILED: "
+            print_fn(f"{where} {x.shape[0]:>5} {vname:<26} FAILED: "
                      f"{type(e).__name__}: {str(e)[:200]}")
             continue
         rows.append(env.row(suite="network", case=label, shape=shape_str(x.shape),
@@ -273,7 +313,7 @@ def time_shape(model, fns: dict, x: torch.Tensor, timer: Timer, env: Env, label:
         print_fn(table_line(r, where, x.shape[0]))
     if rows:
         best = min(rows, key=lambda r: r.median_ms)
-        print_fn(f"{'':>9} {'':>5} fastest: {best.variant} ({best.median_ms:.3f} ms)")
+        print_fn(f"{'':>{len(where)}} {'':>5} fastest: {best.variant} ({best.median_ms:.3f} ms)")
     return rows
 
 
@@ -362,7 +402,26 @@ def check_args(args: argparse.Namespace, device: torch.device) -> str:
         raise ValueError("--warmup must be >= 0")
     if args.checkpoint is None and args.base_channels < 1:
         raise ValueError("--base-channels must be >= 1")
+    if args.checkpoint is not None and args.spatial_dims is not None:
+        raise ValueError("--spatial-dims builds a fresh model; a --checkpoint's model has its "
+                         "own (drop --spatial-dims)")
     return dtype_name
+
+
+def bench_sizes(args: argparse.Namespace, model) -> list[tuple[int, ...]]:
+    """``--size`` (each one size for every axis, or one per axis of the model), else 512 x
+    512 for 2-D models and for 3-D models the checkpoint's training patch, else 128^3."""
+    dims = spatial_dims(model)
+    if args.size is not None:
+        return [expand_extent("--size", s, dims) for s in args.size]
+    if dims == 2:
+        return [(512, 512)]
+    patch = None
+    if args.checkpoint is not None:
+        from .io.checkpoints import read_preprocessing
+
+        patch = read_preprocessing(args.checkpoint).get("patch")
+    return [tuple(int(v) for v in patch) if patch and len(patch) == 3 else (128,) * 3]
 
 
 def load_model(args: argparse.Namespace):
@@ -370,8 +429,10 @@ def load_model(args: argparse.Namespace):
     one; an int8 folder (``raunet-fast quantize``) is timed next to the fp32 checkpoint it
     was made from."""
     if args.checkpoint is None:
-        model = demo_model(args.model, args.in_channels, args.out_channels, args.base_channels)
-        return model, f"{args.model} base {args.base_channels}", {}
+        dims = args.spatial_dims or 2
+        model = demo_model(args.model, args.in_channels, args.out_channels, args.base_channels,
+                           dims)
+        return model, f"{args.model}{' 3-D' * (dims == 3)} base {args.base_channels}", {}
     from .hub import from_pretrained
     from .io.checkpoints import check_checkpoint_folder
     from .quantize import REPORT_NAME, Int8Model, is_quantized
@@ -396,14 +457,14 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     model, label, extra = load_model(args)
     if extra and device.type != "cpu":
         raise ValueError("an int8 checkpoint runs on the CPU; pass --device cpu")
-    run(model, args.size, args.batch, DTYPES[dtype_name], device, backend=args.backend,
-        compile=not args.no_compile, carry=args.carry, warmup=args.warmup, iters=args.iters,
-        out_csv=args.out, label=label, extra=extra)
+    run(model, bench_sizes(args, model), args.batch, DTYPES[dtype_name], device,
+        backend=args.backend, compile=not args.no_compile, carry=args.carry,
+        warmup=args.warmup, iters=args.iters, out_csv=args.out, label=label, extra=extra)
     return 0
 
 
 def add_cli(sub) -> None:
-    from .config import parse_size
+    from .config import parse_extent
 
     p = sub.add_parser("benchmark", help="time reference, torch.compile and fused inference "
                                          "of a model on this machine",
@@ -419,7 +480,12 @@ def add_cli(sub) -> None:
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--out-channels", type=int, default=1)
     p.add_argument("--base-channels", type=int, default=64)
-    p.add_argument("--size", type=parse_size, nargs="+", default=[(512, 512)], metavar="S|HxW")
+    p.add_argument("--spatial-dims", type=int, choices=[2, 3], default=None,
+                   help="the fresh model's: 2 (images, default) or 3 (volumes)")
+    p.add_argument("--size", type=parse_extent, nargs="+", default=None, metavar="S|HxW|DxHxW",
+                   help="input sizes, each one size for every axis or one per axis of the "
+                        "model (default: 512x512; 3-D models: the checkpoint's patch, else "
+                        "128x128x128)")
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--dtype", default=None, choices=list(DTYPES),
                    help="fused / low-precision dtype (default bf16 on CUDA, fp32 on CPU)")

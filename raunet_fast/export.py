@@ -2,11 +2,12 @@
 
 :func:`export_model` traces the reference model, or its fused inference form
 (:func:`raunet_fast.inference.build_inference_model`), with ``torch.export`` and returns the
-:class:`torch.export.ExportedProgram`. By default batch size, height and width are dynamic:
-height and width any multiple of the model's ``size_multiple`` (2^(depth-1): 16 for the
-default depth 5) from twice that up, because the network halves them depth-1 times (a single
-block is excluded: torch.export specialises sizes of 1); pad other sizes (the eager model pads
-internally) or use fixed-size windows
+:class:`torch.export.ExportedProgram`. 2-D models take ``N x C x H x W`` images, 3-D models
+(``spatial_dims=3``) ``N x C x D x H x W`` volumes. By default the batch size and every
+spatial size are dynamic: each spatial size any multiple of the model's ``size_multiple``
+(2^(depth-1): 16 for the default depth 5) from twice that up, because the network halves them
+depth-1 times (a single block is excluded: torch.export specialises sizes of 1); pad other
+sizes (the eager model pads internally) or use fixed-size windows
 (:func:`raunet_fast.sliding_window.sliding_window_inference`). ``dynamic=False`` fixes the
 example shape.
 
@@ -14,7 +15,7 @@ Load and run anywhere torch runs::
 
     import raunet_fast.ops                # fused programs only: registers their ops
     program = torch.export.load("model.pt2")
-    logits = program.module()(images)     # float32 N x C x H x W in; out in the export dtype
+    logits = program.module()(images)     # float32 N x C x H x W (x D first) in
 
 The program takes float32 input (a fused 16-bit program casts inside and returns bf16 /
 fp16). A reference program can go on to ``torch._inductor.aoti_compile_and_package`` for
@@ -32,23 +33,38 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["export_model", "save_program"]
+__all__ = ["export_model", "save_program", "dynamic_shapes", "check_example_size"]
+
+#: the names of the spatial axes of 2-D and 3-D inputs
+AXES = {2: ("h", "w"), 3: ("d", "h", "w")}
 
 
-def export_model(model: torch.nn.Module, size: tuple[int, int] = (512, 512), batch: int = 2,
+def dynamic_shapes(mult: int, spatial_dims: int = 2, max_batch: int = 4096) -> dict:
+    """``torch.export`` dynamic shapes of the input ``x``: any batch up to ``max_batch``,
+    every spatial size a multiple of ``mult`` from ``2 * mult``."""
+    d = torch.export.Dim
+    shapes = {0: d("batch", min=1, max=max_batch)}
+    for i, axis in enumerate(AXES[spatial_dims]):
+        shapes[2 + i] = mult * d(f"{axis}_blocks", min=2, max=65536 // mult)
+    return {"x": shapes}
+
+
+def export_model(model: torch.nn.Module, size: tuple[int, ...] = (512, 512), batch: int = 2,
                  dynamic: bool = True, fused: bool = False, dtype: torch.dtype | None = None,
                  device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` (eval mode) for inputs ``batch x C x H x W`` on ``device``.
+    """``torch.export`` of ``model`` (eval mode) for inputs ``batch x C x H x W`` (3-D models:
+    ``batch x C x D x H x W``) on ``device``.
 
-    ``size``: the example (H, W); with ``dynamic`` both must be multiples of
-    ``model.size_multiple``, at least twice it, and the program accepts any such size and
-    any batch size. ``fused``: export the fused inference model in ``dtype`` (default fp32 on
-    CPU, bf16 on CUDA) instead of the reference model (which is exported in fp32). ``model``
-    itself is left as it was (a copy is exported).
+    ``size``: the example (H, W) or (D, H, W), one size per spatial axis of the model; with
+    ``dynamic`` each must be a multiple of ``model.size_multiple``, at least twice it, and
+    the program accepts any such sizes and any batch size. ``fused``: export the fused
+    inference model in ``dtype`` (default fp32 on CPU, bf16 on CUDA) instead of the
+    reference model (which is exported in fp32). ``model`` itself is left as it was (a copy
+    is exported).
     """
-    h, w = size
     mult = int(getattr(model, "size_multiple", 1))
-    check_example_size(size, batch, mult, dynamic)
+    dims = int(getattr(model, "spatial_dims", 2))
+    check_example_size(size, batch, mult, dynamic, dims)
     device = torch.device(device)
     model = copy.deepcopy(model).eval().to(device)
     if fused:
@@ -61,27 +77,36 @@ def export_model(model: torch.nn.Module, size: tuple[int, int] = (512, 512), bat
             raise ValueError("the reference model is exported in fp32; pass fused=True for "
                              "a 16-bit program")
         module = model
-    x = torch.randn(max(batch, 2) if dynamic else batch, model.in_channels, h, w, device=device)
-    shapes = None
-    if dynamic:
-        d = torch.export.Dim
-        shapes = {"x": {0: d("batch", min=1, max=4096),
-                        2: mult * d("h_blocks", min=2, max=65536 // mult),
-                        3: mult * d("w_blocks", min=2, max=65536 // mult)}}
+    x = torch.randn(max(batch, 2) if dynamic else batch, model.in_channels, *size,
+                    device=device)
+    shapes = dynamic_shapes(mult, dims) if dynamic else None
     with torch.no_grad():
         return torch.export.export(module, (x,), dynamic_shapes=shapes)
 
 
-def check_example_size(size: tuple[int, int], batch: int, mult: int, dynamic: bool) -> None:
-    """The example shape of an export: sizes >= 1; with dynamic shapes multiples of the
-    model's size multiple ``mult``, at least twice it."""
-    h, w = size
-    if batch < 1 or h < 1 or w < 1:
-        raise ValueError(f"batch and size must be >= 1, got batch={batch}, size={size}")
-    if dynamic and (h % mult or w % mult or min(h, w) < 2 * mult):
+def axes_text(spatial_dims: int) -> str:
+    """``"H and W"`` / ``"D, H and W"``."""
+    names = [a.upper() for a in AXES[spatial_dims]]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def check_example_size(size: tuple[int, ...], batch: int, mult: int, dynamic: bool,
+                       spatial_dims: int = 2) -> None:
+    """The example shape of an export: one size per spatial axis, sizes >= 1; with dynamic
+    shapes multiples of the model's size multiple ``mult``, at least twice it."""
+    size = tuple(size)
+    text = "x".join(map(str, size))
+    if len(size) != spatial_dims:
+        want = "x".join(a.upper() for a in AXES[spatial_dims])
+        raise ValueError(f"a {spatial_dims}-D model takes a {want} size (or one size for "
+                         f"every axis), got {text}")
+    if batch < 1 or min(size) < 1:
+        raise ValueError(f"batch and size must be >= 1, got batch={batch}, size={text}")
+    if dynamic and (any(s % mult for s in size) or min(size) < 2 * mult):
         raise ValueError(f"with dynamic shapes the example size must be a multiple of the "
-                         f"model's size_multiple {mult} (the network halves H and W "
-                         f"{mult.bit_length() - 1} times), at least {2 * mult}, got {h}x{w}")
+                         f"model's size_multiple {mult} (the network halves "
+                         f"{axes_text(spatial_dims)} {mult.bit_length() - 1} times), at least "
+                         f"{2 * mult}, got {text}")
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
@@ -116,7 +141,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _check_export_args(args)
     device = resolve_device(args.device)
     model = from_pretrained(args.checkpoint, map_location=device).eval()
-    size = args.size or _default_size(args, model)
+    size = _export_size(args, model)
     if args.format == "onnx":
         return _write_onnx(args, model, size)
     from .inference import inference_dtype
@@ -145,13 +170,19 @@ def _check_export_args(args: argparse.Namespace) -> None:
         raise ValueError("ONNX files are traced on the CPU (they run anywhere); drop --device")
 
 
-def _default_size(args: argparse.Namespace, model) -> tuple[int, int]:
-    """The training size, rounded up to what a dynamic program needs."""
+def _export_size(args: argparse.Namespace, model) -> tuple[int, ...]:
+    """``--size`` (one size for every axis, or one per axis of the model), else the
+    training size (a 3-D model's patch) rounded up to what a dynamic program needs, else
+    512 (3-D: 128) on every axis."""
+    from .config import expand_extent
     from .io.checkpoints import read_preprocessing
 
+    dims = int(getattr(model, "spatial_dims", 2))
+    if args.size is not None:
+        return expand_extent("--size", args.size, dims)
     prep = read_preprocessing(args.checkpoint)
     stored = prep.get("image_size") or prep.get("patch")  # patch-trained: its windows
-    size = tuple(stored) if stored else (512, 512)
+    size = tuple(stored) if stored and len(stored) == dims else (512 if dims == 2 else 128,) * dims
     if not args.static:
         m = model.size_multiple
         size = tuple(max(2 * m, -(-int(v) // m) * m) for v in size)
@@ -161,8 +192,10 @@ def _default_size(args: argparse.Namespace, model) -> tuple[int, int]:
 def _shape_text(args: argparse.Namespace, model, size) -> str:
     mult = model.size_multiple
     if args.static:
-        return f"{args.batch} x {model.in_channels} x {size[0]} x {size[1]}"
-    return f"N x {model.in_channels} x H x W, H and W multiples of {mult} from {2 * mult}"
+        return " x ".join(str(v) for v in (args.batch, model.in_channels, *size))
+    names = " x ".join(a.upper() for a in AXES[len(size)])
+    return (f"N x {model.in_channels} x {names}, {axes_text(len(size))} multiples of {mult} "
+            f"from {2 * mult}")
 
 
 def _write_onnx(args: argparse.Namespace, model, size) -> int:
@@ -179,13 +212,13 @@ def _write_onnx(args: argparse.Namespace, model, size) -> int:
 
 
 def add_cli(sub) -> None:
-    from .config import DTYPE_NAMES, parse_size
+    from .config import DTYPE_NAMES, parse_extent
 
     p = sub.add_parser("export", help="write a trained model as a torch.export program (.pt2)",
                        description="Export a checkpoint with torch.export for deployment: "
-                                   "dynamic batch, height and width (multiples of the model's "
-                                   "size multiple from twice it: 32, 48, 64, ... at depth 5) "
-                                   "unless --static; the reference "
+                                   "dynamic batch, height and width (and depth: 3-D models) "
+                                   "(multiples of the model's size multiple from twice it: 32, "
+                                   "48, 64, ... at depth 5) unless --static; the reference "
                                    "model in fp32, or with --fused the fused inference model.")
     p.add_argument("--checkpoint", required=True, type=Path, help="e.g. RUN_DIR/best")
     p.add_argument("--out", required=True, type=Path, help="the .pt2 (or .onnx) file to write")
@@ -194,9 +227,10 @@ def add_cli(sub) -> None:
                         "(the onnx extra; --fused then exports the BatchNorm-folded model in "
                         "standard ops) (default: pt2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--size", type=parse_size, default=None, metavar="S|HxW",
-                   help="example input size (the fixed size with --static; default: the "
-                        "checkpoint's training size, else 512)")
+    p.add_argument("--size", type=parse_extent, default=None, metavar="S|HxW|DxHxW",
+                   help="example input size, one size for every axis or one per axis of the "
+                        "model (the fixed size with --static; default: the checkpoint's "
+                        "training size or patch, else 512; 3-D models: 128)")
     p.add_argument("--batch", type=int, default=1,
                    help="example batch size (the fixed one with --static; default: 1)")
     p.add_argument("--static", action="store_true", help="fix the example shape")

@@ -4,15 +4,17 @@ Runtime (``pip install "raunet-fast[onnx]"``).
 :func:`export_onnx` writes the reference model, or with ``folded=True`` its BatchNorm-folded
 copy (:func:`raunet_fast.fold.folded_copy`: standard ops, which any ONNX runtime knows;
 the fused ops do not exist in ONNX), through ``torch.onnx.export`` (the dynamo exporter,
-opset 18). By default batch, height and width are dynamic, with height and width
-multiples of the model's ``size_multiple``; ``dynamic=False`` fixes the example shape,
-which ONNX Runtime runs faster. The file carries in its metadata the model's channels and
-size multiple and, when given, the checkpoint's ``preprocessing.json``, so ``predict
---onnx`` preprocesses and thresholds as the checkpoint would.
+opset 18). 2-D models take ``N x C x H x W`` images, 3-D models (``spatial_dims=3``)
+``N x C x D x H x W`` volumes. By default the batch and every spatial size are dynamic, the
+sizes multiples of the model's ``size_multiple``; ``dynamic=False`` fixes the example shape,
+which ONNX Runtime runs faster. The file carries in its metadata the model's channels, size
+multiple and spatial dims and, when given, the checkpoint's ``preprocessing.json``, so
+``predict --onnx`` preprocesses and thresholds as the checkpoint would (a 3-D file
+predicts volumes in windows, as the checkpoint does).
 
-:class:`OnnxModel` is a callable from ``N x C x H x W`` float32 tensors to logits: it pads
-other sizes up to the multiple (bottom / right, as the eager model does) and crops the
-result, and splits batches for a static file.
+:class:`OnnxModel` is a callable from ``N x C x H x W`` (3-D: ``N x C x D x H x W``) float32
+tensors to logits: it pads other sizes up to the multiple (at the end of each axis, as the
+eager model does) and crops the result, and splits batches for a static file.
 """
 from __future__ import annotations
 
@@ -35,25 +37,20 @@ META_MODEL = "raunet_fast.model"
 META_PREPROCESSING = "raunet_fast.preprocessing"
 
 
-def _dynamic_shapes(mult: int) -> dict:
-    d = torch.export.Dim
-    return {"x": {0: d("batch", min=1, max=4096),
-                  2: mult * d("h_blocks", min=2, max=65536 // mult),
-                  3: mult * d("w_blocks", min=2, max=65536 // mult)}}
-
-
-def export_onnx(model: torch.nn.Module, path: str | Path, size: tuple[int, int] = (512, 512),
+def export_onnx(model: torch.nn.Module, path: str | Path, size: tuple[int, ...] = (512, 512),
                 batch: int = 1, dynamic: bool = True, folded: bool = False,
                 preprocessing: dict[str, Any] | None = None) -> Path:
     """Write eval-mode ``model`` (fp32, CPU) to ``path`` as ONNX, atomically. ``size`` /
-    ``batch``: the example shape (the only one with ``dynamic=False``; with ``dynamic`` the
-    sizes must be multiples of ``model.size_multiple``, at least twice it)."""
+    ``batch``: the example shape, ``size`` one value per spatial axis of the model (the
+    only shape with ``dynamic=False``; with ``dynamic`` the sizes must be multiples of
+    ``model.size_multiple``, at least twice it)."""
     require("onnxscript", "onnx", "ONNX export")
     onnx = require("onnx", "onnx", "ONNX export")
-    from .export import check_example_size
+    from .export import check_example_size, dynamic_shapes
 
     mult = int(model.size_multiple)
-    check_example_size(size, batch, mult, dynamic)
+    dims = int(getattr(model, "spatial_dims", 2))
+    check_example_size(size, batch, mult, dynamic, dims)
     module = model.eval().float().cpu()
     if folded:
         from .fold import folded_copy
@@ -68,11 +65,12 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: tuple[int, int] 
         with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(module, (x,), tmp, dynamo=True, opset_version=OPSET,
                               input_names=["image"], output_names=["logits"],
-                              dynamic_shapes=_dynamic_shapes(mult) if dynamic else None,
+                              dynamic_shapes=dynamic_shapes(mult, dims) if dynamic else None,
                               external_data=False, verbose=False)
         proto = onnx.load(tmp)
         meta = {"in_channels": model.in_channels, "out_channels": model.out_channels,
-                "size_multiple": mult, "folded": folded, "dynamic": dynamic,
+                "size_multiple": mult, "spatial_dims": dims, "folded": folded,
+                "dynamic": dynamic,
                 "shape": None if dynamic else [batch, model.in_channels, *size]}
         _set_metadata(proto, {META_MODEL: meta, META_PREPROCESSING: preprocessing})
         onnx.save(proto, tmp)
@@ -107,8 +105,9 @@ class OnnxModel:
     """An ``.onnx`` file written by :func:`export_onnx`, run by ONNX Runtime on the CPU.
 
     ``threads``: ONNX Runtime's intra-op threads (default: its own choice). Attributes:
-    ``in_channels``, ``out_channels``, ``size_multiple``, ``preprocessing`` (the
-    checkpoint's ``preprocessing.json``, or ``{}``)."""
+    ``in_channels``, ``out_channels``, ``size_multiple``, ``spatial_dims`` (2: images, 3:
+    volumes; files without it are 2-D), ``preprocessing`` (the checkpoint's
+    ``preprocessing.json``, or ``{}``)."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         ort = require("onnxruntime", "onnx", "running an ONNX model")
@@ -131,6 +130,7 @@ class OnnxModel:
         self.path, self.shape = path, info.get("shape")
         self.in_channels, self.out_channels = info["in_channels"], info["out_channels"]
         self.size_multiple = int(info["size_multiple"])
+        self.spatial_dims = int(info.get("spatial_dims", 2))
         self.preprocessing = json.loads(meta.get(META_PREPROCESSING, "{}"))
         self.input_name = self.session.get_inputs()[0].name
 
@@ -141,24 +141,28 @@ class OnnxModel:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{self.path} takes N x {self.in_channels} x H x W input, got "
+        if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
+            axes = "H x W" if self.spatial_dims == 2 else "D x H x W"
+            raise ValueError(f"{self.path} takes N x {self.in_channels} x {axes} input, got "
                              f"{tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        th, tw = self._target_size(h, w)
-        xp = torch.nn.functional.pad(x.float().cpu(), (0, tw - w, 0, th - h))
+        size = tuple(x.shape[2:])
+        target = self._target_size(size)
+        pads = [v for s, t in zip(reversed(size), reversed(target)) for v in (0, t - s)]
+        xp = torch.nn.functional.pad(x.float().cpu(), pads)
         out = torch.cat([self._run(chunk) for chunk in self._chunks(xp)])[:x.shape[0]]
-        return out[:, :, :h, :w].to(x.device)
+        return out[(..., *(slice(0, s) for s in size))].to(x.device)
 
-    def _target_size(self, h: int, w: int) -> tuple[int, int]:
+    def _target_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
         m = self.size_multiple
         if self.shape is None:
-            return max(2 * m, -(-h // m) * m), max(2 * m, -(-w // m) * m)
-        sh, sw = self.shape[2:]
-        if h > sh or w > sw:
-            raise ValueError(f"{self.path} has the fixed input size {sh}x{sw}; got {h}x{w} "
-                             f"(use --window {sh}x{sw}, or export without --static)")
-        return sh, sw
+            return tuple(max(2 * m, -(-s // m) * m) for s in size)
+        fixed = tuple(self.shape[2:])
+        if any(s > f for s, f in zip(size, fixed)):
+            fixed_text = "x".join(map(str, fixed))
+            raise ValueError(f"{self.path} has the fixed input size {fixed_text}; got "
+                             f"{'x'.join(map(str, size))} (use --window {fixed_text}, or "
+                             f"export without --static)")
+        return fixed
 
     def _chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.shape is None:

@@ -11,6 +11,10 @@ program), ``config.json`` and ``preprocessing.json`` of the checkpoint, and
 fp32). :class:`Int8Model` loads such a folder and runs it through ``torch.compile`` with
 freezing, which lowers the quantized convolutions to int8 kernels (the first call
 compiles: tens of seconds).
+
+2-D models only: ``X86InductorQuantizer`` annotates 2-D convolutions, and a 3-D model
+(``spatial_dims=3``) would come back unquantized, so it is refused
+(:func:`check_quantizable`).
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ import torch.nn.functional as F
 
 from .errors import require
 
-__all__ = ["quantize_model", "pad_to_multiple", "save_quantized", "is_quantized", "Int8Model", "PROGRAM_NAME",
-           "write_report"]
+__all__ = ["quantize_model", "check_quantizable", "pad_to_multiple", "save_quantized",
+           "is_quantized", "Int8Model", "PROGRAM_NAME", "write_report"]
 
 PROGRAM_NAME = "model_int8.pt2"
 REPORT_NAME = "quantization.json"
@@ -39,11 +43,19 @@ def _dynamic(mult: int) -> dict:
                   3: mult * d("w_blocks", min=2, max=65536 // mult)}}
 
 
+def check_quantizable(model, name: str = "the model") -> None:
+    """A one-line error for a model int8 does not apply to: a 3-D (volume) model."""
+    if getattr(model, "spatial_dims", 2) != 2:
+        raise ValueError(f"{name} is a 3-D (volume) model; int8 quantization is for 2-D models "
+                         f"(torchao's X86InductorQuantizer quantizes 2-D convolutions only)")
+
+
 def quantize_model(model: torch.nn.Module, calibration: Iterable[torch.Tensor],
                    example: torch.Tensor) -> torch.nn.Module:
     """The int8 form of eval-mode ``model`` (CPU, fp32), calibrated on the batches of
     ``calibration`` (``N x C x H x W`` float32, preprocessed as in training). ``example``: a
     batch of the shapes to export with (H, W multiples of ``model.size_multiple``)."""
+    check_quantizable(model)
     require("torchao", EXTRA, "int8 quantization")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq

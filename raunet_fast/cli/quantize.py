@@ -26,16 +26,18 @@ def run(args: argparse.Namespace) -> int:
     from ..hub import from_pretrained
     from ..io.checkpoints import check_checkpoint_folder, read_preprocessing
     from ..io.lock import folder_lock
-    from ..quantize import Int8Model, quantize_model, save_quantized, write_report
+    from ..quantize import (Int8Model, check_quantizable, quantize_model, save_quantized,
+                            write_report)
 
     check_checkpoint_folder(args.checkpoint)
+    model = from_pretrained(args.checkpoint).eval()
+    check_quantizable(model, str(args.checkpoint))
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {args.out} is not empty; pass --overwrite to replace it")
     prep = read_preprocessing(args.checkpoint)
     size = tuple(prep.get("image_size") or prep.get("patch") or ())
     if not size:
         raise ValueError(f"{args.checkpoint} records no image size or patch to calibrate at")
-    model = from_pretrained(args.checkpoint).eval()
     batches = calibration_batches(args.calibration, model.in_channels, size, args.images,
                                   args.batch_size, args.convert_channels)
     with folder_lock(args.out, "quantize"):

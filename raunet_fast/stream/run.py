@@ -85,6 +85,9 @@ class StreamRun:
         self.source = open_source(cfg.input, cfg.fps)  # a bad input fails before the model
         self.prep = read_preprocessing(self.checkpoint)
         self.model = load_model(self.checkpoint, self.device)
+        if getattr(self.model, "spatial_dims", 2) == 3:
+            raise ValueError(f"stream segments 2-D frames; {self.checkpoint} is a 3-D (volume) "
+                             f"model: use predict")
         if self.model.in_channels not in (1, 3):
             raise ValueError(f"the model in {self.checkpoint} takes {self.model.in_channels} "
                              f"channels; stream feeds it RGB frames (or their luma)")
