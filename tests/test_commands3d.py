@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.numerics import randomize_bn
 from raunet_fast import cli
 from raunet_fast.data import make_brats2021
 from raunet_fast.export import export_model
@@ -31,14 +32,7 @@ def _volume_model(seed: int = 0, channels: tuple[int, int] = (4, 3)):
     torch.manual_seed(seed)
     model = build_model("raunet", in_channels=channels[0], out_channels=channels[1],
                         base_channels=6, depth=3, spatial_dims=3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return randomize_bn(model)
 
 
 def _fp64(model, x):

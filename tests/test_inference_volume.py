@@ -7,25 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.numerics import assert_same_nonfinite, requires_cuda
+from helpers.numerics import assert_same_nonfinite, randomize_bn, requires_cuda
 from raunet_fast import AttentionUNet, RAUNet, ResUNet, UNet
 from raunet_fast.fold import fold_conv_bn
 from raunet_fast.inference import build_inference_model
 
 ALL = [UNet, AttentionUNet, ResUNet, RAUNet]
 CL3 = torch.channels_last_3d
-
-
-def randomize_bn(model):
-    """Non-trivial running statistics and affine parameters in every BatchNorm3d."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def model3d(cls, base=6, depth=3, **kw):

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from helpers.memory import LargeStorages
 from raunet_fast.sliding_window import blend_weights, sliding_window_inference, window_starts
 
 
@@ -262,22 +261,6 @@ def test_pad_value_is_in_model_input_units():
                                rtol=1e-5, atol=1e-5)
 
 
-class _LargeStorages(TorchDispatchMode):
-    """Records every tensor storage of at least ``limit`` bytes an operation returns (and
-    the op that made it), so a test can list the image-sized allocations."""
-
-    def __init__(self, limit: int):
-        super().__init__()
-        self.limit, self.seen = limit, {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.limit:
-                self.seen.setdefault(t.untyped_storage().data_ptr(), str(func))
-        return out
-
-
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_memory_stays_bounded(dtype):
     """Without timing: the model only ever sees float32 batches of at most batch_size
@@ -295,7 +278,7 @@ def test_memory_stays_bounded(dtype):
 
     image = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8)
     image = image if dtype == torch.uint8 else image / 255
-    with _LargeStorages(limit=h * w * 4) as mode:  # one float32 H x W plane
+    with LargeStorages(limit=h * w * 4) as mode:  # one float32 H x W plane
         out = sliding_window_inference(model, image, win, overlap=0.25, batch_size=batch)
     big = {p: op for p, op in mode.seen.items() if p != image.untyped_storage().data_ptr()}
     assert list(big) == [out.untyped_storage().data_ptr()], big

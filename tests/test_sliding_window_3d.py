@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from helpers.memory import LargeStorages
 from raunet_fast.sliding_window import blend_weights, sliding_window_inference, window_starts
 from raunet_fast.tta import FlipTTA
 
@@ -148,21 +147,6 @@ def test_reduced_accumulator_keeps_the_documented_error(dtype, unit):
     assert (fp32.double() - ref).abs().max() < err
 
 
-class _LargeStorages(TorchDispatchMode):
-    """Records every tensor storage of at least ``limit`` bytes an operation returns."""
-
-    def __init__(self, limit: int):
-        super().__init__()
-        self.limit, self.seen = limit, {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.limit:
-                self.seen.setdefault(t.untyped_storage().data_ptr(), str(func))
-        return out
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_volume_memory_stays_bounded(dtype):
     """The only volume-sized storage created is the result (output channels only, in the
@@ -177,7 +161,7 @@ def test_volume_memory_stays_bounded(dtype):
         return conv(xb)
 
     image = torch.randn(1, 2, d, h, w)
-    with _LargeStorages(limit=d * h * w * 2) as mode:  # one float16 D x H x W volume
+    with LargeStorages(limit=d * h * w * 2) as mode:  # one float16 D x H x W volume
         out = sliding_window_inference(model, image, win, overlap=0.25, batch_size=batch,
                                        accumulate_dtype=dtype)
     big = {p: op for p, op in mode.seen.items() if p != image.untyped_storage().data_ptr()}

@@ -134,3 +134,16 @@ _skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 def requires_cuda(test):
     """Skip ``test`` without a CUDA device and mark it ``gpu`` (``pytest -m gpu`` selects it)."""
     return pytest.mark.gpu(_skip_without_cuda(test))
+
+
+def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial running statistics and affine parameters in every BatchNorm (2-D or 3-D),
+    so that folding them matters; returns the model in eval mode."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
