@@ -40,6 +40,13 @@ def _owned(t: torch.Tensor) -> torch.Tensor:
     return t.clone() if t.is_inference() else t
 
 
+def _conv_repr(self) -> str:
+    """``extra_repr`` of the fused conv layers: channels, shortcut, ReLU, dtype, backend."""
+    cs = "" if self.shortcut_weight is None else f", shortcut={self.shortcut_weight.shape[1]}"
+    return (f"{self.in_channels}, {self.out_channels}{cs}, relu={self.relu}, "
+            f"dtype={self.weight.dtype}, backend={self.backend!r}")
+
+
 class FusedConv3x3(nn.Module):
     """``relu?(conv3x3(x) + bias + (residual | conv1x1(shortcut_input)))`` with packed weights.
 
@@ -74,10 +81,7 @@ class FusedConv3x3(nn.Module):
         self.register_buffer("packed", pack_weights(weight, shortcut_weight, dtype)
                              if backend == "triton" else None)
 
-    def extra_repr(self) -> str:
-        cs = "" if self.shortcut_weight is None else f", shortcut={self.shortcut_weight.shape[1]}"
-        return (f"{self.in_channels}, {self.out_channels}{cs}, relu={self.relu}, "
-                f"dtype={self.weight.dtype}, backend={self.backend!r}")
+    extra_repr = _conv_repr
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 shortcut_input: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -118,10 +122,7 @@ class FusedConv3d(nn.Module):
                 .to(dtype)))
         self.register_buffer("shortcut_weight", sw)
 
-    def extra_repr(self) -> str:
-        cs = "" if self.shortcut_weight is None else f", shortcut={self.shortcut_weight.shape[1]}"
-        return (f"{self.in_channels}, {self.out_channels}{cs}, relu={self.relu}, "
-                f"dtype={self.weight.dtype}, backend={self.backend!r}")
+    extra_repr = _conv_repr
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 shortcut_input: Optional[torch.Tensor] = None) -> torch.Tensor:
