@@ -319,17 +319,22 @@ class PredictionRun:
         check_out(self.out, [f"{c.name}{BRATS_SUFFIX}" for c in cases], self.cfg.overwrite)
         return cases
 
+    def _start(self, items: list) -> tuple[list, Predictor]:
+        """After every rank checked its inputs and outputs (``items``, all of them): this
+        rank's share, the predictor, and the output folder."""
+        dist.barrier()  # every rank checked the outputs before any is written
+        items = dist.shard(items)
+        predictor = self.predictor()
+        self.out.mkdir(parents=True, exist_ok=True)
+        return items, predictor
+
     def run_brats(self) -> dict[str, Any]:
         from tqdm import tqdm
 
         from ..data.brats import case_files, load_case
         from ..io.nifti import write_labels
 
-        cases = self._check_brats()
-        dist.barrier()  # every rank checked the outputs before any is written
-        cases = dist.shard(cases)
-        predictor = self.predictor()
-        self.out.mkdir(parents=True, exist_ok=True)
+        cases, predictor = self._start(self._check_brats())
         crop, written, slices = self.prep.get("crop", 192), [], 0
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
@@ -407,11 +412,7 @@ class PredictionRun:
 
         from ..io.nifti import write_labels
 
-        cases = self._check_volumes()
-        dist.barrier()  # every rank checked the outputs before any is written
-        cases = dist.shard(cases)
-        predictor = self.predictor()
-        self.out.mkdir(parents=True, exist_ok=True)
+        cases, predictor = self._start(self._check_volumes())
         written, known, t0 = [], len(self.errors), time.perf_counter()
         load = lambda case: self._guarded(self.load_volume, *case)  # noqa: E731
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
@@ -503,11 +504,7 @@ class PredictionRun:
         return [self.out / n for n in names]
 
     def run_images(self) -> dict[str, Any]:
-        paths = self._check_images()
-        dist.barrier()  # every rank checked the outputs before any is written
-        paths = dist.shard(paths)
-        predictor = self.predictor()
-        self.out.mkdir(parents=True, exist_ok=True)
+        paths, predictor = self._start(self._check_images())
         t0 = time.perf_counter()
         written: list[Path] = []
         known = len(self.errors)  # header errors, before decoding
